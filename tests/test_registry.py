@@ -1,0 +1,88 @@
+"""The registry: names, tags, aliases, suggestions, and the design card's promises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo._registry import get_spec, iter_specs, resolve
+
+DESIGN_CARD_NAMES = ["qtunet-t", "qtunet-b", "logonet-l", "pctnet-vf110k", "resnet50-deformattn-swav"]
+
+
+@pytest.mark.parametrize("name", DESIGN_CARD_NAMES)
+def test_every_name_on_the_design_card_resolves(name):
+    spec, _ = resolve(name)
+    assert spec.name in zoo.list_models()
+
+
+def test_full_id_and_alias_resolve_to_model_and_tag():
+    assert resolve("qtunet-b.brats-ssl")[0].name == "qtunet-b"
+    assert resolve("qtunet-b.brats-ssl")[1] == "brats-ssl"
+    spec, tag = resolve("pctnet-vf110k")
+    assert (spec.name, tag) == ("pctnet", "vf110k")
+    assert resolve("QTUNet_T")[0].name == "qtunet-t"
+
+
+def test_unknown_name_suggests_the_nearest():
+    with pytest.raises(ValueError, match=r"unknown model 'qtunet-x'.*qtunet-"):
+        resolve("qtunet-x")
+
+
+def test_unknown_tag_lists_the_tags():
+    with pytest.raises(ValueError, match=r"unknown weights tag 'ct-sl'.*ct-ssl"):
+        resolve("qtunet-t.ct-sl")
+
+
+def test_list_models_glob_and_pretrained_filter():
+    q = zoo.list_models("qtunet*")
+    assert {"qtunet-t", "qtunet-s", "qtunet-b", "qtunet-a-t", "qtunet-a-s", "qtunet-a-b"} <= set(q)
+    pre = zoo.list_models("*unet*", pretrained=True)
+    assert "qtunet-t" in pre and "vtunet-t" not in pre
+    assert "qtunet-t.ct-ssl" in zoo.list_pretrained("qtunet-t*")
+
+
+def test_weights_conflicting_with_the_tag_in_the_name_is_an_error():
+    with pytest.raises(ValueError, match="already names weights"):
+        zoo.create("qtunet-b.brats-ssl", weights="ct-ssl")
+
+
+def test_pretrained_without_published_weights_says_so():
+    with pytest.raises(zoo.NoPretrainedWeightsError, match="checkpoint_path"):
+        zoo.create("vtunet-t", pretrained=True)
+
+
+def test_unknown_constructor_argument_is_a_value_error():
+    with pytest.raises(ValueError, match="no_such_arg"):
+        zoo.create("qtunet-t", no_such_arg=3)
+
+
+def test_every_spec_is_complete_enough_for_a_card():
+    for spec in iter_specs():
+        assert spec.description, spec.name
+        assert spec.paper.bibtex.strip().startswith("@"), spec.name
+        assert spec.input_size, spec.name
+        assert "num_params" in spec.meta, spec.name
+        assert spec.weights or spec.no_weights_reason, spec.name
+        for w in spec.weights:
+            assert w.license and w.pretraining, (spec.name, w.tag)
+
+
+def test_model_info_reports_provenance():
+    info = zoo.model_info("qtunet-t")
+    ct = next(w for w in info["weights"] if w["tag"] == "ct-ssl")
+    assert ct["default"] and ct["upstream_digest"].startswith("gitsha1:") and ct["license"] == "none"
+    assert info["hub_entrypoint"] == "qtunet_t"
+
+
+def test_torch_hub_local_entrypoints_build_models():
+    import pathlib
+
+    repo = str(pathlib.Path(__file__).resolve().parent.parent)
+    entries = torch.hub.list(repo, source="local")
+    for spec in iter_specs():
+        assert spec.hub_entrypoint in entries
+    assert "pctnet_vf110k" in entries
+    model = torch.hub.load(repo, "qtunet_t", source="local", pretrained=False)
+    assert sum(p.numel() for p in model.parameters()) == get_spec("qtunet-t").meta["num_params"]

@@ -1,0 +1,237 @@
+"""``create`` and ``load_weights``: from a name to a model with strictly loaded weights."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo._registry import ModelSpec, WeightSpec, resolve
+from zoo.adapt import adapt_input_conv
+from zoo.convert import convert_checkpoint, read_checkpoint
+
+log = logging.getLogger("zoo")
+
+__all__ = ["create", "load_weights", "LoadReport", "CheckpointMismatchError", "NoPretrainedWeightsError"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the model."""
+
+
+class NoPretrainedWeightsError(ValueError):
+    """``pretrained=True`` for a model that has no published weights."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did, for logs and tests."""
+
+    loaded: list[str] = field(default_factory=list)
+    reinitialised_head: list[str] = field(default_factory=list)
+    newly_initialised: list[str] = field(default_factory=list)
+    adapted_input: list[str] = field(default_factory=list)
+    covers: str = "full"
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _starts(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key.startswith(p) for p in prefixes)
+
+
+def load_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    spec: ModelSpec | None = None,
+    covers: str | None = None,
+) -> LoadReport:
+    """Load ``state_dict`` (already in our key naming) into ``model``, strictly.
+
+    Rules, every one logged:
+      * an unexpected key is an error;
+      * the input convolution(s) named by ``spec.first_conv`` are adapted when the
+        checkpoint has another number of input channels (:func:`zoo.adapt.adapt_input_conv`);
+      * a shape mismatch in the output head (``spec.head_keys``) re-initialises exactly
+        that head (a new ``num_classes``); any other shape mismatch is an error;
+      * with ``covers="encoder"`` every encoder key (``spec.encoder_prefixes``) must be
+        present and the rest is reported as newly initialised; otherwise every key must
+        be present. ``covers=None`` means an encoder-only checkpoint is accepted when
+        *all* its keys lie in the encoder, and said so at INFO level.
+
+    Raises:
+        CheckpointMismatchError: naming the missing, unexpected or mismatched keys.
+    """
+    head = tuple(spec.head_keys) if spec else ()
+    enc = tuple(spec.encoder_prefixes) if spec else ()
+    first = spec.first_convs if spec else ()
+    own = model.state_dict()
+    sd = dict(state_dict)
+    report = LoadReport()
+
+    unexpected = sorted(k for k in sd if k not in own)
+    if unexpected:
+        raise CheckpointMismatchError(
+            f"checkpoint has {len(unexpected)} key(s) the model does not: {_listing(unexpected)}"
+        )
+
+    for conv in first:
+        key = f"{conv}.weight"
+        if key in sd and sd[key].shape != own[key].shape:
+            got, want = tuple(sd[key].shape), tuple(own[key].shape)
+            if got[0] == want[0] and got[2:] == want[2:]:
+                sd[key] = adapt_input_conv(sd[key], want[1])
+                report.adapted_input.append(key)
+                log.info("adapted %s from %d to %d input channels", key, got[1], want[1])
+
+    mismatched = []
+    for k, v in list(sd.items()):
+        if v.shape == own[k].shape:
+            continue
+        if head and _starts(k, head):
+            del sd[k]
+            report.reinitialised_head.append(k)
+        else:
+            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    if mismatched:
+        raise CheckpointMismatchError(
+            f"checkpoint shapes do not fit the model for {len(mismatched)} key(s): {_listing(mismatched, 6)}"
+        )
+    if report.reinitialised_head:
+        # The whole head is re-initialised, not just the tensors whose shape changed.
+        for k in own:
+            if _starts(k, head) and k in sd:
+                del sd[k]
+                report.reinitialised_head.append(k)
+        report.reinitialised_head = sorted(set(report.reinitialised_head))
+        log.info("output head re-initialised (new num_classes): %s", _listing(report.reinitialised_head))
+
+    missing = sorted(k for k in own if k not in sd and k not in report.reinitialised_head)
+    if covers is None:
+        encoder_only = bool(enc) and bool(sd) and all(_starts(k, enc) for k in sd) and bool(missing)
+        covers = "encoder" if encoder_only else "full"
+        if encoder_only:
+            log.info("checkpoint holds the encoder only (%d entries)", len(sd))
+    report.covers = covers
+    if covers == "encoder":
+        if not enc:
+            raise CheckpointMismatchError("encoder-only checkpoint, but this model declares no encoder prefixes")
+        missing_enc = [k for k in missing if _starts(k, enc)]
+        if missing_enc:
+            raise CheckpointMismatchError(
+                f"encoder checkpoint lacks {len(missing_enc)} encoder key(s): {_listing(missing_enc)}"
+            )
+        report.newly_initialised = missing
+        if missing:
+            log.info("newly initialised (not in the encoder checkpoint): %s", _listing(missing, 40))
+    elif missing:
+        raise CheckpointMismatchError(f"checkpoint lacks {len(missing)} key(s): {_listing(missing)}")
+
+    result = model.load_state_dict(sd, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # checked above
+    report.loaded = sorted(sd)
+    return report
+
+
+def _load_into(model: nn.Module, spec: ModelSpec, ws: WeightSpec | None, path: Path, converted: bool) -> None:
+    raw = read_checkpoint(path)
+    sd = raw if converted else convert_checkpoint(raw, spec)
+    load_weights(model, sd, spec, covers=ws.covers if ws else None)
+
+
+def create(
+    name: str,
+    pretrained: bool = False,
+    weights: str | None = None,
+    checkpoint_path: str | Path | None = None,
+    in_chans: int | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, ...] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, optionally with pretrained weights.
+
+    Args:
+        name: model name, ``name.tag``, or an alias (``pctnet-vf110k``).
+        pretrained: load the weights of the tag in ``name`` or ``weights``, else the
+            model's default tag.
+        weights: weights tag (``"brats-ssl"``) or full id; implies ``pretrained=True``.
+        checkpoint_path: a local checkpoint (safetensors, or an upstream-format file that
+            the family's converter recognises); takes precedence over the Hub.
+        in_chans: input channels; the first convolution is adapted if the weights differ.
+        num_classes: output classes; only the output head is re-initialised if it differs.
+        img_size: spatial input size for models built for one size.
+        **kwargs: further constructor arguments of the architecture.
+
+    Returns:
+        The model in ``eval()`` mode. ``model.pretrained_cfg`` records the name, tag,
+        input size and the preprocessing the weights expect.
+
+    Example:
+        >>> model = zoo.create("qtunet-t", in_chans=1, num_classes=14)
+        >>> model(torch.randn(1, 1, 96, 96, 96)).shape
+        torch.Size([1, 14, 96, 96, 96])
+    """
+    spec, tag = resolve(name)
+    if weights is not None:
+        wname = str(weights)
+        wtag = wname.split(".", 1)[1] if wname.startswith(f"{spec.name}.") else wname
+        if tag is not None and wtag != tag:
+            raise ValueError(f"{name!r} already names weights {tag!r}; got weights={weights!r} as well")
+        spec.weight(wtag)
+        tag, pretrained = wtag, True
+    if pretrained and tag is None and checkpoint_path is None:
+        if spec.default_tag is None:
+            reason = spec.no_weights_reason or "No pretrained weights are registered for it."
+            raise NoPretrainedWeightsError(
+                f"{spec.name} has no pretrained weights. {reason} Available: the architecture "
+                f"(pretrained=False) and checkpoint_path= for a checkpoint of your own."
+            )
+        tag = spec.default_tag
+    ws = spec.weight(tag) if tag is not None else None
+
+    args = dict(spec.model_args)
+    if ws is not None:
+        for key in ("in_chans", "num_classes", "img_size"):
+            if getattr(ws, key) is not None and key in args:
+                args[key] = getattr(ws, key)
+    for key, value in (("in_chans", in_chans), ("num_classes", num_classes), ("img_size", img_size)):
+        if value is not None:
+            args[key] = value
+    args.update(kwargs)
+    try:
+        model = spec.builder(**args)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"{spec.name}: {e} (its configuration: {', '.join(spec.model_args)})") from e
+
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path)
+        _load_into(model, spec, None, path, converted=False)
+        log.info("loaded %s from %s", spec.name, path)
+    elif pretrained:
+        from zoo.hub import fetch_weights
+
+        path = fetch_weights(spec, ws)
+        _load_into(model, spec, ws, path, converted=True)
+        log.info("loaded %s.%s", spec.name, tag)
+
+    model.pretrained_cfg = {
+        "name": spec.name,
+        "tag": tag if (pretrained or checkpoint_path) else None,
+        "family": spec.family,
+        "model_args": args,
+        "input_size": spec.input_size,
+        "preprocessing": dict(ws.preprocessing) if ws else {},
+        "sliding_window": dict(spec.sliding_window),
+    }
+    return model.eval()

@@ -1,0 +1,205 @@
+"""Model cards, generated from the registry.
+
+Every number in a card comes from the :class:`ModelSpec` (whose measured numbers are
+asserted against the real models by the tests), so a card cannot drift from the code:
+``tests/test_cards.py`` fails when a checked-in card differs from what this writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zoo._registry import ModelSpec, aliases_of, iter_specs, resolve
+
+__all__ = ["render_card", "write_cards", "stale_cards"]
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+
+
+def _fmt_params(n: float | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f} M"
+
+
+def _fmt_g(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} G"
+
+
+def _ratio(ours: float | None, paper: float | None) -> str:
+    if not ours or not paper:
+        return "—"
+    return f"{ours / paper:.3f}"
+
+
+def _yaml_list(items: list[str]) -> str:
+    return "".join(f"\n- {i}" for i in items) if items else " []"
+
+
+def _front_matter(spec: ModelSpec, hub_tag: str | None) -> str:
+    licences = sorted({w.license for w in spec.weights}) or ["apache-2.0"]
+    licence = licences[0].lower() if len(licences) == 1 and licences[0] != "none" else "other"
+    tags = ["medzoo", "medical-imaging", "self-supervised", spec.family, "pytorch"]
+    datasets = list(spec.meta.get("datasets", ()))
+    lines = [
+        "---",
+        "library_name: medzoo",
+        f"license: {licence}",
+        f"tags:{_yaml_list(tags)}",
+        f"datasets:{_yaml_list(datasets)}",
+        f"metrics:{_yaml_list(list(spec.meta.get('metrics', ['dice'])))}",
+    ]
+    if spec.meta.get("pipeline_tag"):
+        lines.append(f"pipeline_tag: {spec.meta['pipeline_tag']}")
+    if hub_tag is not None:
+        lines.append(f"base_model: {spec.name}")
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _weights_section(spec: ModelSpec) -> str:
+    if not spec.weights:
+        return "## Weights\n\nNo pretrained weights. " + (spec.no_weights_reason or "") + "\n"
+    rows = [
+        "| tag | default | covers | in_chans | pretraining | licence | redistributable |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w in spec.weights:
+        rows.append(
+            f"| `{w.tag}` | {'yes' if w.tag == spec.default_tag else ''} | {w.covers} | "
+            f"{w.in_chans if w.in_chans is not None else '—'} | {w.pretraining} | {w.license} | "
+            f"{'yes' if w.redistributable else 'no'} |"
+        )
+    prov = ["", "Provenance (every file is checked against its digest when downloaded and when loaded):", ""]
+    for w in spec.weights:
+        src = []
+        if w.hf_hub_id:
+            src.append(f"Hub `{w.hf_hub_id}` (`{w.hf_filename}`, revision `{w.hf_revision or 'main'}`"
+                       + (f", sha256 `{w.sha256}`" if w.sha256 else "") + ")")
+        if w.url:
+            digest = f"`{w.upstream_digest}`" if w.upstream_digest else (
+                "no digest published upstream (the sha256 is computed and shown on first download)"
+            )
+            src.append(f"upstream <{w.url}>, digest {digest}")
+        fmt = f" Format: {w.upstream_format}." if w.upstream_format else ""
+        note = f" {w.notes}" if w.notes else ""
+        prov.append(f"- `{spec.name}.{w.tag}`: " + "; ".join(src or ["no source registered"]) + "." + fmt + note)
+    return "## Weights\n\n" + "\n".join(rows) + "\n" + "\n".join(prov) + "\n"
+
+
+def _input_section(spec: ModelSpec) -> str:
+    out = ["## Input and preprocessing", ""]
+    if spec.input_size:
+        c, *sp = spec.input_size
+        out.append(f"- Default input: `B × {c} × {' × '.join(map(str, sp))}` (channels first).")
+    if spec.sliding_window:
+        sw = spec.sliding_window
+        out.append(
+            f"- Whole volumes: sliding-window inference (`zoo.inference.sliding_window_predict`), "
+            f"window {tuple(sw.get('roi_size', ()))}, overlap {sw.get('overlap', 0.5)}."
+        )
+    for w in spec.weights:
+        if w.preprocessing:
+            items = "; ".join(f"{k}: {v}" for k, v in w.preprocessing.items())
+            out.append(f"- `{w.tag}` expects {items}.")
+    return "\n".join(out) + "\n"
+
+
+def _cost_section(spec: ModelSpec) -> str:
+    m = spec.meta
+    rows = [
+        "## Size and cost",
+        "",
+        "| | measured here | paper | ratio |",
+        "|---|---|---|---|",
+        f"| parameters | {_fmt_params(m.get('num_params'))} | {_fmt_params(m.get('paper_params'))} | "
+        f"{_ratio(m.get('num_params'), m.get('paper_params'))} |",
+    ]
+    if "paper_gmacs" in m:
+        ours = m.get("paper_setting_gmacs", m.get("gmacs"))
+        rows.append(
+            f"| GMACs (paper's setting) | {_fmt_g(ours)} | {_fmt_g(m.get('paper_gmacs'))} | "
+            f"{_ratio(ours, m.get('paper_gmacs'))} |"
+        )
+    if spec.input_size:
+        rows.append(f"| GMACs at {spec.input_size} | {_fmt_g(m.get('gmacs'))} | | |")
+    text = "\n".join(rows) + "\n"
+    text += (
+        "\nMeasured with `torch.utils.flop_counter.FlopCounterMode` (one multiply-accumulate = 2 FLOPs; "
+        "MACs = FLOPs / 2), batch 1."
+    )
+    if m.get("flops_convention"):
+        text += f" Paper's convention: {m['flops_convention']}."
+    return text + "\n"
+
+
+def render_card(spec: ModelSpec | str, hub_tag: str | None = None) -> str:
+    """The Markdown model card (with Hugging Face front matter) of one model.
+
+    Args:
+        spec: a ModelSpec or a model name.
+        hub_tag: when writing the card of one published checkpoint, its tag.
+    """
+    if isinstance(spec, str):
+        spec = resolve(spec)[0]
+    p = spec.paper
+    aliases = aliases_of(spec.name)
+    usage_name = f"{spec.name}.{hub_tag}" if hub_tag else spec.name
+    pretrained = "pretrained=True" if spec.weights else "pretrained=False"
+    parts = [
+        _front_matter(spec, hub_tag),
+        "",
+        f"# {spec.name}" + (f" — weights `{hub_tag}`" if hub_tag else ""),
+        "",
+        spec.description.strip(),
+        "",
+        f"From *{p.title}* ({p.authors}, {p.venue} {p.year}, <{p.url}>)"
+        + (f"; authors' code <{p.code_url}>." if p.code_url else "."),
+    ]
+    if aliases:
+        parts += ["", "Aliases: " + ", ".join(f"`{a}`" for a in aliases) + "."]
+    parts += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import zoo",
+        f'model = zoo.create("{usage_name}", {pretrained})',
+        "```",
+        "",
+        f"`torch.hub.load(REPO, \"{spec.hub_entrypoint}\", {pretrained})` builds the same model.",
+        "",
+        _weights_section(spec),
+        _input_section(spec),
+        _cost_section(spec),
+    ]
+    if spec.results_md:
+        parts += ["## Results reported in the paper", "", spec.results_md.strip(), ""]
+    if spec.notes:
+        parts += ["## Paper/code discrepancies and reproduced quirks", ""]
+        parts += [f"- {n}" for n in spec.notes] + [""]
+    if spec.limitations:
+        parts += ["## Limitations", ""] + [f"- {n}" for n in spec.limitations] + [""]
+    parts += ["## Citation", "", "```bibtex", p.bibtex.strip(), "```", ""]
+    return "\n".join(parts)
+
+
+def write_cards(out_dir: str | Path = CARDS_DIR) -> list[Path]:
+    """Write one card per registered model into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for spec in iter_specs():
+        path = out / f"{spec.name}.md"
+        path.write_text(render_card(spec))
+        paths.append(path)
+    return paths
+
+
+def stale_cards(cards_dir: str | Path = CARDS_DIR) -> list[str]:
+    """Names whose checked-in card is missing or differs from the generator's output."""
+    d = Path(cards_dir)
+    stale = []
+    for spec in iter_specs():
+        path = d / f"{spec.name}.md"
+        if not path.exists() or path.read_text() != render_card(spec):
+            stale.append(spec.name)
+    return stale

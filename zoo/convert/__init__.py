@@ -1,0 +1,116 @@
+"""Checkpoint conversion: the authors' formats → our state_dict.
+
+One module per family (``zoo.convert.<family>``) exposes
+``convert(checkpoint, spec) -> dict[str, Tensor]``. It receives whatever
+``torch.load(path, weights_only=True)`` returned (or a safetensors dict) and knows the
+containers and key prefixes of that family's released and trained checkpoints. Each
+unwrapping step is explicit and logged; nothing is guessed silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointFormatError",
+    "unwrap_container",
+    "strip_prefix",
+    "read_checkpoint",
+    "convert_checkpoint",
+    "tensor_dict",
+]
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint whose container or keys are not a format this family knows."""
+
+
+def tensor_dict(obj: Any, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Check that ``obj`` is a flat ``{str: Tensor}`` mapping and return it as a dict."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointFormatError(f"{what}: expected a mapping of tensors, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointFormatError(
+            f"{what}: expected a flat mapping of name → tensor; entries {bad[:5]} are not tensors"
+        )
+    return dict(obj)
+
+
+def unwrap_container(obj: Any, containers: Iterable[str]) -> tuple[Any, str | None]:
+    """Return ``obj[name]`` for the first container key present, and which one it was.
+
+    Only the named containers are tried (e.g. Lightning's ``state_dict``, PyMIC's
+    ``model_state_dict``), so an unknown layout fails instead of loading the wrong thing.
+    """
+    if isinstance(obj, Mapping):
+        for name in containers:
+            inner = obj.get(name)
+            if isinstance(inner, Mapping):
+                log.debug("checkpoint: using container %r", name)
+                return inner, name
+    return obj, None
+
+
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> tuple[dict, str | None]:
+    """Strip the first prefix in ``prefixes`` that *every* key starts with.
+
+    A prefix carried by only some keys is not stripped: mixed checkpoints (a Lightning
+    module with extra SSL heads, say) are the converter's job to split explicitly.
+    """
+    for p in prefixes:
+        if sd and all(k.startswith(p) for k in sd):
+            log.debug("checkpoint: stripping prefix %r", p)
+            return {k[len(p) :]: v for k, v in sd.items()}, p
+    return dict(sd), None
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether the file is safetensors (an 8-byte header length, then a JSON header)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and int.from_bytes(head[:8], "little") < size and head[8:9] == b"{"
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Read a checkpoint file without executing code from it.
+
+    safetensors files (recognised by content, not by name) are read with safetensors;
+    anything else with ``torch.load(weights_only=True)``, which refuses pickled code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointFormatError(
+            f"{path}: not a checkpoint torch.load(weights_only=True) can read ({type(e).__name__}: {e}). "
+            "Files that need arbitrary code to unpickle are refused."
+        ) from e
+
+
+def convert_checkpoint(checkpoint: Any, spec: Any) -> dict[str, torch.Tensor]:
+    """Convert a loaded checkpoint to ``spec``'s state_dict with its family's converter."""
+    try:
+        module = importlib.import_module(f"zoo.convert.{spec.family}")
+    except ModuleNotFoundError as e:
+        raise CheckpointFormatError(f"no converter for family {spec.family!r}") from e
+    return module.convert(checkpoint, spec)

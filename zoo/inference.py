@@ -1,0 +1,56 @@
+"""Whole-volume inference for models built for one input size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["sliding_window_predict"]
+
+
+def sliding_window_predict(
+    model: nn.Module,
+    volume: torch.Tensor,
+    roi_size: Sequence[int] | None = None,
+    overlap: float | None = None,
+    sw_batch_size: int = 1,
+    mode: str = "gaussian",
+    progress: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Run ``model`` over a volume larger than its input with MONAI's sliding window.
+
+    Args:
+        model: a zoo model; its ``pretrained_cfg["sliding_window"]`` supplies the
+            defaults for ``roi_size`` and ``overlap`` (the paper's settings).
+        volume: ``B × C × *spatial`` tensor; spatial dims smaller than the window are
+            padded by MONAI and cropped back.
+        roi_size: window size; defaults to the model's registered window.
+        overlap: window overlap in [0, 1); defaults to the registered value, else 0.5.
+        sw_batch_size: windows per forward.
+        mode: blending of overlapping windows (``"gaussian"`` or ``"constant"``).
+        progress: show a progress bar.
+        **kwargs: passed to :func:`monai.inferers.sliding_window_inference`.
+
+    Returns:
+        ``B × K × *spatial`` logits on the volume's grid.
+    """
+    from monai.inferers import sliding_window_inference
+
+    cfg = getattr(model, "pretrained_cfg", {}).get("sliding_window", {})
+    roi = tuple(roi_size or cfg.get("roi_size") or ())
+    if not roi:
+        raise ValueError("roi_size is needed: this model registers no sliding-window default")
+    spatial = volume.ndim - 2
+    if len(roi) != spatial:
+        raise ValueError(f"roi_size {roi} has {len(roi)} dims; the volume has {spatial} spatial dims")
+    ov = cfg.get("overlap", 0.5) if overlap is None else overlap
+    if not 0 <= ov < 1:
+        raise ValueError(f"overlap must lie in [0, 1), got {ov}")
+    with torch.inference_mode():
+        return sliding_window_inference(
+            volume, roi, sw_batch_size, model, overlap=ov, mode=mode, progress=progress, **kwargs
+        )

@@ -157,7 +157,7 @@ def test_registry_meta_matches_the_built_model(name):
     keys = model.state_dict().keys()
     assert f"{spec.first_conv}.weight" in keys
     assert all(any(k.startswith(p) for k in keys) for p in spec.encoder_prefixes)
-    assert spec.meta["paper_params"] == 31.16
+    assert spec.meta["paper_params"] == 31_160_000  # Table 8: 31.16 M
 
 
 def test_deepclusterv2_alias_resolves_to_the_deepcluster_variant():
@@ -305,3 +305,37 @@ def test_features_only_returns_resnet_stage_maps_per_slice():
         (1, 5, 1024, 4, 4),
         (1, 5, 2048, 2, 2),
     ]
+
+
+# --- through zoo.create -----------------------------------------------------------------------
+
+
+def test_create_loads_a_3d_checkpoint_file_strictly_with_a_single_channel_conv1(tmp_path):
+    import zoo
+
+    path = tmp_path / "swav3D.pth"
+    ckpt = _upstream_3d_checkpoint(with_swav_head=True)
+    torch.save(ckpt, path)
+    model = zoo.create("resnet50-deformattn-swav", checkpoint_path=path, in_chans=1)
+    rgb = ckpt["state_dict"]["module.intra.conv1.weight"]
+    torch.testing.assert_close(model.intra.conv1.weight, rgb.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(
+        model.prototypes.prototypes0.weight, _upstream("prototypes.prototypes0.weight", [3000, 640])
+    )
+
+
+def test_create_accepts_a_2d_resnet_checkpoint_as_encoder_only(tmp_path, caplog):
+    import zoo
+
+    upstream = {}
+    for key, shape, dtype in golden.load(GID)["state_dict_manifest"]:
+        if key.startswith("intra.") and not key.startswith("intra.deconv."):
+            up = key.removeprefix("intra.")
+            upstream[up] = torch.zeros((), dtype=torch.int64) if dtype == "int64" else _upstream(up, shape)
+    path = tmp_path / "resnet_swav2D.pth"
+    torch.save(upstream, path)
+    with caplog.at_level("INFO", logger="zoo"):
+        model = zoo.create("resnet50-deformattn", checkpoint_path=path)
+    torch.testing.assert_close(model.intra.layer1[0].conv1.weight, upstream["layer1.0.conv1.weight"])
+    assert "encoder only" in caplog.text
+    assert "inter.encoder.layers.0.norm1.weight" in caplog.text  # reported as newly initialised

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import zoo
 from tests import golden
 from zoo._registry import get_spec, resolve
 from zoo.convert import CheckpointFormatError
@@ -194,6 +195,22 @@ def test_mask_stage_checkpoint_converts_to_the_inter_slice_transformer():
     model.inter.load_state_dict({k.removeprefix("inter."): v for k, v in sd.items()}, strict=True)
 
 
+def test_mask_stage_checkpoint_loads_through_create_as_the_transformer_only(tmp_path, caplog):
+    inter_keys = [(k, s) for k, s, _ in golden.load(GID)["state_dict_manifest"] if k.startswith("inter.")]
+    upstream = {"module.mask_token": _upstream("module.mask_token", [640])}
+    for key, shape in inter_keys:
+        up = "module.encoder." + key.removeprefix("inter.")
+        upstream[up] = _upstream(up, shape)
+    path = tmp_path / "mask_stage.pth"
+    torch.save({"epoch": 99, "state_dict": upstream, "optimizer": {"state": {}, "param_groups": []}}, path)
+    with caplog.at_level("INFO", logger="zoo"):
+        model = zoo.create("resnet50-deformattn", checkpoint_path=path)
+    assert "holds the inter only" in caplog.text and "intra.conv1.weight" in caplog.text
+    key = "inter.encoder.layers.0.attention.to_q.weight"
+    upstream_key = "module.encoder.encoder.layers.0.attention.to_q.weight"
+    torch.testing.assert_close(model.state_dict()[key], upstream[upstream_key])
+
+
 @pytest.mark.parametrize("with_fc", [False, True])
 def test_2d_torchvision_checkpoint_covers_exactly_the_encoder_prefixes(with_fc):
     spec = get_spec("resnet50-deformattn")
@@ -311,7 +328,7 @@ def test_features_only_returns_resnet_stage_maps_per_slice():
 
 
 def test_create_loads_a_3d_checkpoint_file_strictly_with_a_single_channel_conv1(tmp_path):
-    import zoo
+
 
     path = tmp_path / "swav3D.pth"
     ckpt = _upstream_3d_checkpoint(with_swav_head=True)
@@ -325,7 +342,7 @@ def test_create_loads_a_3d_checkpoint_file_strictly_with_a_single_channel_conv1(
 
 
 def test_create_accepts_a_2d_resnet_checkpoint_as_encoder_only(tmp_path, caplog):
-    import zoo
+
 
     upstream = {}
     for key, shape, dtype in golden.load(GID)["state_dict_manifest"]:

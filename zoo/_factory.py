@@ -53,6 +53,7 @@ def load_weights(
     state_dict: Mapping[str, torch.Tensor],
     spec: ModelSpec | None = None,
     covers: str | None = None,
+    new_head: bool = False,
 ) -> LoadReport:
     """Load ``state_dict`` (already in our key naming) into ``model``, strictly.
 
@@ -62,16 +63,19 @@ def load_weights(
         checkpoint has another number of input channels (:func:`zoo.adapt.adapt_input_conv`);
       * a shape mismatch in the output head (``spec.head_keys``) re-initialises exactly
         that head (a new ``num_classes``); any other shape mismatch is an error;
-      * with ``covers="encoder"`` every encoder key (``spec.encoder_prefixes``) must be
-        present and the rest is reported as newly initialised; otherwise every key must
-        be present. ``covers=None`` means an encoder-only checkpoint is accepted when
-        *all* its keys lie in the encoder, and said so at INFO level.
+      * ``covers`` names the part the checkpoint holds: ``"full"`` (every key must be
+        present), ``"encoder"`` or another of ``spec.partial_components`` (every key of
+        that part must be present; the rest is reported as newly initialised).
+        ``covers=None`` accepts a partial checkpoint when *all* its keys lie in one
+        declared part, and says so at INFO level;
+      * ``new_head=True`` (the caller asked for its own ``num_classes``) lets a
+        checkpoint without output-head keys load, the head staying newly initialised.
 
     Raises:
         CheckpointMismatchError: naming the missing, unexpected or mismatched keys.
     """
     head = tuple(spec.head_keys) if spec else ()
-    enc = tuple(spec.encoder_prefixes) if spec else ()
+    parts = spec.partial_components if spec else {}
     first = spec.first_convs if spec else ()
     own = model.state_dict()
     sd = dict(state_dict)
@@ -111,27 +115,35 @@ def load_weights(
             if _starts(k, head) and k in sd:
                 del sd[k]
                 report.reinitialised_head.append(k)
-        report.reinitialised_head = sorted(set(report.reinitialised_head))
-        log.info("output head re-initialised (new num_classes): %s", _listing(report.reinitialised_head))
+    if new_head:
+        report.reinitialised_head += [k for k in own if _starts(k, head) and k not in sd]
+    report.reinitialised_head = sorted(set(report.reinitialised_head))
+    if report.reinitialised_head:
+        log.info("output head newly initialised (new num_classes): %s", _listing(report.reinitialised_head))
 
     missing = sorted(k for k in own if k not in sd and k not in report.reinitialised_head)
     if covers is None:
-        encoder_only = bool(enc) and bool(sd) and all(_starts(k, enc) for k in sd) and bool(missing)
-        covers = "encoder" if encoder_only else "full"
-        if encoder_only:
-            log.info("checkpoint holds the encoder only (%d entries)", len(sd))
+        covers = "full"
+        if missing and sd:
+            for part, prefixes in parts.items():
+                if all(_starts(k, prefixes) for k in sd):
+                    covers = part
+                    log.info("checkpoint holds the %s only (%d entries)", part, len(sd))
+                    break
     report.covers = covers
-    if covers == "encoder":
-        if not enc:
-            raise CheckpointMismatchError("encoder-only checkpoint, but this model declares no encoder prefixes")
-        missing_enc = [k for k in missing if _starts(k, enc)]
-        if missing_enc:
+    if covers != "full":
+        if covers not in parts:
             raise CheckpointMismatchError(
-                f"encoder checkpoint lacks {len(missing_enc)} encoder key(s): {_listing(missing_enc)}"
+                f"checkpoint said to cover {covers!r}, but the model declares only {sorted(parts) or 'no parts'}"
+            )
+        missing_part = [k for k in missing if _starts(k, parts[covers])]
+        if missing_part:
+            raise CheckpointMismatchError(
+                f"{covers} checkpoint lacks {len(missing_part)} {covers} key(s): {_listing(missing_part)}"
             )
         report.newly_initialised = missing
         if missing:
-            log.info("newly initialised (not in the encoder checkpoint): %s", _listing(missing, 40))
+            log.info("newly initialised (not in the %s checkpoint): %s", covers, _listing(missing, 40))
     elif missing:
         raise CheckpointMismatchError(f"checkpoint lacks {len(missing)} key(s): {_listing(missing)}")
 
@@ -141,10 +153,12 @@ def load_weights(
     return report
 
 
-def _load_into(model: nn.Module, spec: ModelSpec, ws: WeightSpec | None, path: Path, converted: bool) -> None:
+def _load_into(
+    model: nn.Module, spec: ModelSpec, ws: WeightSpec | None, path: Path, converted: bool, new_head: bool
+) -> None:
     raw = read_checkpoint(path)
     sd = raw if converted else convert_checkpoint(raw, spec)
-    load_weights(model, sd, spec, covers=ws.covers if ws else None)
+    load_weights(model, sd, spec, covers=ws.covers if ws else None, new_head=new_head)
 
 
 def create(
@@ -216,13 +230,13 @@ def create(
 
     if checkpoint_path is not None:
         path = Path(checkpoint_path)
-        _load_into(model, spec, None, path, converted=False)
+        _load_into(model, spec, None, path, converted=False, new_head=num_classes is not None)
         log.info("loaded %s from %s", spec.name, path)
     elif pretrained:
         from zoo.hub import fetch_weights
 
         path = fetch_weights(spec, ws)
-        _load_into(model, spec, ws, path, converted=True)
+        _load_into(model, spec, ws, path, converted=True, new_head=num_classes is not None)
         log.info("loaded %s.%s", spec.name, tag)
 
     model.pretrained_cfg = {

@@ -127,6 +127,8 @@ class ModelSpec:
             tuple of keys for models with several (LoGoNet's nine encoders); adapted when
             ``in_chans`` differs from the checkpoint's.
         encoder_prefixes: key prefixes that make up the encoder (for encoder-only weights).
+        components: further parts a checkpoint may cover on its own, by name → key
+            prefixes (e.g. the Transformer of a mask-stage checkpoint).
         no_weights_reason: shown when ``pretrained=True`` and no tag exists.
         meta: measured and published numbers (``num_params``, ``gmacs`` …, and the
             paper's ``paper_params`` / ``paper_gmacs``), asserted by tests.
@@ -148,6 +150,7 @@ class ModelSpec:
     head_keys: tuple[str, ...] = ()
     first_conv: str | tuple[str, ...] | None = None
     encoder_prefixes: tuple[str, ...] = ()
+    components: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     no_weights_reason: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -167,6 +170,13 @@ class ModelSpec:
     def hub_entrypoint(self) -> str:
         """Name of the ``torch.hub`` entrypoint in ``hubconf.py``."""
         return self.name.replace("-", "_")
+
+    @property
+    def partial_components(self) -> dict[str, tuple[str, ...]]:
+        """Parts a checkpoint may cover alone: the encoder, then ``components``."""
+        parts = {"encoder": tuple(self.encoder_prefixes)} if self.encoder_prefixes else {}
+        parts.update({k: tuple(v) for k, v in self.components.items()})
+        return parts
 
     @property
     def first_convs(self) -> tuple[str, ...]:

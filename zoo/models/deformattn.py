@@ -1,0 +1,747 @@
+"""Joint 2D/3D self-supervised ResNet-50 + inter-slice deformable attention (Nguyen et al., AAAI 2023).
+
+A volume of ``N = 64`` slices goes slice by slice through a torchvision-layout ResNet-50
+(``f_intra``); the globally pooled, L2-normalised features of its four stages plus the final
+pool are concatenated (5888-d) and projected to 640-d. Four post-LN Transformer layers built on
+lucidrains' ``DeformableAttention1D`` (``f_inter``) mix the slices, and the mean over slices,
+L2-normalised, is the 640-d volume embedding. The SwAV / DeepCluster-v2 variants keep the
+prototype head used for the 3D clustering stage.
+
+Reference: ``duyhominhnguyen/Self-supervised-Image-Volume-Intra-Inter-Contrastive`` at
+2cc652e, ``utils/models.py::ResNet_Trans`` with ``deformable-attention==0.0.18``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+__all__ = [
+    "ContinuousPositionBias",
+    "DeformableAttention1D",
+    "DeformableEncoderLayer",
+    "InterSliceTransformer",
+    "MultiScaleResNet50",
+    "ResNet50DeformAttn",
+]
+
+# Widths of GAP(layer1..4) and the final pool of a ResNet-50 (layer4 again).
+_MULTI_SCALE_DIMS = (256, 512, 1024, 2048, 2048)
+_MIN_SLICE_SIZE = 32  # below this, layer4 of the ResNet sees less than one stride-32 cell
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def normalize_positions(pos: torch.Tensor) -> torch.Tensor:
+    """Map positions ``0 … n-1`` along the last axis of length ``n`` to ``[-1, 1]``."""
+    n = pos.shape[-1]
+    return 2.0 * pos / max(n - 1, 1) - 1.0
+
+
+def sample_along_sequence(feats: torch.Tensor, positions: torch.Tensor, corrected: bool) -> torch.Tensor:
+    """Bilinear samples of ``feats`` at normalised sequence positions (zeros outside).
+
+    Args:
+        feats: ``(BG, C, L)`` grouped features.
+        positions: ``(BG, M)`` positions in ``[-1, 1]`` (``align_corners=False`` convention).
+        corrected: sample along ``L`` (deformable-attention ≥ 0.0.20). When False, reproduce
+            0.0.18, which puts the position in grid_sample's x slot.
+
+    Returns:
+        ``(BG, C, M)`` sampled features.
+    """
+    zeros = torch.zeros_like(positions)
+    # Quirk of deformable-attention 0.0.18 (corrected=False): the position goes to x, which indexes
+    # the size-1 axis, and y = 0 reads the centre of L: every sample is that centre times 1 - |x| / 2.
+    xy = (zeros, positions) if corrected else (positions, zeros)
+    grid = torch.stack(xy, dim=-1)
+    out = F.grid_sample(
+        feats.unsqueeze(-1), grid.unsqueeze(-2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return out.squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks
+
+
+class ContinuousPositionBias(nn.Module):
+    """SwinV2-style continuous relative-position bias: an MLP over log-spaced 1D distances.
+
+    Args:
+        dim: hidden width of the MLP.
+        heads: attention heads.
+        offset_groups: offset groups (``heads`` must be a multiple).
+        depth: number of hidden layers.
+        log_distance: use ``sign(d) · log(|d| + 1)`` instead of ``d``.
+    """
+
+    def __init__(self, dim: int, heads: int, offset_groups: int, depth: int = 2, log_distance: bool = True):
+        super().__init__()
+        self.offset_groups = offset_groups
+        self.log_distance = log_distance
+        layers: list[nn.Module] = [nn.Sequential(nn.Linear(1, dim), nn.ReLU())]
+        layers += [nn.Sequential(nn.Linear(dim, dim), nn.ReLU()) for _ in range(depth - 1)]
+        layers.append(nn.Linear(dim, heads // offset_groups))
+        self.mlp = nn.ModuleList(layers)
+
+    def forward(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            query_pos: ``(L,)`` normalised query positions.
+            key_pos: ``(B·G, M)`` normalised sampled key positions.
+
+        Returns:
+            ``(B, heads, L, M)`` additive attention bias.
+        """
+        rel = query_pos[None, :, None, None] - key_pos[:, None, :, None]
+        if self.log_distance:
+            rel = torch.sign(rel) * torch.log(rel.abs() + 1)
+        bias = rel
+        for layer in self.mlp:
+            bias = layer(bias)
+        bg, length, m, per_group = bias.shape
+        bias = bias.view(bg // self.offset_groups, self.offset_groups, length, m, per_group)
+        return bias.permute(0, 1, 4, 2, 3).reshape(bg // self.offset_groups, -1, length, m)
+
+
+class DeformableAttention1D(nn.Module):
+    """1D deformable attention (DAT) in the layout of lucidrains' ``deformable-attention``.
+
+    The input is ``(B, dim, L)``: ``dim`` channels, ``L`` positions. Queries come from every
+    position; keys/values from ``L / downsample_factor`` reference points shifted by learned
+    offsets (one offset network shared by all groups, one group per head).
+
+    Args:
+        dim: input channels (here: the number of slices).
+        dim_head: width of one head.
+        heads: attention heads (= offset groups).
+        downsample_factor: stride between reference points.
+        offset_scale: bound of the offsets (``tanh · offset_scale``), in positions.
+        offset_kernel_size: kernel of the depthwise offset convolution.
+        corrected_sampling: sample keys/values along the sequence (fixed release) instead of
+            the 0.0.18 behaviour the published weights were trained with.
+
+    Example:
+        >>> attn = DeformableAttention1D(dim=64, downsample_factor=4, offset_scale=2)
+        >>> attn(torch.randn(2, 64, 640)).shape
+        torch.Size([2, 64, 640])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_head: int = 64,
+        heads: int = 8,
+        downsample_factor: int = 4,
+        offset_scale: float = 4.0,
+        offset_kernel_size: int = 6,
+        corrected_sampling: bool = False,
+    ):
+        super().__init__()
+        if offset_kernel_size < downsample_factor or (offset_kernel_size - downsample_factor) % 2:
+            raise ValueError(
+                f"offset_kernel_size must be >= downsample_factor with an even difference, "
+                f"got {offset_kernel_size} and {downsample_factor}"
+            )
+        inner_dim = dim_head * heads
+        group_dim = inner_dim // heads
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        self.offset_scale = offset_scale
+        self.corrected_sampling = corrected_sampling
+
+        self.to_offsets = nn.Sequential(
+            nn.Conv1d(
+                group_dim,
+                group_dim,
+                offset_kernel_size,
+                stride=downsample_factor,
+                padding=(offset_kernel_size - downsample_factor) // 2,
+                groups=group_dim,
+            ),
+            nn.GELU(),
+            nn.Conv1d(group_dim, 1, 1, bias=False),
+        )
+        self.rel_pos_bias = ContinuousPositionBias(dim // 4, heads=heads, offset_groups=heads, depth=2)
+        self.to_q = nn.Conv1d(dim, inner_dim, 1, groups=heads, bias=False)
+        self.to_k = nn.Conv1d(dim, inner_dim, 1, groups=heads, bias=False)
+        self.to_v = nn.Conv1d(dim, inner_dim, 1, groups=heads, bias=False)
+        self.to_out = nn.Conv1d(inner_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, dim, L)``.
+
+        Returns:
+            ``(B, dim, L)``.
+        """
+        b, _, length = x.shape
+        g = self.heads
+        q = self.to_q(x)
+
+        offsets = self.to_offsets(q.reshape(b * g, -1, length)).squeeze(1)
+        offsets = torch.tanh(offsets) * self.offset_scale
+        ref = torch.arange(offsets.shape[-1], device=x.device, dtype=offsets.dtype)
+        key_pos = normalize_positions(ref + offsets)  # (B·G, M)
+
+        kv = sample_along_sequence(x.reshape(b * g, -1, length), key_pos, self.corrected_sampling)
+        kv = kv.reshape(b, -1, kv.shape[-1])
+        k, v = self.to_k(kv), self.to_v(kv)
+
+        def split_heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, g, -1, t.shape[-1]).transpose(-1, -2)  # (B, H, n, d)
+
+        q, k, v = split_heads(q * self.scale), split_heads(k), split_heads(v)
+        sim = q @ k.transpose(-1, -2)
+        query_pos = normalize_positions(torch.arange(length, device=x.device, dtype=x.dtype))
+        sim = sim + self.rel_pos_bias(query_pos, key_pos)
+        attn = sim.softmax(dim=-1)
+        out = (attn @ v).transpose(-1, -2).reshape(b, -1, length)
+        return self.to_out(out)
+
+
+class FeedForward(nn.Module):
+    """Linear → GELU → dropout → Linear."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.dropout = nn.Dropout(drop)
+        self.linear2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(self.act(self.linear1(x))))
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-LN Transformer layer: ``x = LN(x + Attn(x)); x = LN(x + FFN(x))``.
+
+    Args:
+        n_frames: slices, the channel axis of the attention.
+        d_model: slice embedding width, the sequence axis of the attention and the LN axis.
+        ffn_hidden: hidden width of the feed-forward network.
+        drop: dropout after attention, inside and after the FFN.
+        attn_kwargs: arguments of :class:`DeformableAttention1D`.
+    """
+
+    def __init__(self, n_frames: int, d_model: int, ffn_hidden: int, drop: float = 0.1, **attn_kwargs):
+        super().__init__()
+        self.attention = DeformableAttention1D(dim=n_frames, **attn_kwargs)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(drop)
+        self.ffn = FeedForward(d_model, ffn_hidden, drop)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, n_frames, d_model)`` → same shape."""
+        x = self.norm1(x + self.dropout1(self.attention(x)))
+        return self.norm2(x + self.dropout2(self.ffn(x)))
+
+
+class DeformableEncoder(nn.Module):
+    """A stack of :class:`DeformableEncoderLayer` (the reference's ``DeTrans``)."""
+
+    def __init__(self, depth: int, **layer_kwargs):
+        super().__init__()
+        self.layers = nn.ModuleList([DeformableEncoderLayer(**layer_kwargs) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class InterSliceTransformer(nn.Module):
+    """``f_inter``: deformable attention across slices, ``(B, N, D)`` → ``(B, N, D)``.
+
+    Slices are the attention's channels and the embedding axis its sequence, as in the reference,
+    so the number of slices is fixed by the weights.
+    """
+
+    def __init__(self, depth: int = 4, **layer_kwargs):
+        super().__init__()
+        # Extra nesting (EncoderModel → DeTrans) kept so keys read ``inter.encoder.layers.*``.
+        self.encoder = DeformableEncoder(depth, **layer_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+class MultiScaleResNet50(ResNet):
+    """``f_intra``: torchvision ResNet-50 per slice → multi-scale 5888-d feature → ``embed_dim``.
+
+    Keys are torchvision's (no ``fc``) plus ``deconv``, the 5888 → ``embed_dim`` per-slice
+    projection, kept as the reference's ``ConvTranspose1d(k=1)`` so its weight has the
+    checkpoint's ``(5888, embed_dim, 1)`` shape.
+
+    Args:
+        in_chans: channels of one slice (3: the grey slice repeated).
+        embed_dim: slice embedding width.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 640):
+        super().__init__(Bottleneck, [3, 4, 6, 3])
+        del self.fc
+        if in_chans != 3:
+            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.deconv = nn.ConvTranspose1d(sum(_MULTI_SCALE_DIMS), embed_dim, kernel_size=1)
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(S, C, H, W)`` slices → outputs of ``layer1 … layer4``."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def multi_scale_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(S, C, H, W)`` → ``(S, 5888)``: L2-normalised GAPs of layer1–4 and the final pool."""
+        pooled = [F.normalize(self.avgpool(f).flatten(1), dim=1) for f in self.stage_features(x)]
+        # Quirk: the final pool equals GAP(layer4), so the layer4 vector is counted twice.
+        return torch.cat([*pooled, pooled[-1]], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, N, C, H, W)`` volume of ``N`` slices.
+
+        Returns:
+            ``(B, N, embed_dim)`` slice embeddings (not normalised).
+        """
+        b, n = x.shape[:2]
+        feats = self.multi_scale_features(x.flatten(0, 1)).view(b, n, -1)
+        return self.deconv(feats.transpose(1, 2)).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+class ResNet50DeformAttn(nn.Module):
+    """Joint image-volume SSL encoder: ResNet-50 per slice + deformable inter-slice Transformer.
+
+    Args:
+        in_chans: channels of one slice (3 in the reference: the grey slice repeated).
+        n_frames: slices per volume; the attention convolutions take them as channels, so the
+            published configuration requires exactly 64.
+        embed_dim: slice and volume embedding width (640).
+        ffn_hidden: Transformer FFN width (720).
+        depth: Transformer layers (4).
+        heads: attention heads (8).
+        dim_head: attention head width (64).
+        downsample_factor: stride of the deformable reference points (4).
+        offset_scale: offset bound in positions (2).
+        offset_kernel_size: offset-network kernel (6).
+        drop_rate: dropout of the Transformer layers (0.1, training only).
+        nmb_prototypes: sizes of the SSL prototype heads (``(3000,)`` SwAV, ``(4, 4, 4)``
+            DeepCluster-v2, ``()`` none); each is a bias-free ``Linear(embed_dim, k)``.
+        num_classes: when > 0, a linear classifier on the volume embedding (our addition).
+        corrected_sampling: use the fixed key/value sampling of deformable-attention ≥ 0.0.20
+            instead of the 0.0.18 behaviour the published weights were trained with.
+        features_only: ``forward`` returns the ResNet-50 stage maps of every slice.
+        img_size: nominal in-plane slice size (128, 128) the weights were trained at; any
+            size ≥ 32 runs thanks to global pooling.
+
+    Input:
+        ``(B, n_frames, in_chans, H, W)``: slices along axis 1, their channels along axis 2.
+
+    Returns:
+        - default: ``(B, embed_dim)`` L2-normalised volume embedding;
+        - with prototypes: ``(embedding, [(B, k) logits per head])`` as the reference returns;
+        - with ``num_classes``: ``(B, num_classes)`` logits;
+        - ``features_only``: list of 4 tensors ``(B, N, C_i, H_i, W_i)``, C_i = 256 … 2048.
+
+    Example:
+        >>> model = ResNet50DeformAttn().eval()
+        >>> model(torch.randn(1, 64, 3, 128, 128)).shape
+        torch.Size([1, 640])
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        n_frames: int = 64,
+        embed_dim: int = 640,
+        ffn_hidden: int = 720,
+        depth: int = 4,
+        heads: int = 8,
+        dim_head: int = 64,
+        downsample_factor: int = 4,
+        offset_scale: float = 2.0,
+        offset_kernel_size: int = 6,
+        drop_rate: float = 0.1,
+        nmb_prototypes: Sequence[int] = (),
+        num_classes: int = 0,
+        corrected_sampling: bool = False,
+        features_only: bool = False,
+        img_size: Sequence[int] = (128, 128),
+    ):
+        super().__init__()
+        if num_classes and nmb_prototypes:
+            raise ValueError("num_classes > 0 and SSL prototypes are exclusive; pick one head")
+        if len(tuple(img_size)) != 2:
+            raise ValueError(f"img_size is the in-plane slice size (H, W), got {img_size!r}")
+        self.in_chans = in_chans
+        self.n_frames = n_frames
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self.features_only = features_only
+        self.img_size = tuple(img_size)
+
+        self.intra = MultiScaleResNet50(in_chans=in_chans, embed_dim=embed_dim)
+        self.inter = InterSliceTransformer(
+            depth=depth,
+            n_frames=n_frames,
+            d_model=embed_dim,
+            ffn_hidden=ffn_hidden,
+            drop=drop_rate,
+            heads=heads,
+            dim_head=dim_head,
+            downsample_factor=downsample_factor,
+            offset_scale=offset_scale,
+            offset_kernel_size=offset_kernel_size,
+            corrected_sampling=corrected_sampling,
+        )
+        if nmb_prototypes:
+            # Same naming as SwAV's MultiPrototypes: prototypes.prototypes{i}.weight.
+            self.prototypes = nn.Module()
+            for i, k in enumerate(nmb_prototypes):
+                self.prototypes.add_module(f"prototypes{i}", nn.Linear(embed_dim, k, bias=False))
+        else:
+            self.prototypes = None
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else None
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = f"[B, {self.n_frames}, {self.in_chans}, H, W]"
+        if x.ndim != 5:
+            raise ValueError(
+                f"expected a 5-D volume {expected} (slices, then channels), got shape {list(x.shape)}"
+            )
+        if x.shape[2] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} channels per slice on axis 2 {expected}, got {x.shape[2]} "
+                f"(shape {list(x.shape)})"
+            )
+        if not self.features_only and x.shape[1] != self.n_frames:
+            raise ValueError(
+                f"{self.n_frames} slices are required by these weights (the inter-slice attention takes "
+                f"slices as convolution channels), got {x.shape[1]} (shape {list(x.shape)}); crop, pad "
+                f"or resample the volume to {self.n_frames} slices"
+            )
+        h, w = x.shape[-2:]
+        if h < _MIN_SLICE_SIZE or w < _MIN_SLICE_SIZE:
+            raise ValueError(
+                f"slices must be at least {_MIN_SLICE_SIZE}x{_MIN_SLICE_SIZE} (ResNet-50 stride 32; "
+                f"trained at {self.img_size[0]}x{self.img_size[1]}), got {h}x{w}"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C, H, W)`` → ``(B, embed_dim)`` L2-normalised volume embedding."""
+        self._check_input(x)
+        z = self.inter(self.intra(x)).mean(dim=1)
+        return F.normalize(z, dim=1)
+
+    def forward(self, x: torch.Tensor):
+        """See the class docstring for the return value of each configuration."""
+        if self.features_only:
+            self._check_input(x)
+            b, n = x.shape[:2]
+            maps = self.intra.stage_features(x.flatten(0, 1))
+            return [m.view(b, n, *m.shape[1:]) for m in maps]
+        z = self.forward_features(x)
+        if self.head is not None:
+            return self.head(z)
+        if self.prototypes is not None:
+            return z, [p(z) for p in self.prototypes.children()]
+        return z
+
+    def encoder_2d(self, in_chans: int | None = None) -> ResNet:
+        """A standalone torchvision ResNet-50 (``fc`` = Identity) holding ``f_intra``'s trunk.
+
+        This is what the authors transfer to 2D downstream tasks (a U-Net or Faster R-CNN
+        backbone); the projection, Transformer and prototypes are left out.
+
+        Args:
+            in_chans: input channels of the copy; ``1`` sums conv1's RGB weights, as the
+                authors' segmentation code does (``patch_first_conv``). Default: this model's.
+
+        Returns:
+            ``torchvision.models.ResNet`` mapping ``(S, in_chans, H, W)`` → ``(S, 2048)``.
+        """
+        in_chans = self.in_chans if in_chans is None else in_chans
+        if in_chans not in (1, self.in_chans):
+            raise ValueError(f"encoder_2d supports in_chans 1 or {self.in_chans}, got {in_chans}")
+        net = torchvision.models.resnet50(weights=None)
+        net.fc = nn.Identity()
+        trunk = {k: v for k, v in self.intra.state_dict().items() if not k.startswith("deconv.")}
+        if in_chans != self.in_chans:
+            net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            trunk["conv1.weight"] = trunk["conv1.weight"].sum(dim=1, keepdim=True)
+        net.load_state_dict(trunk, strict=True)
+        return net
+
+
+# ---------------------------------------------------------------------------------------------
+# registrations
+
+from zoo._registry import ModelSpec, PaperInfo, register_alias, register_model  # noqa: E402
+
+_PAPER = PaperInfo(
+    title=(
+        "Joint Self-Supervised Image-Volume Representation Learning with Intra-Inter Contrastive Clustering"
+    ),
+    authors=(
+        "Duy M. H. Nguyen, Hoang Nguyen, Truong T. N. Mai, Tri Cao, Binh T. Nguyen, Nhat Ho, "
+        "Paul Swoboda, Shadi Albarqouni, Pengtao Xie, Daniel Sonntag"
+    ),
+    venue="AAAI Conference on Artificial Intelligence (AAAI 2023), 37(12):14426-14435",
+    year=2023,
+    url="https://arxiv.org/abs/2212.01893",
+    code_url="https://github.com/duyhominhnguyen/Self-supervised-Image-Volume-Intra-Inter-Contrastive",
+    bibtex="""@inproceedings{nguyen2023joint,
+  title     = {Joint Self-Supervised Image-Volume Representation Learning
+               with Intra-Inter Contrastive Clustering},
+  author    = {Nguyen, Duy M. H. and Nguyen, Hoang and Mai, Truong T. N. and Cao, Tri and Nguyen, Binh T.
+               and Ho, Nhat and Swoboda, Paul and Albarqouni, Shadi and Xie, Pengtao and Sonntag, Daniel},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  volume    = {37},
+  number    = {12},
+  pages     = {14426--14435},
+  year      = {2023}
+}""",
+)
+
+_RESNET_PREFIXES = tuple(f"intra.{m}." for m in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4"))
+
+_NO_WEIGHTS = (
+    "The authors never published the 3D checkpoints (swav3D.pth / deepcluster3D.pth), and the 2D "
+    "ResNet-50 weights their README says are included in weights/ are missing from the repository. Pass "
+    "checkpoint_path= to load a checkpoint in the authors' formats (3D {epoch, state_dict, optimizer} "
+    "with 'module.' keys, mask-stage checkpoints, or a 2D torchvision ResNet-50 state_dict for the ResNet"
+    " alone)."
+)
+
+_DESCRIPTION = (
+    "Joint 2D/3D self-supervised encoder of Nguyen et al. (AAAI 2023). Each of the 64 slices of a [B, 64,"
+    " 3, H, W] volume (grey slice repeated to 3 channels, 128x128 in training) goes through a "
+    "torchvision-layout ResNet-50 (f_intra, pretrained with 2D SwAV or DeepCluster-v2 on slices); the "
+    "L2-normalised global pools of layers 1-4 and the final pool form a 5888-d slice feature projected to"
+    " 640-d. Four post-LN Transformer layers of 1D deformable attention (f_inter, pretrained by masked "
+    "embedding prediction) mix the slices; the mean over slices, L2-normalised, is a 640-d volume "
+    "embedding trained with a 3D SwAV or DeepCluster-v2 clustering loss. Downstream, the authors transfer"
+    " the ResNet-50 alone as a 2D encoder (encoder_2d()). Expected input: a volume "
+    "centre-cropped/zero-padded to 64x128x128 (resample beforehand: the authors' pipeline only crops or "
+    "pads), repeated to 3 channels; the 3D code applies no intensity normalisation, the 2D stage saw [0, "
+    "1] images with ImageNet mean/std."
+)
+
+_RESULTS_MD = """\
+**Table 3**, Universal pretraining, seen domains. BraTS2018 = 3D IoU, MRI segmentation; LUNA2016-v2 = AUC, CT classification.
+
+| Method | BraTS2018 | LUNA2016-v2 |
+|---|---|---|
+| Scratch (3D) | 58.51 ± 2.61 | 94.15 ± 3.97 |
+| V-Net | 59.01 ± 2.59 | 95.85 ± 1.09 |
+| 3D-Transformer | 66.54 ± 0.40 | 85.15 ± 2.62 |
+| I3D | 67.83 ± 0.75 | 92.43 ± 2.63 |
+| NiftyNet | 60.78 ± 1.60 | 94.16 ± 1.52 |
+| Med3D | 66.09 ± 1.35 | 91.32 ± 1.47 |
+| 3D-Rotation | 56.48 ± 1.78 | 95.91 ± 1.26 |
+| 3D-JigSaw | 59.65 ± 0.81 | 89.12 ± 1.71 |
+| Models Genesis | 67.96 ± 1.29 | 92.46 ± 5.54 |
+| Universal Model | 72.10 ± 0.67 | N/A |
+| 3D-DeepCluster | 59.20 ± 1.69 | 89.03 ± 2.56 |
+| 3D-SwAV | 62.81 ± 1.03 | 88.79 ± 5.48 |
+| TransVW | 68.82 ± 0.38 | 93.84 ± 6.73 |
+| SwinViT3D | 70.58 ± 1.27 | 88.68 ± 2.63 |
+| Scratch (2D) | 66.82 ± 1.32 | N/A |
+| Pre-trained ImageNet | 71.24 ± 2.30 | N/A |
+| SimCLR | 70.37 ± 1.11 | N/A |
+| Moco-v2 | 70.82 ± 0.22 | N/A |
+| Barlow-Twins | 67.35 ± 0.55 | N/A |
+| Deep-Cluster-v2 | 69.21 ± 2.10 | N/A |
+| SwAV | 69.83 ± 2.44 | N/A |
+| Our (DeepCluster-v2) | 72.81 ± 0.15 | 93.91 ± 0.67 |
+| Our (SwAV) | **73.03** ± 0.42 | 94.22 ± 1.11 |
+
+**Table 4**, Universal pretraining, unseen domains, MMWHS segmentation (3D IoU).
+
+| Method | MMWHS (CT) | MMWHS (MRI) |
+|---|---|---|
+| Scratch (3D) | 68.29 ± 1.68 | 67.04 ± 2.18 |
+| V-Net | 69.66 ± 3.65 | 67.50 ± 3.76 |
+| 3D-Transformer | 67.30 ± 2.29 | 67.64 ± 2.21 |
+| I3D | 76.63 ± 2.32 | 66.71 ± 1.27 |
+| Nifty Net | 74.91 ± 2.78 | 64.60 ± 1.96 |
+| Med3D | 75.01 ± 0.74 | 63.43 ± 0.61 |
+| 3D Rotation | 67.54 ± 2.80 | 71.36 ± 1.70 |
+| 3D Jigsaw | 68.40 ± 2.92 | 72.99 ± 2.54 |
+| Model Geneis | 76.48 ± 2.89 | 74.53 ± 1.69 |
+| Universal Model | 78.14 ± 0.77 | 77.52 ± 0.50 |
+| 3D-DeepCluster | 69.47 ± 1.44 | 75.83 ± 2.29 |
+| 3D-SwAV | 69.90 ± 1.31 | 69.41 ± 1.93 |
+| TransVW | 79.74 ± 2.78 | 75.08 ± 2.04 |
+| SwinViT3D | 70.19 ± 1.23 | 78.25 ± 1.66 |
+| Scratch (2D) | 74.25 ± 2.05 | 52.34 ± 4.31 |
+| Pre-trained ImageNet | 73.49 ± 3.15 | 72.66 ± 2.46 |
+| SimCLR | 78.56 ± 2.12 | 72.72 ± 1.29 |
+| Moco-v2 | 80.25 ± 0.93 | 71.85 ± 1.25 |
+| Barlow-Twins | 80.95 ± 2.47 | 70.90 ± 1.89 |
+| Deep-Cluster-v2 | 81.03 ± 1.17 | 74.51 ± 1.92 |
+| SwAV | 82.15 ± 1.19 | 74.50 ± 1.20 |
+| Our (DeepCluster-v2) | 83.58 ± 1.54 | 78.14 ± 1.32 |
+| Our (SwAV) | **84.89** ± 0.68 | **78.73** ± 1.21 |
+
+**Table 5**, VinDr-CXR 2D abnormality detection (AP@0.5). All 3D CNN-based methods: N/A.
+
+| Method | VinDr-CXR |
+|---|---|
+| Scratch (2D) | 24.35 ± 0.04 |
+| Pre-trained ImageNet | 27.82 ± 0.29 |
+| SimCLR | 26.87 ± 0.32 |
+| Moco-v2 | 27.20 ± 0.66 |
+| Barlow-Twins | 26.83 ± 0.13 |
+| Deep-Cluster-v2 | 28.03 ± 0.41 |
+| SwAV | 27.70 ± 0.22 |
+| Our (DeepCluster-v2) | 28.47 ± 0.40 |
+| Our (SwAV) | 27.47 ± 0.18 |
+
+**Table 6**, JSRT 2D X-ray segmentation (Dice), Unified pretraining, by fraction of labelled data.
+
+| Method | Backbone | 20% | 40% | 100% |
+|---|---|---|---|---|
+| Scratch CNN | RN50 | 84.05 | 87.63 | 90.96 |
+| Scratch PTU | Trans. | 85.55 | 88.83 | 91.22 |
+| Pre-trained ImageNet | RN50 | 87.90 | 90.01 | 91.73 |
+| Moco-v2 | RN50 | 88.65 | 91.03 | 92.32 |
+| PGL | RN50 | 89.01 | 91.39 | 92.76 |
+| PCRL | RN50 | 89.55 | 91.53 | 93.07 |
+| Moco-v3 | Trans. | 90.07 | 91.75 | 92.68 |
+| DINO | Trans. | 90.40 | 92.16 | 93.03 |
+| USST | Trans. | 91.88 | 93.15 | 94.08 |
+| Our (DeepC-v2) | RN50 | 90.60 | 92.87 | 94.31 |
+| Our (SwAV) | RN50 | 89.98 | 93.03 | 94.45 |
+
+**Table 7**, ablation of the SwAV variant on MMWHS.
+
+| Setting | CT | MRI |
+|---|---|---|
+| W/o mask prediction | 82.53 | 77.35 |
+| W/o 3D clustering | 81.97 | 76.18 |
+| Full model | 84.89 | 78.73 |
+| Full model w/o multi-feature | 83.56 | 78.12 |
+
+**Table 8**, parameter counts: SwinViT3D 62.19 M; TransVW 19.7 M; Universal Model 19.7 M; USST 47.8 M; Ours 31.16 M.
+"""  # noqa: E501 (tables verbatim)
+
+_NOTES = (
+    "Reproduced quirk: the pinned deformable-attention 0.0.18 samples every key/value at the centre of "
+    "the 640-long axis (mean of positions 319/320) scaled by 1 - |offset position|/2, so the offsets only"
+    " rescale; this is the default because the authors' weights were trained with it. "
+    "corrected_sampling=True gives the fixed sampling of release 0.0.20 (same parameters and keys, "
+    "different numerics).",
+    "Slices are the attention's convolution channels and the 640-d embedding axis its sequence (dim = "
+    "n_frames), so exactly 64 slices are required and slice order is encoded only through the per-channel"
+    " weights; the paper's 'positional encoding' is only the continuous relative-position bias.",
+    "The paper's 'four pyramid structure blocks' are four identical post-LN layers in the code (FFN "
+    "640-720-640, GELU).",
+    "Multi-level feature: GAP(layer4) and the final pool are the same vector, so layer4 counts twice in "
+    "the 5888-d concat.",
+    "The 5888->640 projection is a ConvTranspose1d(k=1) in the reference (weight (5888, 640, 1)), kept as"
+    " such for key compatibility.",
+    "The reference's ConstantPad2d(1) + conv1 padding 2 equals torchvision's padding 3; torchvision's "
+    "stem is used.",
+    "Preprocessing (3D): npy volume permuted to (D, H, W), torchio CropOrPad to (64, 128, 128) with no "
+    "resampling and no intensity normalisation in code; the 2D stage saw [0, 1] images with ImageNet "
+    "mean/std (scaling to [0, 1] then ImageNet mean/std is our inference, not the authors' statement).",
+    "Preprocessing (2D downstream, MMWHS): per volume clip to [0.5, 99.5] percentiles, z-score, /10, clip"
+    " [0, 1], x255 to uint8 PNG; slices resized to 224x224 (nearest), 1 channel in 0-255, no mean/std.",
+    "encoder_2d(in_chans=1) sums conv1's RGB weights, the adaptation the authors' segmentation code applies.",
+    "checkpoint_path= accepts 3D checkpoints ({epoch, state_dict, optimizer[, amp]}, 'module.' keys; a "
+    "prototype head absent from the chosen model is dropped), mask-stage checkpoints (only f_inter: "
+    "'module.encoder.' -> 'inter.', mask_token and decoder dropped) and 2D torchvision ResNet-50 "
+    "state_dicts (only the ResNet trunk: deconv and f_inter stay newly initialised).",
+    "The prototypes are plain bias-free Linear layers; SwAV L2-normalises their rows before each training"
+    " step, outside the forward, so the logits are z @ W.T.",
+    "num_classes > 0 adds a linear classifier on the volume embedding (our addition; the paper's LUNA "
+    "classifier of two FC layers was not released).",
+    "Spec slip: spec §2.5 counts 409 state_dict keys; the reference manifest has 408 (320 intra + 88 inter).",
+)
+
+_LIMITATIONS = (
+    "No pretrained weights are available: the 3D checkpoints were never published and the 2D ones are "
+    "missing.",
+    "Exactly 64 slices per volume; other depths must be cropped, padded or resampled to 64.",
+    "The volume is not resampled by the authors' pipeline (crop/pad only): the spacing seen in "
+    "pretraining is undefined.",
+)
+
+
+def _create(**kwargs) -> ResNet50DeformAttn:
+    return ResNet50DeformAttn(**kwargs)
+
+
+_COMMON = dict(
+    family="deformattn",
+    builder=_create,
+    paper=_PAPER,
+    weights=(),
+    default_tag=None,
+    input_size=(64, 3, 128, 128),  # (slices, channels, H, W): the reference takes slices before channels
+    first_conv="intra.conv1",
+    encoder_prefixes=_RESNET_PREFIXES,
+    components={"inter": ("inter.",)},  # mask-stage checkpoints hold the Transformer alone
+    no_weights_reason=_NO_WEIGHTS,
+    description=_DESCRIPTION,
+    results_md=_RESULTS_MD,
+    notes=_NOTES,
+    limitations=_LIMITATIONS,
+)
+_ARGS = dict(in_chans=3, n_frames=64, embed_dim=640, ffn_hidden=720, depth=4, img_size=(128, 128))
+# gmacs: FlopCounterMode at 1x64x3x128x128, batch 1 (grid_sample is not counted).
+_PAPER_META = dict(
+    paper_params=31_160_000,
+    flops_convention="paper reports parameters only (Table 8: 31.16 M, prototype head excluded); no FLOPs",
+)
+
+register_model(
+    ModelSpec(
+        name="resnet50-deformattn",
+        model_args=_ARGS,
+        head_keys=("head.",),
+        meta=dict(_PAPER_META, num_params=31_162_884, gmacs=87.355),
+        **_COMMON,
+    )
+)
+register_model(
+    ModelSpec(
+        name="resnet50-deformattn-swav",
+        model_args=dict(_ARGS, nmb_prototypes=(3000,)),
+        head_keys=("head.", "prototypes."),
+        meta=dict(_PAPER_META, num_params=33_082_884, gmacs=87.357),
+        **_COMMON,
+    )
+)
+register_model(
+    ModelSpec(
+        name="resnet50-deformattn-deepcluster",
+        model_args=dict(_ARGS, nmb_prototypes=(4, 4, 4)),
+        head_keys=("head.", "prototypes."),
+        meta=dict(_PAPER_META, num_params=31_170_564, gmacs=87.355),
+        **_COMMON,
+    )
+)
+register_alias("resnet50-deformattn-deepclusterv2", "resnet50-deformattn-deepcluster")

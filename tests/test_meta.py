@@ -20,6 +20,14 @@ def build(spec, device: str):
         return spec.builder(**dict(spec.model_args)).eval()
 
 
+def build_anywhere(spec):
+    """On the meta device when the constructor allows it (no memory, no init), else on CPU."""
+    try:
+        return build(spec, "meta")
+    except (NotImplementedError, RuntimeError):
+        return build(spec, "cpu")
+
+
 def count_macs(spec) -> float:
     """Multiply-accumulates of one forward at the spec's input size (FLOPs / 2), in G."""
     for device in ("meta", "cpu"):
@@ -37,7 +45,7 @@ def count_macs(spec) -> float:
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_registered_parameter_count_is_the_models(spec):
-    model = build(spec, "meta")
+    model = build_anywhere(spec)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n == spec.meta["num_params"]
 

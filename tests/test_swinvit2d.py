@@ -141,6 +141,26 @@ def test_simsiam_checkpoint_maps_onto_swinunetr_encoder(simsiam_reference):
         assert torch.equal(value, ref[f"backbone.model.{key}"]), key
 
 
+def test_simsiam_checkpoint_file_initialises_the_segmenter_encoder(simsiam_reference, tmp_path, caplog):
+    import zoo
+
+    _, ref = simsiam_reference
+    path = tmp_path / "iou30-60.pt"
+    torch.save(ref, path)  # main_simsiam.py's format: torch.save(simsiam.state_dict())
+    with caplog.at_level(logging.INFO):
+        segmenter = zoo.create(SEGMENTER, checkpoint_path=path)
+    assert "encoder only" in caplog.text
+    assert torch.equal(
+        segmenter.swinViT.layers4[0].blocks[1].mlp.linear2.weight,
+        ref["backbone.model.layers4.0.blocks.1.mlp.linear2.weight"],
+    )
+    # A 3-channel segmenter gets the patch embedding adapted from the 1-channel checkpoint.
+    rgb = zoo.create(SEGMENTER, checkpoint_path=path, in_chans=3)
+    assert rgb.swinViT.patch_embed.proj.weight.shape == (48, 3, 2, 2)
+    simsiam = zoo.create(SIMSIAM, checkpoint_path=path)
+    assert torch.equal(simsiam.prediction_head.layers[3].bias, ref["prediction_head.layers.3.bias"])
+
+
 def test_dino_bare_checkpoint_maps_onto_every_encoder(simsiam_reference):
     _, ref = simsiam_reference
     bare = {k[len("backbone.model.") :]: v for k, v in ref.items() if k.startswith("backbone.model.")}

@@ -100,6 +100,14 @@ def _input_section(spec: ModelSpec) -> str:
         if w.preprocessing:
             items = "; ".join(f"{k}: {v}" for k, v in w.preprocessing.items())
             out.append(f"- `{w.tag}` expects {items}.")
+    prep = spec.meta.get("preprocessing")
+    if prep:
+        items = "; ".join(f"{k}: {v}" for k, v in prep.items()) if isinstance(prep, dict) else str(prep)
+        out.append(f"- Preprocessing of the paper: {items}.")
+    recipe = spec.meta.get("pretraining_recipe")
+    if recipe:
+        items = "; ".join(f"{k}: {v}" for k, v in recipe.items()) if isinstance(recipe, dict) else str(recipe)
+        out.append(f"- Pretraining recipe of the paper: {items}.")
     return "\n".join(out) + "\n"
 
 

@@ -129,6 +129,11 @@ class ModelSpec:
         encoder_prefixes: key prefixes that make up the encoder (for encoder-only weights).
         components: further parts a checkpoint may cover on its own, by name → key
             prefixes (e.g. the Transformer of a mask-stage checkpoint).
+        param_groups: the model's parts in input-to-output order, name → key prefixes,
+            with the same names in every family: ``stem``, ``encoder.0`` …
+            ``encoder.N``, ``decoder``, ``head`` (freezing, layer-wise LR decay).
+        feature_info: encoder feature maps per stage, each
+            ``{"module": name, "num_chs": C, "reduction": stride}`` (``features_only``).
         no_weights_reason: shown when ``pretrained=True`` and no tag exists.
         meta: measured and published numbers (``num_params``, ``gmacs`` …, and the
             paper's ``paper_params`` / ``paper_gmacs``), asserted by tests.
@@ -151,6 +156,8 @@ class ModelSpec:
     first_conv: str | tuple[str, ...] | None = None
     encoder_prefixes: tuple[str, ...] = ()
     components: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    param_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    feature_info: tuple[Mapping[str, Any], ...] = ()
     no_weights_reason: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""

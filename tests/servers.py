@@ -108,11 +108,16 @@ class LoopbackServer:
         self._httpd.server_close()
 
     def add_file(self, path: str, data: bytes, truncate_to: int | None = None) -> str:
-        """Serve ``data`` at ``path``; returns its URL."""
+        """Serve ``data`` at ``path`` (a query string is ignored); returns its URL."""
+        path = path.split("?", 1)[0]
         self.routes.files[path] = data
         if truncate_to is not None:
             self.routes.truncate[path] = truncate_to
         return self.url + path
+
+    def hits_any(self, prefix: str) -> int:
+        """Requests whose path starts with ``prefix``."""
+        return sum(n for p, n in self.routes.hits.items() if p.startswith(prefix))
 
     def add_hub_file(self, repo_id: str, filename: str, data: bytes, revision: str = "main") -> str:
         """Publish ``filename`` in Hub repo ``repo_id`` at ``revision``; returns the commit hash."""
@@ -122,7 +127,7 @@ class LoopbackServer:
         return commit
 
     def hits(self, path: str) -> int:
-        return self.routes.hits[path]
+        return self.routes.hits[path.split("?", 1)[0]]
 
 
 def url_path(url: str) -> str:

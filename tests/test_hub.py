@@ -271,3 +271,24 @@ def test_bad_safetensors_file_is_reported(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(zoo.CheckpointFormatError, match="safetensors"):
         zoo.create(NAME, checkpoint_path=path)
+
+
+def test_pctnet_vf110k_hub_404_then_pymic_file_from_upstream_digest_shown(hub_env, caplog):
+    """Apache-2.0 weights: our Hub repo is tried first; upstream publishes no digest, so we show it."""
+    spec, tag = zoo.resolve("pctnet-vf110k")
+    model = zoo.create("pctnet")
+    ref = golden.reference_state_dict_for("pctnet-demo", model)
+    # The released pretext model has the 5-class Volume Fusion head; the golden run used 2 classes.
+    own = model.state_dict()
+    ref = {k: (golden.deterministic_value(k, list(own[k].shape)) if v.shape != own[k].shape else v)
+           for k, v in ref.items()}
+    container = {"iteration": 100000, "valid_pred": 0.5, "model_state_dict": ref, "optimizer_state_dict": {}}
+    data = torch_bytes(container)
+    ws = spec.weight(tag)
+    hub_env.add_file(url_path(ws.url), data)
+    with caplog.at_level("WARNING", logger="zoo.hub"):
+        loaded = zoo.create("pctnet-vf110k", pretrained=True)
+    assert hub_env.hits_any("/medzoo/pctnet-vf110k/") >= 1
+    assert hashlib.sha256(data).hexdigest() in caplog.text
+    sd = loaded.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in ref.items())

@@ -694,6 +694,20 @@ def _create(**kwargs) -> ResNet50DeformAttn:
     return ResNet50DeformAttn(**kwargs)
 
 
+# Parts: the ResNet stem and stages, then the slice projection + inter-slice Transformer as the
+# last encoder stage; no decoder. Feature maps are per slice (slices folded into the batch).
+_PARAM_GROUPS = {
+    "stem": ("intra.conv1.", "intra.bn1."),
+    **{f"encoder.{i}": (f"intra.layer{i + 1}.",) for i in range(4)},
+    "encoder.4": ("intra.deconv.", "inter."),
+    "decoder": (),
+    "head": ("head.", "prototypes."),
+}
+_FEATURE_INFO = tuple(
+    dict(module=f"intra.layer{i + 1}", num_chs=c, reduction=4 * 2**i, per_slice=True)
+    for i, c in enumerate(_MULTI_SCALE_DIMS[:4])
+)
+
 _COMMON = dict(
     family="deformattn",
     builder=_create,
@@ -705,6 +719,8 @@ _COMMON = dict(
     encoder_prefixes=_RESNET_PREFIXES,
     components={"inter": ("inter.",)},  # mask-stage checkpoints hold the Transformer alone
     no_weights_reason=_NO_WEIGHTS,
+    param_groups=_PARAM_GROUPS,
+    feature_info=_FEATURE_INFO,
     description=_DESCRIPTION,
     results_md=_RESULTS_MD,
     notes=_NOTES,

@@ -689,6 +689,23 @@ def _create_logonet(**kwargs) -> LoGoNet:
     return LoGoNet(**kwargs)
 
 
+def _parts(dims: tuple[int, ...], n_local_stages: int, is_logonet: bool) -> tuple[dict, tuple]:
+    """param_groups and feature_info: stage i of all nine nets is one part; stem: the first patch embeds."""
+    nets = ("global_net.", *(f"local_nets.{k}." for k in range(8))) if is_logonet else ("",)
+    groups = {"stem": tuple(f"{n}encoder.0.patch_embed." for n in nets)}
+    groups["encoder.0"] = tuple(f"{n}encoder.0.{m}." for n in nets for m in ("blocks", "norm"))
+    for i in range(1, len(dims)):
+        groups[f"encoder.{i}"] = tuple(f"{n}encoder.{i}." for n in (nets if i < n_local_stages else nets[:1]))
+    fusion = ("proj.",) if is_logonet else ()
+    groups["decoder"] = tuple(f"{n}{m}." for n in nets for m in ("decoder", "proj")) + fusion
+    groups["head"] = ("classifier.",)
+    # The global net's stages are the encoder maps (each local net sees one octant only).
+    features = tuple(
+        dict(module=f"{nets[0]}encoder.{i}", num_chs=c, reduction=4 * 2**i) for i, c in enumerate(dims)
+    )
+    return groups, features
+
+
 def _register(name: str, size: str, is_logonet: bool, num_params: int, gmacs: float, paper: tuple) -> None:
     args = {**_COMMON, **(_LARGE if size == "L" else _NORMAL)}
     if is_logonet:
@@ -700,6 +717,7 @@ def _register(name: str, size: str, is_logonet: bool, num_params: int, gmacs: fl
     else:
         first_conv = "encoder.0.patch_embed.proj"
         encoder_prefixes = ("encoder.",)
+    param_groups, feature_info = _parts(args["dims"], len(args.get("local_dims", ())), is_logonet)
     size_word = "Large" if size == "L" else "Normal"
     family_word = "logonet" if is_logonet else "ulkanet"
     register_model(
@@ -732,6 +750,8 @@ def _register(name: str, size: str, is_logonet: bool, num_params: int, gmacs: fl
             notes=_NOTES_COMMON + (_NOTES_LOGONET if is_logonet else ()),
             limitations=_LIMITATIONS_COMMON + (_LIMITATIONS_LOGONET if is_logonet else ()),
             sliding_window=dict(roi_size=(96, 96, 96), overlap=0.5),
+            param_groups=param_groups,
+            feature_info=feature_info,
         )
     )
 

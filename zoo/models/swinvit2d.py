@@ -404,6 +404,30 @@ def _no_head(name: str, kwargs: dict) -> dict:
     return kwargs
 
 
+def _swin_parts(prefix: str, embed_dim: int = 48) -> tuple[dict, tuple]:
+    """param_groups and feature_info of a MONAI SwinTransformer under ``prefix`` (patch size 2)."""
+    groups = {"stem": (f"{prefix}patch_embed.",)}
+    groups.update({f"encoder.{i}": (f"{prefix}layers{i + 1}.",) for i in range(4)})
+    features = (dict(module=f"{prefix}patch_embed", num_chs=embed_dim, reduction=2),) + tuple(
+        dict(module=f"{prefix}layers{i + 1}.0", num_chs=embed_dim * 2 ** (i + 1), reduction=4 * 2**i)
+        for i in range(4)
+    )
+    return groups, features
+
+
+_BACKBONE_GROUPS, _BACKBONE_FEATURES = _swin_parts("model.")
+_SIMSIAM_GROUPS, _SIMSIAM_FEATURES = _swin_parts("backbone.model.")
+_UNETR_GROUPS, _UNETR_FEATURES = _swin_parts("swinViT.")
+# Swin-UNETR's residual blocks on the skips (encoder1..4, encoder10) start random with an SSL
+# encoder, so they belong with the decoder.
+_UNETR_GROUPS["decoder"] = tuple(f"encoder{i}." for i in (1, 2, 3, 4, 10)) + tuple(
+    f"decoder{i}." for i in range(1, 6)
+)
+_UNETR_GROUPS["head"] = ("out.",)
+_BACKBONE_GROUPS.update(decoder=(), head=())
+_SIMSIAM_GROUPS.update(decoder=(), head=("projection_head.", "prediction_head."))
+
+
 def _create_backbone(**kwargs) -> SwinViT2d:
     return SwinViT2d(**_no_head("swinvit2d-c48", kwargs))
 
@@ -425,6 +449,8 @@ register_model(
         paper=_PAPER,
         input_size=(1, 96, 96),
         first_conv="model.patch_embed.proj",
+        param_groups=_BACKBONE_GROUPS,
+        feature_info=_BACKBONE_FEATURES,
         encoder_prefixes=("model.",),
         no_weights_reason=_NO_WEIGHTS,
         meta=dict(num_params=6_306_810, gmacs=0.63168, preprocessing=_PREPROCESSING),
@@ -458,6 +484,8 @@ register_model(
         paper=_PAPER,
         input_size=(1, 96, 96),
         first_conv="backbone.model.patch_embed.proj",
+        param_groups=_SIMSIAM_GROUPS,
+        feature_info=_SIMSIAM_FEATURES,
         encoder_prefixes=("backbone.",),
         no_weights_reason=_NO_WEIGHTS,
         meta=dict(
@@ -513,6 +541,8 @@ register_model(
         head_keys=("out.",),
         # Both the Swin patch embedding and Swin-UNETR's encoder1 skip convs read the raw input.
         first_conv=("swinViT.patch_embed.proj", "encoder1.layer.conv1.conv", "encoder1.layer.conv3.conv"),
+        param_groups=_UNETR_GROUPS,
+        feature_info=_UNETR_FEATURES,
         encoder_prefixes=("swinViT.",),
         no_weights_reason=_NO_WEIGHTS,
         meta=dict(num_params=25_138_568, gmacs=2.51086, preprocessing=_PREPROCESSING),

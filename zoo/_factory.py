@@ -161,6 +161,16 @@ def _load_into(
     load_weights(model, sd, spec, covers=ws.covers if ws else None, new_head=new_head)
 
 
+def _window_for(spec: ModelSpec, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Sliding-window defaults; a model built for another ``img_size`` gets windows of that size."""
+    window = dict(spec.sliding_window)
+    size = args.get("img_size")
+    if size is not None and "roi_size" in window:
+        dims = len(window["roi_size"])
+        window["roi_size"] = tuple(size) if isinstance(size, tuple | list) else (int(size),) * dims
+    return window
+
+
 def create(
     name: str,
     pretrained: bool = False,
@@ -246,6 +256,6 @@ def create(
         "model_args": args,
         "input_size": spec.input_size,
         "preprocessing": dict(ws.preprocessing) if ws else {},
-        "sliding_window": dict(spec.sliding_window),
+        "sliding_window": _window_for(spec, args),
     }
     return model.eval()

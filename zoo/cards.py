@@ -121,6 +121,11 @@ def _cost_section(spec: ModelSpec) -> str:
         f"| parameters | {_fmt_params(m.get('num_params'))} | {_fmt_params(m.get('paper_params'))} | "
         f"{_ratio(m.get('num_params'), m.get('paper_params'))} |",
     ]
+    if "paper_setting_params" in m:
+        rows.append(
+            f"| parameters (paper's setting) | {_fmt_params(m['paper_setting_params'])} | "
+            f"{_fmt_params(m.get('paper_params'))} | {_ratio(m['paper_setting_params'], m.get('paper_params'))} |"
+        )
     if "paper_gmacs" in m:
         ours = m.get("paper_setting_gmacs", m.get("gmacs"))
         rows.append(

@@ -25,10 +25,15 @@ def _entrypoint(name):
     what = f"weights `{tag}` of " if tag else ""
     params = spec.meta.get("num_params")
     size = f" ({params / 1e6:.1f}M parameters)" if params else ""
+    if tag:
+        loads = f"weights {tag!r}"
+    elif spec.default_tag:
+        loads = f"the default weights {spec.default_tag!r}"
+    else:
+        loads = "nothing: no weights are published"
     entry.__doc__ = (
         f"{what}{spec.name}{size}: {spec.description.split('. ')[0].strip()}.\n\n"
-        f"Args: see zoo.create. pretrained=True loads "
-        f"{('weights ' + repr(tag)) if tag else ('the default weights ' + repr(spec.default_tag)) if spec.default_tag else 'nothing: no weights are published'}."
+        f"Args: see zoo.create. pretrained=True loads {loads}."
     )
     return entry
 

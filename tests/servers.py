@@ -36,7 +36,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str], send_body: bool, length: int | None = None):
+    def _send(
+        self, status: int, body: bytes, headers: dict[str, str], send_body: bool, length: int | None = None
+    ):
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -123,7 +125,9 @@ class LoopbackServer:
         """Publish ``filename`` in Hub repo ``repo_id`` at ``revision``; returns the commit hash."""
         key = (repo_id, revision)
         self.routes.hub.setdefault(key, {})[filename] = data
-        commit = self.routes.commits.setdefault(key, hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest())
+        commit = self.routes.commits.setdefault(
+            key, hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        )
         return commit
 
     def hits(self, path: str) -> int:

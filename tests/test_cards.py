@@ -15,7 +15,13 @@ def test_card_has_hub_front_matter_and_required_sections():
     for spec in iter_specs():
         card = render_card(spec)
         assert card.startswith("---\nlibrary_name: medzoo\n"), spec.name
-        for section in ("## Usage", "## Weights", "## Input and preprocessing", "## Size and cost", "## Citation"):
+        for section in (
+            "## Usage",
+            "## Weights",
+            "## Input and preprocessing",
+            "## Size and cost",
+            "## Citation",
+        ):
             assert section in card, (spec.name, section)
         assert f"{spec.meta['num_params'] / 1e6:.2f} M" in card
 

@@ -82,7 +82,10 @@ def test_download_fetches_verifies_and_caches(hub_env, capsys, ct_ssl_encoder):
 
 
 def test_publish_refuses_weights_without_a_redistribution_licence(tmp_path, capsys):
-    assert main(["publish", "qtunet-t.ct-ssl", "--repo", "org/x", "--dry-run", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["publish", "qtunet-t.ct-ssl", "--repo", "org/x", "--dry-run", "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "does not allow redistribution" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -91,8 +94,20 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     src = tmp_path / "CT-SSL_pretrained.pt"
     torch.save(ct_ssl_encoder, src)
     out = tmp_path / "hubfolder"
-    rc = main(["publish", "qtunet-t.ct-ssl", "--repo", "org/qtunet-t", "--dry-run", "--out", str(out),
-               "--checkpoint", str(src), "--permission-obtained"])
+    rc = main(
+        [
+            "publish",
+            "qtunet-t.ct-ssl",
+            "--repo",
+            "org/qtunet-t",
+            "--dry-run",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(src),
+            "--permission-obtained",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     cfg = json.loads((out / "config.json").read_text())

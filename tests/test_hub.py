@@ -64,8 +64,13 @@ def test_upstream_registry_pins_the_published_blob_digests():
 
     pins = json.loads((golden.GOLDEN_DIR.parent / "qtunet-upstream-weights.json").read_text())
     size = {"Tiny": "t", "Small": "s", "Base": "b"}
-    tag = {"CT-SSL": "ct-ssl", "BraTS-SSL": "brats-ssl", "MSD-SSL-Task02": "msd-task02-ssl",
-           "MSD-SSL-Task04": "msd-task04-ssl", "MSD-SSL-Task05": "msd-task05-ssl"}
+    tag = {
+        "CT-SSL": "ct-ssl",
+        "BraTS-SSL": "brats-ssl",
+        "MSD-SSL-Task02": "msd-task02-ssl",
+        "MSD-SSL-Task04": "msd-task04-ssl",
+        "MSD-SSL-Task05": "msd-task05-ssl",
+    }
     for f in pins["files"]:
         _, sz, fname = f["path"].split("/")
         ws = get_spec(f"qtunet-{size[sz]}").weight(tag[fname.removesuffix("_pretrained.pt")])
@@ -102,8 +107,9 @@ def test_offline_without_cache_is_a_clear_error(hub_env, monkeypatch, encoder_by
 
 
 def test_hub_404_falls_back_to_upstream(hub_env, encoder_checkpoint, encoder_bytes):
-    with serve_upstream(hub_env, encoder_bytes) as ws, override_weights(
-        NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", upstream_digest=ws.upstream_digest
+    with (
+        serve_upstream(hub_env, encoder_bytes) as ws,
+        override_weights(NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", upstream_digest=ws.upstream_digest),
     ):
         model = zoo.create(NAME, pretrained=True)
     assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/main/model.safetensors") >= 1
@@ -119,9 +125,13 @@ def _publish_on_hub(server, tmp_path, checkpoint) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def test_hub_download_pinned_revision_and_offline_cache_hit(hub_env, tmp_path, monkeypatch, encoder_checkpoint):
+def test_hub_download_pinned_revision_and_offline_cache_hit(
+    hub_env, tmp_path, monkeypatch, encoder_checkpoint
+):
     data, sha = _publish_on_hub(hub_env, tmp_path, encoder_checkpoint)
-    with override_weights(NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", hf_revision="v1", sha256=sha, url=None):
+    with override_weights(
+        NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", hf_revision="v1", sha256=sha, url=None
+    ):
         model = zoo.create(NAME, pretrained=True)
         assert_encoder_loaded(model, encoder_checkpoint)
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -132,9 +142,10 @@ def test_hub_download_pinned_revision_and_offline_cache_hit(hub_env, tmp_path, m
 
 def test_hub_file_with_wrong_digest_is_removed_and_refused(hub_env, tmp_path, encoder_checkpoint):
     _publish_on_hub(hub_env, tmp_path, encoder_checkpoint)
-    with override_weights(NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", hf_revision="v1", sha256="0" * 64, url=None):
-        with pytest.raises(DigestMismatchError, match="does not match"):
-            zoo.create(NAME, pretrained=True)
+    with override_weights(
+        NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", hf_revision="v1", sha256="0" * 64, url=None
+    ), pytest.raises(DigestMismatchError, match="does not match"):
+        zoo.create(NAME, pretrained=True)
     blobs = list((Path(os.environ["HF_HUB_CACHE"])).rglob("blobs/*"))
     assert not [b for b in blobs if b.is_file() and not b.name.endswith(".lock")]
 
@@ -180,11 +191,15 @@ def _fetch_in_subprocess(env: dict[str, str], digest: str, queue) -> None:
 
 
 def test_concurrent_downloads_share_one_valid_cache_file(hub_env, encoder_bytes):
-    env = {k: os.environ[k] for k in ("HF_ENDPOINT", "MEDZOO_UPSTREAM_ENDPOINT", "MEDZOO_CACHE", "HF_HUB_CACHE")}
+    env = {
+        k: os.environ[k] for k in ("HF_ENDPOINT", "MEDZOO_UPSTREAM_ENDPOINT", "MEDZOO_CACHE", "HF_HUB_CACHE")
+    }
     with serve_upstream(hub_env, encoder_bytes) as ws:
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_fetch_in_subprocess, args=(env, ws.upstream_digest, queue)) for _ in range(2)]
+        procs = [
+            ctx.Process(target=_fetch_in_subprocess, args=(env, ws.upstream_digest, queue)) for _ in range(2)
+        ]
         for p in procs:
             p.start()
         results = [queue.get(timeout=120) for _ in procs]
@@ -205,7 +220,9 @@ def test_checkpoint_missing_an_encoder_key_is_an_error_naming_it(tmp_path, encod
     del sd["encoder.layers.1.blocks.0.attn.qkv.weight"]
     path = tmp_path / "CT-SSL_pretrained.pt"
     torch.save(sd, path)
-    with pytest.raises(zoo.CheckpointMismatchError, match=r"encoder\.layers\.1\.blocks\.0\.attn\.qkv\.weight"):
+    with pytest.raises(
+        zoo.CheckpointMismatchError, match=r"encoder\.layers\.1\.blocks\.0\.attn\.qkv\.weight"
+    ):
         zoo.create(NAME, checkpoint_path=path)
 
 
@@ -227,18 +244,32 @@ def test_authors_encoder_file_loads_and_reports_decoder_as_new(tmp_path, encoder
     assert "newly initialised" in caplog.text and "layers_up.0.expand.weight" in caplog.text
 
 
-@pytest.mark.parametrize(("name", "golden_id", "prefix"), [("qtunet-t", "qtunet-t-brats", "model."),
-                                                          ("vtunet-t", "vtunet-t-brats", "swin_unet.")])
+@pytest.mark.parametrize(
+    ("name", "golden_id", "prefix"),
+    [("qtunet-t", "qtunet-t-brats", "model."), ("vtunet-t", "vtunet-t-brats", "swin_unet.")],
+)
 def test_lightning_full_checkpoint_loads_strictly(tmp_path, name, golden_id, prefix):
     cfg = golden.load(golden_id)["config"]
-    model = zoo.create(name, in_chans=cfg["in_chans"], num_classes=cfg["num_classes"], img_size=tuple(cfg["img_size"]))
+    model = zoo.create(
+        name, in_chans=cfg["in_chans"], num_classes=cfg["num_classes"], img_size=tuple(cfg["img_size"])
+    )
     ref = golden.reference_state_dict_for(golden_id, model)
-    ckpt = {"epoch": 3, "global_step": 10, "state_dict": {prefix + k: v for k, v in ref.items()},
-            "optimizer_states": [], "lr_schedulers": []}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 10,
+        "state_dict": {prefix + k: v for k, v in ref.items()},
+        "optimizer_states": [],
+        "lr_schedulers": [],
+    }
     path = tmp_path / "last.ckpt"
     torch.save(ckpt, path)
-    loaded = zoo.create(name, checkpoint_path=path, in_chans=cfg["in_chans"], num_classes=cfg["num_classes"],
-                        img_size=tuple(cfg["img_size"]))
+    loaded = zoo.create(
+        name,
+        checkpoint_path=path,
+        in_chans=cfg["in_chans"],
+        num_classes=cfg["num_classes"],
+        img_size=tuple(cfg["img_size"]),
+    )
     sd = loaded.state_dict()
     assert set(sd) == set(ref)
     assert all(torch.equal(sd[k], v) for k, v in ref.items())
@@ -280,8 +311,10 @@ def test_pctnet_vf110k_hub_404_then_pymic_file_from_upstream_digest_shown(hub_en
     ref = golden.reference_state_dict_for("pctnet-demo", model)
     # The released pretext model has the 5-class Volume Fusion head; the golden run used 2 classes.
     own = model.state_dict()
-    ref = {k: (golden.deterministic_value(k, list(own[k].shape)) if v.shape != own[k].shape else v)
-           for k, v in ref.items()}
+    ref = {
+        k: (golden.deterministic_value(k, list(own[k].shape)) if v.shape != own[k].shape else v)
+        for k, v in ref.items()
+    }
     container = {"iteration": 100000, "valid_pred": 0.5, "model_state_dict": ref, "optimizer_state_dict": {}}
     data = torch_bytes(container)
     ws = spec.weight(tag)

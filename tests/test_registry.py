@@ -77,9 +77,8 @@ def test_model_info_reports_provenance():
 
 
 def test_torch_hub_local_entrypoints_build_models():
-    import pathlib
-
     import importlib.util
+    import pathlib
 
     repo = pathlib.Path(__file__).resolve().parent.parent
     mod_spec = importlib.util.spec_from_file_location("hubconf", repo / "hubconf.py")

@@ -134,7 +134,7 @@ def load_weights(
     if covers != "full":
         if covers not in parts:
             raise CheckpointMismatchError(
-                f"checkpoint said to cover {covers!r}, but the model declares only {sorted(parts) or 'no parts'}"
+                f"checkpoint said to cover {covers!r}; the model declares {sorted(parts) or 'no parts'}"
             )
         missing_part = [k for k in missing if _starts(k, parts[covers])]
         if missing_part:

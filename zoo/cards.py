@@ -72,16 +72,23 @@ def _weights_section(spec: ModelSpec) -> str:
     for w in spec.weights:
         src = []
         if w.hf_hub_id:
-            src.append(f"Hub `{w.hf_hub_id}` (`{w.hf_filename}`, revision `{w.hf_revision or 'main'}`"
-                       + (f", sha256 `{w.sha256}`" if w.sha256 else "") + ")")
+            src.append(
+                f"Hub `{w.hf_hub_id}` (`{w.hf_filename}`, revision `{w.hf_revision or 'main'}`"
+                + (f", sha256 `{w.sha256}`" if w.sha256 else "")
+                + ")"
+            )
         if w.url:
-            digest = f"`{w.upstream_digest}`" if w.upstream_digest else (
-                "no digest published upstream (the sha256 is computed and shown on first download)"
+            digest = (
+                f"`{w.upstream_digest}`"
+                if w.upstream_digest
+                else ("no digest published upstream (the sha256 is computed and shown on first download)")
             )
             src.append(f"upstream <{w.url}>, digest {digest}")
         fmt = f" Format: {w.upstream_format}." if w.upstream_format else ""
         note = f" {w.notes}" if w.notes else ""
-        prov.append(f"- `{spec.name}.{w.tag}`: " + "; ".join(src or ["no source registered"]) + "." + fmt + note)
+        prov.append(
+            f"- `{spec.name}.{w.tag}`: " + "; ".join(src or ["no source registered"]) + "." + fmt + note
+        )
     return "## Weights\n\n" + "\n".join(rows) + "\n" + "\n".join(prov) + "\n"
 
 
@@ -122,9 +129,10 @@ def _cost_section(spec: ModelSpec) -> str:
         f"{_ratio(m.get('num_params'), m.get('paper_params'))} |",
     ]
     if "paper_setting_params" in m:
+        ours, paper = m["paper_setting_params"], m.get("paper_params")
         rows.append(
-            f"| parameters (paper's setting) | {_fmt_params(m['paper_setting_params'])} | "
-            f"{_fmt_params(m.get('paper_params'))} | {_ratio(m['paper_setting_params'], m.get('paper_params'))} |"
+            f"| parameters (paper's setting) | {_fmt_params(ours)} | {_fmt_params(paper)} | "
+            f"{_ratio(ours, paper)} |"
         )
     if "paper_gmacs" in m:
         ours = m.get("paper_setting_gmacs", m.get("gmacs"))
@@ -178,7 +186,7 @@ def render_card(spec: ModelSpec | str, hub_tag: str | None = None) -> str:
         f'model = zoo.create("{usage_name}", {pretrained})',
         "```",
         "",
-        f"`torch.hub.load(REPO, \"{spec.hub_entrypoint}\", {pretrained})` builds the same model.",
+        f'`torch.hub.load(REPO, "{spec.hub_entrypoint}", {pretrained})` builds the same model.',
         "",
         _weights_section(spec),
         _input_section(spec),

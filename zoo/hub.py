@@ -120,7 +120,9 @@ def _from_hub(ws: WeightSpec) -> Path:
     except DigestMismatchError as e:
         _remove_hub_file(path)
         if is_offline():
-            raise DigestMismatchError(f"{e}; the cached copy was removed and offline mode forbids a new download") from e
+            raise DigestMismatchError(
+                f"{e}; the cached copy was removed and offline mode forbids a new download"
+            ) from e
         log.warning("%s; removed it, downloading again", e)
     path = Path(hf_hub_download(**kwargs, force_download=True))
     try:
@@ -135,10 +137,7 @@ def _remove_hub_file(path: Path) -> None:
     """Delete a cached Hub file: the snapshot link and the blob it points at."""
     blob = path.resolve()
     for p in {path, blob}:
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+        p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- upstream
@@ -253,13 +252,18 @@ def _from_upstream(
                 log.warning(
                     "%s.%s: upstream publishes no digest; downloaded file has sha256 %s "
                     "(pin it in the registry as upstream_digest='sha256:%s')",
-                    spec.name, ws.tag, file_digest(raw), file_digest(raw),
+                    spec.name,
+                    ws.tag,
+                    file_digest(raw),
+                    file_digest(raw),
                 )
             sd = convert_checkpoint(read_checkpoint(raw), spec)
             fd, tmp_st = tempfile.mkstemp(dir=target.parent, suffix=".safetensors.part")
             os.close(fd)
             try:
-                save_file({k: v.contiguous() for k, v in sd.items()}, tmp_st, metadata={"source": ws.url or ""})
+                save_file(
+                    {k: v.contiguous() for k, v in sd.items()}, tmp_st, metadata={"source": ws.url or ""}
+                )
                 digest = file_digest(tmp_st)
                 os.replace(tmp_st, target)
             finally:
@@ -319,9 +323,7 @@ def fetch_weights(spec: ModelSpec, ws: WeightSpec, progress: bool = True) -> Pat
             tried.append(str(e))
     elif not tried:
         tried.append("no Hub repository and no upstream URL registered")
-    raise WeightsUnavailableError(
-        f"cannot obtain weights {spec.name}.{ws.tag}: " + "; ".join(tried)
-    )
+    raise WeightsUnavailableError(f"cannot obtain weights {spec.name}.{ws.tag}: " + "; ".join(tried))
 
 
 # ---------------------------------------------------------------------- publish
@@ -356,7 +358,9 @@ def publish(
 
     spec, tag = resolve(name)
     if tag is None:
-        raise ValueError(f"publish needs a weights tag: {name!r} names none (tags: {', '.join(spec.tags) or 'none'})")
+        raise ValueError(
+            f"publish needs a weights tag: {name!r} names none (tags: {', '.join(spec.tags) or 'none'})"
+        )
     ws = spec.weight(tag)
     if not ws.redistributable and not permission_obtained:
         raise PermissionError(

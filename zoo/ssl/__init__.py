@@ -1,0 +1,29 @@
+"""Continued self-supervised pretraining: the five papers' pretext tasks as recipes.
+
+``zoo.ssl.pretrain(method, model, data, out)`` (CLI ``zoo pretrain METHOD --model NAME --data
+datalist.json --out run/``) runs one of:
+
+* ``volume-fusion`` (pctnet, fmunet): Volume Fusion (MIS-FM), the 5-class fusion map;
+* ``byol-rot-rec`` (qtunet-*, qtunet-a-*): BYOL + rotation + reconstruction, encoder only;
+* ``multi-clustering`` (ulkanet*, logonet*): masked multi-clusterer pseudo-labels;
+* ``simsiam-iou`` (swinvit2d-*-simsiam-*): SimSiam with IoU-interval positives;
+* ``dino`` (swinvit2d-c48): DINO on the same pairs (the code's alternative);
+* ``joint-2d3d`` (resnet50-deformattn-swav): slice SwAV → masked embedding → 3D SwAV;
+* ``joint-2d3d-deepcluster`` (resnet50-deformattn-deepcluster): the same with DeepCluster-v2
+  in stages 1 and 3.
+
+Each stage of the joint recipe is also a method of its own (``slice-swav``,
+``slice-deepcluster``, ``masked-embedding``, ``volume-swav``, ``volume-deepcluster``).
+"""
+
+from zoo.ssl import byol_rot_rec, multi_clustering, simsiam_iou, slice_swav, volume_fusion  # noqa: F401
+from zoo.ssl.recipe import RECIPES, Export, Recipe, get_recipe
+from zoo.ssl.runner import PretrainResult, pretrain
+from zoo.ssl.slice_swav import PIPELINES
+
+__all__ = ["RECIPES", "PIPELINES", "Export", "Recipe", "get_recipe", "pretrain", "PretrainResult", "methods"]
+
+
+def methods() -> list[str]:
+    """Every name ``pretrain`` accepts: single recipes and multi-stage pipelines."""
+    return sorted([*RECIPES, *PIPELINES])

@@ -1,0 +1,289 @@
+"""Unlabelled volumes for continued pretraining: datalists, preprocessing, crops and slices.
+
+A *datalist* is a JSON file naming the scans, in any of these shapes (relative paths are
+resolved against the JSON file's folder):
+
+* ``["a.nii.gz", "b.nii.gz"]``;
+* ``[{"image": "a.nii.gz"}, …]``;
+* ``{"training": [{"image": …}, …]}`` (MONAI's Decathlon layout; ``"validation"`` is ignored).
+
+Volumes are read once, preprocessed (orientation, spacing, intensity, foreground crop) and
+kept in memory; the datasets then draw random crops or slices from them. Every recipe names
+its paper's preprocessing as its default (:class:`Preprocessing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+log = logging.getLogger("zoo")
+
+__all__ = [
+    "Preprocessing",
+    "read_datalist",
+    "mni152_paths",
+    "load_volume",
+    "load_volumes",
+    "random_crop",
+    "crop_or_pad",
+    "VolumeCropDataset",
+    "SliceDataset",
+    "parse_intensity",
+]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a scan becomes a network input.
+
+    Attributes:
+        orientation: axis code the volume is reoriented to (``"RAS"``), or None to keep the file's.
+        spacing_mm: voxel size to resample to, ``(x, y, z)`` in mm; None keeps the native grid.
+        intensity: a ``zoo.predict.intensity_transform`` spec, e.g.
+            ``{"kind": "clip_scale", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1}``.
+        crop_foreground: crop to the bounding box of voxels above ``foreground_threshold``
+            (after the intensity transform), as MONAI's ``CropForeground``.
+        foreground_threshold: see ``crop_foreground``.
+        axis_order: ``"xyz"`` keeps nibabel's order (RAS: axial axis last); ``"zyx"``
+            reverses the spatial axes, for models that take the axial axis first
+            (PCT-Net, the joint 2D/3D model).
+    """
+
+    orientation: str | None = "RAS"
+    spacing_mm: tuple[float, float, float] | None = None
+    intensity: Mapping[str, Any] = field(default_factory=lambda: {"kind": "zscore_nonzero"})
+    crop_foreground: bool = True
+    foreground_threshold: float = 0.0
+    axis_order: str = "xyz"
+
+    def __post_init__(self) -> None:
+        if self.axis_order not in ("xyz", "zyx"):
+            raise ValueError(f"axis_order must be 'xyz' or 'zyx', got {self.axis_order!r}")
+        if self.spacing_mm is not None and (len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0):
+            raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form, written into each checkpoint's config."""
+        d = asdict(self)
+        d["intensity"] = dict(self.intensity)
+        d["spacing_mm"] = list(self.spacing_mm) if self.spacing_mm else None
+        return d
+
+
+def parse_intensity(text: str) -> dict[str, Any]:
+    """The CLI's intensity option as a ``zoo.predict.intensity_transform`` spec.
+
+    ``zscore``, ``zscore-nonzero``, ``none`` or ``clip:a_min,a_max,b_min,b_max`` (the same
+    spellings as ``zoo finetune --intensity``).
+    """
+    if text in ("zscore", "zscore-nonzero", "zscore_nonzero", "none"):
+        return {"kind": text.replace("-", "_")}
+    if text.startswith("clip:"):
+        vals = [float(v) for v in text[5:].split(",")]
+        if len(vals) == 4:
+            return dict(zip(("a_min", "a_max", "b_min", "b_max"), vals, strict=True), kind="clip_scale")
+    raise ValueError(
+        f"intensity must be zscore, zscore-nonzero, none or clip:a_min,a_max,b_min,b_max; got {text!r}"
+    )
+
+
+def read_datalist(path: str | Path) -> list[Path]:
+    """The image paths of a datalist JSON (see the module docstring), checked to exist.
+
+    Raises:
+        ValueError: an unreadable or empty list, an entry without ``"image"``, or a file that
+            does not exist (all missing files are named).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON datalist ({e})") from e
+    if isinstance(data, Mapping):
+        if "training" not in data:
+            raise ValueError(f"{path}: a datalist object needs a 'training' list, found keys {sorted(data)}")
+        data = data["training"]
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of images, found {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, Mapping):
+            if "image" not in item:
+                raise ValueError(f"{path}: entry {i} has no 'image' key ({sorted(item)})")
+            item = item["image"]
+        if not isinstance(item, str):
+            raise ValueError(f"{path}: entry {i} must be a path or {{'image': path}}, found {item!r}")
+        p = Path(item)
+        out.append(p if p.is_absolute() else path.parent / p)
+    missing = [str(p) for p in out if not p.is_file()]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} image(s) do not exist: {', '.join(missing[:5])}")
+    return out
+
+
+def mni152_paths() -> list[Path]:
+    """nilearn's three MNI152 volumes (T1, grey and white matter maps; 1 mm, 197×233×189).
+
+    Real volumes that an installed package ships: the smoke runs and tests use them.
+    """
+    try:
+        import nilearn
+    except ImportError as e:
+        raise RuntimeError("the MNI152 sample volumes come with nilearn: pip install nilearn") from e
+    folder = Path(nilearn.__file__).parent / "datasets" / "data"
+    paths = sorted(folder.glob("mni_icbm152_*_tal_nlin_sym_09a_converted.nii.gz"))
+    if not paths:
+        raise RuntimeError(f"nilearn is installed but ships no MNI152 volumes in {folder}")
+    return paths
+
+
+def load_volume(path: str | Path, prep: Preprocessing) -> torch.Tensor:
+    """Read and preprocess one scan into a ``(C, *spatial)`` float32 tensor (order per ``prep``)."""
+    from monai.data import MetaTensor
+    from monai.transforms import CropForeground, Orientation, Spacing
+
+    from zoo.predict import intensity_transform, read_volume
+
+    img, arr = read_volume(path)
+    x: torch.Tensor = MetaTensor(
+        torch.from_numpy(arr), affine=torch.as_tensor(img.affine, dtype=torch.float64)
+    )
+    if prep.orientation:
+        x = Orientation(axcodes=prep.orientation)(x)
+    if prep.spacing_mm:
+        x = Spacing(pixdim=tuple(prep.spacing_mm), mode="bilinear")(x)
+    x = intensity_transform(dict(prep.intensity))(torch.as_tensor(x))
+    if prep.crop_foreground:
+        thr = prep.foreground_threshold
+        x = CropForeground(select_fn=lambda v: v > thr, allow_smaller=True)(x)
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x  # plain tensor: no MetaTensor downstream
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if prep.axis_order == "zyx":
+        x = x.permute(0, 3, 2, 1)
+    return x.contiguous()
+
+
+def load_volumes(paths: Sequence[str | Path], prep: Preprocessing) -> list[torch.Tensor]:
+    """:func:`load_volume` for each path, logging the shapes."""
+    vols = [load_volume(p, prep) for p in paths]
+    log.info("loaded %d volume(s): %s", len(vols), ", ".join(str(tuple(v.shape[1:])) for v in vols))
+    return vols
+
+
+def _pad_to(x: torch.Tensor, size: Sequence[int], value: float) -> torch.Tensor:
+    """Pad ``x`` (C, *spatial) symmetrically up to at least ``size`` per axis."""
+    pads: list[int] = []
+    for have, want in zip(reversed(x.shape[1:]), reversed(tuple(size)), strict=True):
+        extra = max(0, want - have)
+        pads += [extra // 2, extra - extra // 2]
+    return F.pad(x, pads, value=value) if any(pads) else x
+
+
+def random_crop(
+    x: torch.Tensor, size: Sequence[int], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A uniformly placed ``size`` crop of ``x`` (C, *spatial), padding with its minimum where smaller."""
+    x = _pad_to(x, size, float(x.min()))
+    starts = [
+        int(torch.randint(0, have - want + 1, (1,), generator=generator))
+        for have, want in zip(x.shape[1:], size, strict=True)
+    ]
+    return x[(slice(None), *(slice(s, s + w) for s, w in zip(starts, size, strict=True)))]
+
+
+def crop_or_pad(x: torch.Tensor, size: Sequence[int], value: float = 0.0) -> torch.Tensor:
+    """Centre crop or pad ``x`` (C, *spatial) to ``size`` (torchio's ``CropOrPad``)."""
+    x = _pad_to(x, size, value)
+    starts = [(have - want) // 2 for have, want in zip(x.shape[1:], size, strict=True)]
+    return x[(slice(None), *(slice(s, s + w) for s, w in zip(starts, size, strict=True)))]
+
+
+class VolumeCropDataset(Dataset):
+    """Random ``roi`` crops of in-memory volumes; item ``i`` comes from volume ``i % n``.
+
+    Args:
+        volumes: preprocessed ``(C, *spatial)`` tensors.
+        roi: crop size; volumes smaller than it are padded with their minimum.
+        length: items per epoch (default: one per volume).
+        center: take the centre crop/pad instead of a random crop (the joint 2D/3D recipe).
+
+    Returns (item):
+        ``{"image": (C, *roi) tensor, "index": i}``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[torch.Tensor],
+        roi: Sequence[int],
+        length: int | None = None,
+        center: bool = False,
+    ) -> None:
+        if not volumes:
+            raise ValueError("VolumeCropDataset needs at least one volume")
+        self.volumes = list(volumes)
+        self.roi = tuple(int(s) for s in roi)
+        if any(len(self.roi) != v.ndim - 1 for v in self.volumes):
+            raise ValueError(f"roi {self.roi} must have one entry per spatial axis of the volumes")
+        self.length = int(length or len(self.volumes))
+        self.center = center
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        vol = self.volumes[i % len(self.volumes)]
+        crop = crop_or_pad(vol, self.roi) if self.center else random_crop(vol, self.roi)
+        return {"image": crop.contiguous(), "index": i}
+
+
+class SliceDataset(Dataset):
+    """The 2D slices of in-memory volumes along one axis, padded to at least ``min_size``.
+
+    Slices whose foreground (voxels above ``threshold``) covers less than ``min_foreground`` of
+    the slice are left out (empty slices carry no signal for the 2D pretext tasks).
+
+    Args:
+        volumes: ``(C, *spatial)`` tensors, three spatial axes.
+        axis: spatial axis to slice along (-1: the last, axial in RAS ``xyz`` order).
+        min_size: in-plane size every slice is padded up to (96 in the IoU thesis).
+        min_foreground: least foreground fraction for a slice to be kept.
+        threshold: foreground threshold.
+
+    Returns (item):
+        ``{"image": (C, H, W) tensor, "index": i}``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[torch.Tensor],
+        axis: int = -1,
+        min_size: Sequence[int] | int = 0,
+        min_foreground: float = 0.05,
+        threshold: float = 0.0,
+    ) -> None:
+        size = (min_size, min_size) if isinstance(min_size, int) else tuple(min_size)
+        self.slices: list[torch.Tensor] = []
+        for v in volumes:
+            if v.ndim != 4:
+                raise ValueError(f"SliceDataset needs (C, X, Y, Z) volumes, got shape {tuple(v.shape)}")
+            dim = 1 + (axis % 3)
+            for s in v.unbind(dim):
+                if (s > threshold).float().mean() >= min_foreground:
+                    self.slices.append(_pad_to(s, size, float(s.min())).contiguous())
+        if not self.slices:
+            raise ValueError("no slice has enough foreground; lower min_foreground or check the intensity")
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.slices[i], "index": i}

@@ -1,0 +1,357 @@
+"""Run a recipe on ``zoo.train.train`` and write checkpoints that ``zoo.create`` loads.
+
+A run folder holds
+
+* ``model.safetensors``: the exported weights in the zoo model's naming, with metadata
+  (``model``, ``covers``, ``method``, ``step``; ``covers=encoder`` for encoder-only recipes,
+  ``untrained`` for parts saved only so the file loads as a whole);
+* ``config.json``: model name and arguments, what the checkpoint covers, the recipe and its
+  settings, the preprocessing and the data, so ``zoo.create(name, checkpoint_path=…, **args)``
+  rebuilds the model;
+* ``trainer/``: the generic loop's own folder (``zoo.train``): the whole recipe's state
+  (model, pretext heads, momentum targets, cluster labels, step counter), optimiser,
+  schedule, random state and ``log.jsonl``; a rerun with the same folder resumes from it.
+
+Under ``torchrun`` the loop runs one process per GPU (DistributedDataParallel, sharded data)
+and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.ssl.data import Preprocessing, load_volumes, read_datalist
+from zoo.ssl.recipe import Export, Recipe, get_recipe
+
+log = logging.getLogger("zoo")
+
+__all__ = ["PretrainResult", "pretrain", "run_recipe", "write_checkpoint", "optim_config"]
+
+TRAINER_DIR = "trainer"
+
+
+@dataclass
+class PretrainResult:
+    """What a run produced."""
+
+    out: Path
+    checkpoint: Path
+    config: Path
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+
+def optim_config(settings: Mapping[str, Any], max_steps: int):
+    """``zoo.train.OptimConfig`` from a recipe's paper settings (and user overrides).
+
+    Fractions of the run (``warmup_fraction``, ``step_size_fraction``) become step counts;
+    ``min_lr`` becomes ``min_lr_ratio``; keys the loop does not know are ignored (they stay
+    in the run's record).
+    """
+    from zoo.train import OptimConfig
+
+    s = dict(settings)
+    if "warmup_fraction" in s and "warmup_steps" not in s:
+        s["warmup_steps"] = int(round(float(s["warmup_fraction"]) * max_steps))
+    if "step_size_fraction" in s and "step_size" not in s:
+        s["step_size"] = max(1, int(round(float(s["step_size_fraction"]) * max_steps)))
+    if "min_lr" in s and "min_lr_ratio" not in s:
+        s["min_lr_ratio"] = float(s["min_lr"]) / float(s.get("lr", 1e-4))
+    known = OptimConfig.__dataclass_fields__
+    return OptimConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in s.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_checkpoint(
+    out: Path, export: Export, model_name: str, model_args: Mapping[str, Any], info: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``model.safetensors`` and ``config.json`` into ``out`` (atomically).
+
+    Returns:
+        The two paths.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = export.model_name or model_name
+    args = export.model_args if export.model_args is not None else dict(model_args)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in export.state_dict.items()}
+    meta = {
+        "model": name,
+        "covers": export.covers,
+        "method": str(info.get("method", "")),
+        "step": str(info.get("step", "")),
+        "untrained": ",".join(export.untrained),
+        "format": "medzoo",
+    }
+    ckpt, cfg = out / "model.safetensors", out / "config.json"
+    _atomic_write(ckpt, lambda p: save_file(tensors, str(p), metadata=meta))
+    config = {
+        "library_name": "medzoo",
+        "model_name": name,
+        "model_args": _jsonable(args),
+        "covers": export.covers,
+        "untrained": list(export.untrained),
+        "in_chans": args.get("in_chans"),
+        "num_classes": args.get("num_classes"),
+        "img_size": _jsonable(args.get("img_size")),
+        "pretraining": _jsonable(dict(info)),
+        **_jsonable(export.extra),
+    }
+    _atomic_write(cfg, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return ckpt, cfg
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+def run_recipe(
+    recipe: Recipe,
+    volumes: Sequence[torch.Tensor],
+    out: str | Path,
+    steps: int,
+    model_name: str,
+    model_args: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
+    resume: bool = True,
+    save_every: int | None = None,
+    log_every: int = 10,
+    num_workers: int = 0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> PretrainResult:
+    """Train ``recipe`` for ``steps`` optimiser steps with ``zoo.train.train``; write the run folder.
+
+    Args:
+        recipe: the pretext task around its model.
+        volumes: preprocessed ``(C, *spatial)`` volumes.
+        out: run folder.
+        steps: total optimiser steps (a resumed run continues up to it).
+        model_name / model_args: what ``config.json`` records for ``zoo.create``.
+        settings: optimiser/schedule settings over ``recipe.optim_defaults`` (plus
+            ``batch_size`` and ``grad_accum_steps``).
+        info: extra facts for the checkpoint's ``pretraining`` record (data, preprocessing).
+        resume: continue from ``out/trainer`` when it holds a checkpoint.
+        save_every: also checkpoint (and export) every this many steps (default: at the end).
+        log_every: steps between log lines.
+        num_workers: DataLoader workers.
+        seed: seed of the data order and of the recipe's draws.
+        device: default: this process's CUDA device if any, else CPU.
+        progress: show the loop's progress bar.
+    """
+    from safetensors.torch import load_file
+
+    from zoo.train import STATE_FILE, distributed_context, make_loader, seed_everything, train
+
+    out = Path(out)
+    dist_info = distributed_context(device)
+    cfg = {**recipe.optim_defaults, **(settings or {})}
+    batch_size = int(cfg.pop("batch_size", 2))
+    accum = int(cfg.pop("grad_accum_steps", 1))
+    optim = optim_config(cfg, steps)
+    recipe.max_steps, recipe.grad_accum_steps, recipe.batch_size = steps, accum, batch_size
+    seed_everything(seed + dist_info.rank)
+
+    trainer_dir = out / TRAINER_DIR
+    recipe.run_dir, recipe.is_main = trainer_dir, dist_info.is_main
+    recipe.to(dist_info.device)  # setup passes (memory banks, heads) run where training will
+    dataset = recipe.dataset(volumes)
+    resuming = resume and (trainer_dir / STATE_FILE).is_file()
+    if resuming:
+        # Data-dependent parts (cluster labels, heads sized by them) must exist before the strict load.
+        recipe.prepare_resume(load_file(str(trainer_dir / "model.safetensors")))
+    recipe.setup(dataset)
+    if len(dataset) < batch_size * dist_info.world_size:
+        raise ValueError(
+            f"{len(dataset)} training items cannot fill one batch of {batch_size} per process × "
+            f"{dist_info.world_size}; lower batch_size or add data"
+        )
+    loader = make_loader(dataset, batch_size, seed=seed, num_workers=num_workers, dist_info=dist_info)
+    record = dict(
+        info or {},
+        method=recipe.method,
+        paper=recipe.paper,
+        recipe=recipe.config,
+        optimizer=dict(cfg, batch_size=batch_size, grad_accum_steps=accum),
+        steps=steps,
+        world_size=dist_info.world_size,
+    )
+
+    def export(base: nn.Module) -> dict[str, float]:
+        # Called by the loop on rank 0 at every save point and at the end (its validation hook).
+        write_checkpoint(out, base.export(), model_name, model_args, {**record, "step": base.step})
+        return {}
+
+    result = train(
+        recipe,
+        loss_fn=lambda net, batch: net(batch),
+        train_loader=loader,
+        out_dir=trainer_dir,
+        optim=optim,
+        total_steps=steps,
+        val_fn=export,
+        val_every=save_every,
+        save_every=save_every,
+        grad_accum_steps=accum,
+        resume=resume,
+        config={"method": recipe.method, "model_name": model_name, "model_args": dict(model_args)},
+        progress=progress,
+        log_every=log_every,
+        device=dist_info.device,
+    )
+    if dist_info.is_main and not (out / "model.safetensors").is_file():
+        export(recipe)  # a run resumed after its last step: the loop had nothing left to do
+    return PretrainResult(
+        out,
+        out / "model.safetensors",
+        out / "config.json",
+        result.step,
+        result.losses,
+        result.start_step,
+        result.seconds,
+    )
+
+
+def _split_steps(steps: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(steps, int):
+        return [steps // n + (1 if i < steps % n else 0) for i in range(n)]
+    if len(steps) != n:
+        raise ValueError(f"this pipeline has {n} stages; got {len(steps)} step counts")
+    return [int(s) for s in steps]
+
+
+def pretrain(
+    method: str,
+    model: str,
+    data: str | Path | Sequence[str | Path],
+    out: str | Path,
+    steps: int | Sequence[int] = 1000,
+    init: str | Path | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    recipe_args: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    **run_args: Any,
+) -> PretrainResult:
+    """Continue pretraining ``model`` with ``method`` on unlabelled scans.
+
+    Args:
+        method: a recipe (``volume-fusion``, ``byol-rot-rec``, ``multi-clustering``,
+            ``simsiam-iou``, ``dino``, one stage of the joint recipe) or a pipeline
+            (``joint-2d3d``, ``joint-2d3d-deepcluster``); see ``zoo.ssl.methods()``.
+        model: registry name (``qtunet-t``), or ``name.tag`` to start from published weights.
+        data: a datalist JSON, or a list of image paths.
+        out: run folder (created; an existing run in it is resumed). A pipeline writes each
+            stage into ``out/stage<i>-<method>`` and the last stage's checkpoint into ``out``.
+        steps: optimiser steps; for a pipeline, a total split evenly or one count per stage.
+        init: a checkpoint to start from (any format ``zoo.create(checkpoint_path=)`` reads).
+        model_args: constructor overrides (``img_size``, ``in_chans`` …).
+        recipe_args: recipe settings (see each recipe's docstring); per stage for a pipeline.
+        preprocessing: overrides of the recipe's paper preprocessing (a :class:`Preprocessing`
+            or a dict of its fields).
+        settings: optimiser/schedule/batch overrides (``lr``, ``batch_size`` …); per stage
+            for a pipeline.
+        **run_args: further :func:`run_recipe` arguments (``save_every``, ``seed``, ``device`` …).
+
+    Returns:
+        :class:`PretrainResult`; the checkpoint loads with
+        ``zoo.create(cfg["model_name"], checkpoint_path=result.checkpoint, **cfg["model_args"])``
+        where ``cfg`` is ``result.config`` read as JSON.
+
+    Example:
+        >>> r = pretrain("byol-rot-rec", "qtunet-t", "scans.json", "runs/qt", steps=2000)
+    """
+    import shutil
+
+    import zoo
+    from zoo._registry import resolve
+    from zoo.ssl.slice_swav import PIPELINES
+
+    stages = PIPELINES.get(method, (method,))
+    classes = [get_recipe(m) for m in stages]
+    spec, tag = resolve(model)
+    for cls in classes:
+        if cls.families and spec.family not in cls.families:
+            raise ValueError(
+                f"{cls.method} pretrains {', '.join(cls.families)} models; "
+                f"{spec.name} is a {spec.family} model"
+            )
+    net = zoo.create(model, pretrained=tag is not None, checkpoint_path=init, **dict(model_args or {}))
+    args = dict(net.pretrained_cfg["model_args"])
+    prep = classes[0].default_preprocessing
+    if isinstance(preprocessing, Preprocessing):
+        prep = preprocessing
+    elif preprocessing:
+        prep = replace(prep, **dict(preprocessing))
+    paths = [Path(p) for p in data] if isinstance(data, list | tuple) else read_datalist(data)
+    volumes = load_volumes(paths, prep)
+    info = {
+        "init": str(init) if init else (f"{spec.name}.{tag}" if tag else "random"),
+        "data": {"volumes": len(paths), "files": [p.name for p in paths][:20]},
+        "preprocessing": prep.as_dict(),
+    }
+
+    n = len(stages)
+    per_stage = _split_steps(steps, n)
+    rargs = list(recipe_args) if isinstance(recipe_args, list | tuple) else [dict(recipe_args or {})] * n
+    sargs = list(settings) if isinstance(settings, list | tuple) else [dict(settings or {})] * n
+    out = Path(out)
+    results = []
+    for i, (cls, k) in enumerate(zip(classes, per_stage, strict=True)):
+        folder = out if n == 1 else out / f"stage{i + 1}-{cls.method}"
+        recipe = cls(net.train(), **dict(rargs[i]))
+        stage_info = dict(info, stage=f"{i + 1}/{n} of {method}") if n > 1 else info
+        results.append(
+            run_recipe(
+                recipe, volumes, folder, k, spec.name, args, settings=sargs[i], info=stage_info, **run_args
+            )
+        )
+    last = results[-1]
+    if n > 1 and int(os.environ.get("RANK", "0")) == 0 and last.checkpoint.is_file():
+        for f in ("model.safetensors", "config.json"):
+            shutil.copyfile(last.out / f, out / f)
+    # One step axis across a pipeline's stages: stage i's steps follow stage i − 1's.
+    losses, offset = [], 0
+    for r, k in zip(results, per_stage, strict=True):
+        losses += [(offset + step, value) for step, value in r.losses]
+        offset += k
+    return PretrainResult(
+        out,
+        out / "model.safetensors",
+        out / "config.json",
+        sum(r.steps for r in results),
+        losses,
+        results[0].resumed_from,
+        sum(r.seconds for r in results),
+    )

@@ -435,10 +435,11 @@ class LinearProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             f = self.backbone(x)[0]
-        if f.shape[self._channel_dim] != self.head.in_features:
+        got, want = f.shape[self._channel_dim], self.head.in_features
+        if got != want:
             raise ValueError(
-                f"the deepest encoder map has {f.shape[self._channel_dim]} channels, the registered configuration "
-                f"{self.head.in_features}: this model was built with other widths; build the probe's head yourself"
+                f"the deepest encoder map has {got} channels, the registered configuration {want}: this "
+                "model was built with other widths; put your own nn.Linear on features_only(model)"
             )
         f = f.movedim(self._channel_dim, -1)
         return self.head(f.reshape(f.shape[0], -1, f.shape[-1]).mean(1))
@@ -560,6 +561,23 @@ def has_lora(model: nn.Module) -> bool:
     return any(".lora_A." in k for k, _ in model.named_parameters())
 
 
+def _delta_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight update ``scaling · B A`` of a peft LoRA layer (active adapters summed)."""
+    base = layer.get_base_layer()
+    delta = torch.zeros_like(base.weight)
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        if isinstance(base, nn.Linear) or all(k == 1 for k in getattr(base, "kernel_size", ())):
+            # Linear and pointwise convolutions: a plain product (peft 0.21 mis-shapes it for 1×1×1 convs).
+            d = (b.flatten(1) @ a.flatten(1)).reshape(base.weight.shape)
+            delta += d * layer.scaling[adapter]
+        else:
+            delta += layer.get_delta_weight(adapter)
+    return delta
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold LoRA adapters into their layers and put the plain layers back, in place.
 
@@ -570,10 +588,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
         ``model`` itself.
     """
     for name, layer in _lora_layers(model):
-        layer.merge()
+        base = layer.get_base_layer()
+        with torch.no_grad():
+            base.weight += _delta_weight(layer).to(base.weight.dtype)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.get_base_layer())
+        setattr(parent, child, base)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -595,7 +615,5 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for k, v in base.state_dict().items():
             out[f"{name}.{k}"] = v.detach().clone()
         weight = out[f"{name}.weight"]
-        for adapter in layer.active_adapters:
-            if adapter in layer.lora_A:
-                weight += layer.get_delta_weight(adapter).to(weight.dtype).detach()
+        weight += _delta_weight(layer).to(weight.dtype).detach()
     return {k: out[k] for k in sorted(out)}

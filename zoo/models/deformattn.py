@@ -33,6 +33,7 @@ __all__ = [
 # Widths of GAP(layer1..4) and the final pool of a ResNet-50 (layer4 again).
 _MULTI_SCALE_DIMS = (256, 512, 1024, 2048, 2048)
 _MIN_SLICE_SIZE = 32  # below this, layer4 of the ResNet sees less than one stride-32 cell
+_CPB_ROWS = 1 << 15  # rows per block of the position-bias MLP (2 MiB hidden activations)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,11 +105,18 @@ class ContinuousPositionBias(nn.Module):
         rel = query_pos[None, :, None, None] - key_pos[:, None, :, None]
         if self.log_distance:
             rel = torch.sign(rel) * torch.log(rel.abs() + 1)
-        bias = rel
-        for layer in self.mlp:
-            bias = layer(bias)
-        bg, length, m, per_group = bias.shape
-        bias = bias.view(bg // self.offset_groups, self.offset_groups, length, m, per_group)
+        bg, length, m, _ = rel.shape
+        rel = rel.reshape(-1, 1)
+        last = self.mlp[-1]
+        bias = rel.new_empty(rel.shape[0], last.out_features)
+        # The MLP sees one scalar per (query, key) pair (~10⁶ rows, 16 wide): run it on
+        # cache-sized row blocks so its hidden activations never become 50 MB tensors.
+        for i in range(0, rel.shape[0], _CPB_ROWS):
+            h = rel[i : i + _CPB_ROWS]
+            for layer in self.mlp[:-1]:
+                h = layer(h)
+            bias[i : i + _CPB_ROWS] = last(h)
+        bias = bias.view(bg // self.offset_groups, self.offset_groups, length, m, -1)
         return bias.permute(0, 1, 4, 2, 3).reshape(bg // self.offset_groups, -1, length, m)
 
 
@@ -309,6 +317,8 @@ class MultiScaleResNet50(ResNet):
 
     def multi_scale_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(S, C, H, W)`` → ``(S, 5888)``: L2-normalised GAPs of layer1–4 and the final pool."""
+        # Channels-last: oneDNN runs the convolutions on NHWC without reordering each activation.
+        x = x.contiguous(memory_format=torch.channels_last)
         pooled = [F.normalize(self.avgpool(f).flatten(1), dim=1) for f in self.stage_features(x)]
         # Quirk: the final pool equals GAP(layer4), so the layer4 vector is counted twice.
         return torch.cat([*pooled, pooled[-1]], dim=1)

@@ -91,7 +91,9 @@ class PatchEmbed3d(nn.Module):
         self.norm = nn.BatchNorm3d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x))
+        # A one-channel input is as much NCDHW as NDHWC, so the first convolution returns NCDHW:
+        # switch to channels-last here, where the map is small, not after every block.
+        return self.norm(self.proj(x).contiguous(memory_format=torch.channels_last_3d))
 
 
 class LargeKernelAttention3d(nn.Module):
@@ -177,7 +179,9 @@ class ULKAStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.patch_embed(x))
-        return self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3).contiguous()
+        # Channels-last out: for a channels-last input (the models' own layout) this is free.
+        x = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+        return x.contiguous(memory_format=torch.channels_last_3d)
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,7 +224,9 @@ class ULKADecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
-        x = self.convs(x)
+        # Small maps take PyTorch's native convolution, which returns NCDHW; come back to
+        # channels-last so that the large maps further up are convolved by oneDNN in NDHWC.
+        x = self.convs(x.contiguous(memory_format=torch.channels_last_3d))
         if self.up is None:
             return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
         return self.up(x)
@@ -369,8 +375,9 @@ class ULKANet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
-        x = self.forward_features(x)
-        return x if self.classifier is None else self.classifier(x)
+        # Channels-last inside: oneDNN convolves NDHWC without reordering every activation.
+        x = self.forward_features(x.contiguous(memory_format=torch.channels_last_3d))
+        return (x if self.classifier is None else self.classifier(x)).contiguous()
 
 
 class LoGoNet(nn.Module):
@@ -468,7 +475,8 @@ class LoGoNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
-        return self.classifier(self.proj(self.forward_features(x)))
+        x = self.forward_features(x.contiguous(memory_format=torch.channels_last_3d))  # see ULKANet
+        return self.classifier(self.proj(x)).contiguous()
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""zoo finetune: the papers' recipes, the pipeline on real MRI volumes, resume after interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import zoo
+from zoo.finetune import load_finetuned, make_mni_task, read_datalist, resolve_intensity
+from zoo.presets import get_preset
+from zoo.train import OptimConfig, lr_factor, make_loader, read_log, train
+
+_TINY = {"feature_chns": [4, 8, 16, 32, 64]}
+
+
+@pytest.fixture(scope="module")
+def mni_task(tmp_path_factory):
+    """One training and one validation case of MNI152 at 4 mm (50×59×48), different deformations."""
+    return make_mni_task(tmp_path_factory.mktemp("mni"), n_train=1, n_val=1, spacing_mm=4.0)
+
+
+def test_mni_task_has_three_tissue_classes_and_distinct_deformations(mni_task):
+    import nibabel as nib
+    import numpy as np
+
+    dl = read_datalist(mni_task)
+    assert dl["labels"] == {0: "background", 1: "grey matter", 2: "white matter"}
+    labels = [np.asarray(nib.load(c["label"]).dataobj) for c in dl["training"] + dl["validation"]]
+    assert all(set(np.unique(lab)) == {0, 1, 2} for lab in labels)
+    assert not np.array_equal(labels[0], labels[-1])  # validation is warped differently from training
+
+
+def test_presets_carry_the_papers_fine_tuning_settings():
+    logonet = get_preset("logonet-btcv")  # LoGoNet Table 14, BTCV
+    assert (logonet.optim.optimizer, logonet.optim.lr, logonet.optim.weight_decay) == ("adamw", 1e-4, 1e-5)
+    assert (logonet.epochs, logonet.warmup_fraction * logonet.epochs) == (5000, 100)
+    assert (logonet.batch_size, logonet.num_samples, logonet.dice_weight, logonet.ce_weight) == (2, 2, 1, 1)
+    assert logonet.spacing_mm == (1.5, 1.5, 2.0) and logonet.intensity["a_min"] == -175
+    msd = get_preset("logonet-msd")
+    assert (msd.epochs, msd.warmup_fraction * msd.epochs, msd.batch_size) == (1000, 50, 1)
+    qt = get_preset("qtunet-btcv")  # QT-UNet code: Adam 4e-4, no weight decay, 350 epochs, squared Dice
+    assert (qt.optim.optimizer, qt.optim.lr, qt.optim.weight_decay, qt.epochs) == ("adam", 4e-4, 0.0, 350)
+    assert qt.squared_pred and qt.ce_weight == 0 and qt.batch_size == 1
+    pct = get_preset("pctnet")  # MIS-FM: Adam 1e-3 halved every 5k of 30k iterations, batch 2, Dice+CE ½/½
+    assert (pct.optim.optimizer, pct.optim.lr, pct.iterations, pct.batch_size) == ("adam", 1e-3, 30_000, 2)
+    assert pct.optim_for(30_000).step_size == 5_000 and pct.optim.gamma == 0.5
+    assert (pct.dice_weight, pct.ce_weight) == (0.5, 0.5)
+    assert "LoGoNet" in logonet.describe() and "5000 epochs" in logonet.describe()
+
+
+def test_warmup_then_cosine_and_step_schedules():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.0)
+    assert [lr_factor(cfg, s, 110) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(cfg, 60, 110) == pytest.approx(0.5)
+    assert lr_factor(cfg, 109, 110) == pytest.approx(0.0, abs=1e-3)
+    step = OptimConfig(schedule="step", step_size=5, gamma=0.5)
+    assert [lr_factor(step, s, 30) for s in (0, 4, 5, 14, 15)] == [1, 1, 0.5, 0.25, 0.125]
+
+
+def test_intensity_comes_from_the_weights_then_the_preset():
+    pct = zoo.get_spec("pctnet").weight("vf110k").preprocessing
+    assert resolve_intensity(pct, get_preset("pctnet")) == {
+        "kind": "clip_scale", "a_min": -1000.0, "a_max": 1000.0, "b_min": -1.0, "b_max": 1.0
+    }  # fmt: skip
+    qt = zoo.get_spec("qtunet-t").weight("ct-ssl").preprocessing
+    assert resolve_intensity(qt, get_preset("qtunet-btcv")) == {
+        "kind": "zscore",
+        "nonzero": True,
+        "channel_wise": False,
+    }
+    assert resolve_intensity({}, get_preset("logonet-btcv"))["a_max"] == 250
+    assert resolve_intensity(qt, get_preset("default"), "clip:0,100,0,1")["a_max"] == 100
+
+
+def test_a_missing_volume_in_the_datalist_is_named(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"training": [{"image": "x.nii.gz", "label": "y.nii.gz"}]}))
+    with pytest.raises(ValueError, match=r"training\[0\] image .*x\.nii\.gz does not exist"):
+        read_datalist(tmp_path / "d.json")
+
+
+def test_models_that_are_not_3d_segmenters_are_refused(mni_task, tmp_path):
+    from zoo.finetune import finetune
+
+    with pytest.raises(ValueError, match="not a 3D segmentation model"):
+        finetune("resnet50-deformattn", mni_task, tmp_path / "run")
+
+
+def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run(mni_task, tmp_path, capsys):
+    from zoo.cli import main
+
+    out = tmp_path / "run"
+    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(out), "--steps", "8",
+            "--roi", "32", "32", "32", "--batch-size", "1", "--num-samples", "2", "--lr", "3e-3",
+            "--intensity", "zscore-nonzero", "--preset", "default", "--val-every", "8",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "preset default" in printed and "AdamW".lower() in printed and "grey matter:" in printed
+    steps = [e for e in read_log(out) if "loss" in e]
+    assert steps[0]["step"] == 1 and steps[-1]["step"] == 8
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    val = [e["val"] for e in read_log(out) if "val" in e]
+    assert len(val) == 1 and {"dice_1", "dice_2", "dice_mean"} <= set(val[0])
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["model_name"], cfg["num_classes"], cfg["step"], cfg["labels"]["2"]) == (
+        "fmunet",
+        3,
+        8,
+        "white matter",
+    )
+    model = load_finetuned(out)  # strict load through zoo.create(name, checkpoint_path=...)
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert model.pretrained_cfg["labels"]["1"] == "grey matter"
+
+
+def _tiny_run(out, total, stop_at_call=None):
+    # The loop is model-agnostic: a two-layer net with dropout (its RNG state must be restored too).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Conv3d(8, 3, 1)
+    )
+    g = torch.Generator().manual_seed(1)
+    data = [
+        {
+            "image": torch.randn(1, 12, 12, 12, generator=g),
+            "label": torch.randint(0, 3, (12, 12, 12), generator=g),
+        }
+        for _ in range(5)
+    ]
+    calls = {"n": 0}
+
+    def loss_fn(net, batch):
+        calls["n"] += 1
+        if calls["n"] == stop_at_call:
+            raise KeyboardInterrupt
+        return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
+
+    optim = OptimConfig(lr=1e-2, warmup_steps=2)
+    return train(model, loss_fn, make_loader(data, 2), out, optim, total, progress=False)
+
+
+def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninterrupted_run(tmp_path):
+    straight = _tiny_run(tmp_path / "straight", total=6)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path / "resumed", total=6, stop_at_call=4)  # during step 4: steps 1-3 are done
+    state = torch.load(tmp_path / "resumed" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 3
+    resumed = _tiny_run(tmp_path / "resumed", total=6)
+    assert (resumed.start_step, resumed.step) == (3, 6)
+    assert [s for s, _ in resumed.losses] == [4, 5, 6]
+    assert [loss for _, loss in resumed.losses] == pytest.approx(
+        [loss for _, loss in straight.losses[3:]], rel=1e-5
+    )
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "resumed"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)

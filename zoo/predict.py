@@ -79,7 +79,12 @@ def sample_volume_path() -> Path:
         import nilearn
     except ImportError as e:
         raise RuntimeError("the sample volume comes with nilearn: pip install nilearn") from e
-    path = Path(nilearn.__file__).parent / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    path = (
+        Path(nilearn.__file__).parent
+        / "datasets"
+        / "data"
+        / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    )
     if not path.exists():
         raise RuntimeError(f"nilearn is installed but its MNI152 template is missing ({path.name})")
     return path
@@ -131,8 +136,10 @@ def read_volume(path: str | Path, in_chans: int | None = None) -> tuple[Any, np.
     path = Path(path)
     img = _load_nifti(path)
     c, *spatial = _layout(path, tuple(img.shape), in_chans)
-    data = np.asarray(img.dataobj, dtype=np.float32).reshape(*spatial, c) if img.ndim != 3 else (
-        np.asarray(img.dataobj, dtype=np.float32)[..., None]
+    data = (
+        np.asarray(img.dataobj, dtype=np.float32).reshape(*spatial, c)
+        if img.ndim != 3
+        else (np.asarray(img.dataobj, dtype=np.float32)[..., None])
     )
     data = np.moveaxis(data, -1, 0)
     bad = ~np.isfinite(data)
@@ -170,8 +177,11 @@ def intensity_transform(spec: Mapping[str, Any] | str | None) -> Callable[[torch
         if not float(cfg["a_max"]) > float(cfg["a_min"]):
             raise ValueError(f"intensity_transform clip_scale needs a_max > a_min, got {cfg}")
         t = ScaleIntensityRange(
-            a_min=float(cfg["a_min"]), a_max=float(cfg["a_max"]), b_min=float(cfg["b_min"]),
-            b_max=float(cfg["b_max"]), clip=bool(cfg.get("clip", True)),
+            a_min=float(cfg["a_min"]),
+            a_max=float(cfg["a_max"]),
+            b_min=float(cfg["b_min"]),
+            b_max=float(cfg["b_max"]),
+            clip=bool(cfg.get("clip", True)),
         )
     elif kind == "none":
         return lambda x: x
@@ -206,7 +216,9 @@ def _roi_size(cfg: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(int(s) for s in size[1:]) if size else ()
 
 
-def _check_model(cfg: Mapping[str, Any], roi_size: Sequence[int] | None) -> tuple[int | None, tuple[int, ...]]:
+def _check_model(
+    cfg: Mapping[str, Any], roi_size: Sequence[int] | None
+) -> tuple[int | None, tuple[int, ...]]:
     name = cfg.get("name", "this model")
     size = cfg.get("input_size")
     if size is not None and len(size) != 4:
@@ -276,8 +288,10 @@ def predict_nifti(
     prep = cfg.get("preprocessing", {}) or {}
     intensity_cfg = intensity if intensity is not None else prep.get("intensity_transform")
     if intensity_cfg is None:
-        log.info("no structured intensity_transform registered for these weights; using z-score over "
-                 "nonzero voxels")
+        log.info(
+            "no structured intensity_transform registered for these weights; using z-score over "
+            "nonzero voxels"
+        )
         intensity_cfg = _DEFAULT_INTENSITY
     normalise = intensity_transform(intensity_cfg)
     axis_order = str(prep.get("axis_order", "xyz")).lower()
@@ -322,13 +336,17 @@ def predict_nifti(
     labels = logits.argmax(0).numpy().astype(np.uint8 if num_classes <= 255 else np.uint16)
     seconds = time.perf_counter() - start
     if labels.shape != data.shape[1:]:
-        raise RuntimeError(f"internal: label map {labels.shape} does not match the input grid {data.shape[1:]}")
+        raise RuntimeError(
+            f"internal: label map {labels.shape} does not match the input grid {data.shape[1:]}"
+        )
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     header = img.header.copy()
     header.set_data_dtype(labels.dtype)
-    out_img = nib.Nifti1Image(labels, img.affine, header) if isinstance(img, nib.Nifti1Image) else (
-        nib.Nifti2Image(labels, img.affine, header)
+    out_img = (
+        nib.Nifti1Image(labels, img.affine, header)
+        if isinstance(img, nib.Nifti1Image)
+        else (nib.Nifti2Image(labels, img.affine, header))
     )
     suffix = ".nii.gz" if out_path.name.endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=suffix)

@@ -1,0 +1,254 @@
+"""ONNX export: a dynamic batch axis, and onnxruntime matching PyTorch at every declared shape.
+
+The default run exports one model per family (the one with the smallest graph, at a reduced but
+valid size);
+``-m slow`` exports every registered model at the reduced size and at its full size.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo._registry import iter_specs
+from zoo.cli import main
+from zoo.export import EXPORTERS, OnnxParityError, onnx_session, reduced_config, to_onnx
+
+pytest.importorskip("onnxruntime")
+
+SPECS = [s for s in iter_specs() if s.input_size is not None]
+
+
+@functools.cache
+def _graph_size(name: str) -> tuple[int, int]:
+    """(submodules, parameters): export time grows with the first."""
+    spec = next(s for s in SPECS if s.name == name)
+    with torch.device("meta"):
+        model = spec.builder(**spec.model_args)
+    return sum(1 for _ in model.modules()), sum(p.numel() for p in model.parameters())
+
+
+def _representatives() -> list:
+    """The model of each family with the smallest graph: the default run exports these."""
+    best: dict[str, object] = {}
+    for s in SPECS:
+        cur = best.get(s.family)
+        if cur is None or _graph_size(s.name) < _graph_size(cur.name):
+            best[s.family] = s
+    return [best[f] for f in sorted(best)]
+
+
+REPRESENTATIVES = _representatives()
+OTHERS = [s for s in SPECS if s not in REPRESENTATIVES]
+
+
+def _ids(specs):
+    return [s.name for s in specs]
+
+
+def _check_export(spec, overrides, shape, tmp_path, batch_sizes=(1, 2)):
+    torch.manual_seed(0)
+    model = zoo.create(spec.name, **overrides)
+    path = tmp_path / f"{spec.name}.onnx"
+    r = to_onnx(model, path, shape, batch_sizes=batch_sizes)
+    assert r.exporter in EXPORTERS
+    assert [p.input_shape for p in r.parity] == [(b, *shape) for b in batch_sizes]
+    assert all(p.rel <= 1e-4 for p in r.parity), [str(p) for p in r.parity]
+    dims = onnx_session(path).get_inputs()[0].shape
+    assert isinstance(dims[0], str), f"batch axis should be dynamic, got {dims}"
+    assert list(dims[1:]) == list(shape), "spatial axes stay fixed to the traced size"
+    return r
+
+
+# -- every family, reduced size --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", REPRESENTATIVES, ids=_ids(REPRESENTATIVES))
+def test_smallest_model_of_each_family_exports_and_matches_onnxruntime(spec, tmp_path):
+    overrides, shape = reduced_config(spec)
+    # Traced at batch 2 and run at batch 1: a batch size baked into the graph fails here.
+    r = _check_export(spec, overrides, shape, tmp_path, batch_sizes=(1,))
+    print(f"{spec.name} at {shape}: {r.exporter} exporter, opset {r.opset}, max rel {r.max_rel:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", OTHERS, ids=_ids(OTHERS))
+def test_every_model_exports_and_matches_onnxruntime_at_reduced_size(spec, tmp_path):
+    overrides, shape = reduced_config(spec)
+    _check_export(spec, overrides, shape, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", SPECS, ids=_ids(SPECS))
+def test_every_model_exports_and_matches_onnxruntime_at_full_size(spec, tmp_path):
+    _check_export(spec, {}, tuple(spec.input_size), tmp_path)
+
+
+def test_reduced_sizes_are_smaller_than_the_registered_ones():
+    for spec in REPRESENTATIVES:
+        overrides, shape = reduced_config(spec)
+        assert len(shape) == len(spec.input_size)
+        assert np.prod(shape) < np.prod(spec.input_size), spec.name
+        assert all(a <= b for a, b in zip(shape, spec.input_size, strict=True)), spec.name
+
+
+# -- the mechanism, on small modules ---------------------------------------------------------------
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv3d(1, 3, 3, padding=1)
+        self.norm = nn.InstanceNorm3d(3, affine=True)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)).softmax(1)
+
+
+class NestedOutputs(TinyNet):
+    def forward(self, x):
+        y = self.conv(x)
+        return y, [y.mean((2, 3, 4)), y.amax((2, 3, 4))]
+
+
+class DriftsAfterTracing(TinyNet):
+    """Computes something else after its first call (the reference), i.e. in the traced graph."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.conv(x)
+        return y if self.calls <= 1 else y * 1.01
+
+
+class CachedPositionTable(TinyNet):
+    """Caches a size-dependent constant, as Swin caches its shifted-window masks."""
+
+    def __init__(self):
+        super().__init__()
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def forward(self, x):
+        n = int(x.shape[-1])
+        if n not in self._cache:
+            self._cache[n] = torch.linspace(0, 1, n)
+        return self.conv(x) * self._cache[n]
+
+
+class DataDependentBranch(TinyNet):
+    def forward(self, x):
+        y = self.conv(x)
+        if y.abs().sum() > -1:  # always true, but torch.export cannot know
+            return y * 2
+        return y
+
+
+def test_batch_axis_is_dynamic_and_spatial_axes_are_fixed(tmp_path):
+    model = TinyNet().eval()
+    path = tmp_path / "tiny.onnx"
+    r = to_onnx(model, path, (1, 6, 8, 10), exporter="dynamo")
+    assert r.exporter == "dynamo" and not r.dynamic_spatial
+    session = onnx_session(path)
+    x = torch.randn(3, 1, 6, 8, 10)
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session.run(None, {"input": torch.randn(1, 1, 6, 8, 12).numpy()})
+
+
+def test_several_declared_shapes_make_spatial_axes_dynamic_and_each_is_checked(tmp_path):
+    r = to_onnx(TinyNet().eval(), tmp_path / "tiny.onnx", input_shapes=[(1, 6, 8, 10), (1, 10, 8, 6)])
+    assert r.dynamic_spatial
+    assert sorted(p.input_shape for p in r.parity) == sorted(
+        [(1, 1, 6, 8, 10), (2, 1, 6, 8, 10), (1, 1, 10, 8, 6), (2, 1, 10, 8, 6)]
+    )
+    dims = onnx_session(r.path).get_inputs()[0].shape
+    assert isinstance(dims[2], str) and isinstance(dims[4], str)
+
+
+def test_a_graph_that_cannot_run_at_another_declared_size_fails_loudly(tmp_path):
+    path = tmp_path / "cached.onnx"
+    with pytest.raises(OnnxParityError, match=r"\(2, 1, 6, 6, 12\)|\(1, 1, 6, 6, 12\)"):
+        to_onnx(CachedPositionTable().eval(), path, input_shapes=[(1, 6, 6, 8), (1, 6, 6, 12)])
+    assert not path.exists()
+
+
+def test_an_export_that_differs_from_pytorch_fails_loudly_and_leaves_no_file(tmp_path):
+    path = tmp_path / "drift.onnx"
+    with pytest.raises(OnnxParityError, match="differs from PyTorch"):
+        to_onnx(DriftsAfterTracing().eval(), path, (1, 6, 6, 6), exporter="torchscript", batch_sizes=(1,))
+    assert not path.exists()
+
+
+class Overflows(TinyNet):
+    def forward(self, x):
+        return self.conv(x) * float("inf") * 0.0  # NaN everywhere
+
+
+def test_a_model_whose_output_is_not_finite_fails_instead_of_passing(tmp_path):
+    with pytest.raises(OnnxParityError, match="non-finite"):
+        to_onnx(
+            Overflows().eval(), tmp_path / "nan.onnx", (1, 6, 6, 6), exporter="torchscript", batch_sizes=(1,)
+        )
+    assert not (tmp_path / "nan.onnx").exists()
+
+
+def test_dynamo_failure_falls_back_to_torchscript_and_says_why(tmp_path):
+    r = to_onnx(DataDependentBranch().eval(), tmp_path / "dd.onnx", (1, 6, 6, 6))
+    assert r.exporter == "torchscript"
+    assert "dynamo export failed" in r.fallback_reason
+    assert r.max_rel <= 1e-4
+
+
+def test_nested_outputs_are_compared_one_by_one(tmp_path):
+    r = to_onnx(NestedOutputs().eval(), tmp_path / "nested.onnx", (1, 6, 6, 6), exporter="torchscript")
+    assert all(p.num_outputs == 3 for p in r.parity)
+
+
+def test_the_models_own_input_check_speaks_before_any_export(tmp_path):
+    model = zoo.create("qtunet-t", img_size=32)
+    with pytest.raises(ValueError, match="img_size"):
+        to_onnx(model, tmp_path / "q.onnx", (1, 64, 64, 64))
+    assert not (tmp_path / "q.onnx").exists()
+
+
+# -- command line ----------------------------------------------------------------------------------------
+
+
+def test_cli_export_writes_the_file_and_prints_the_parity(tmp_path, capsys):
+    out = tmp_path / "swin.onnx"
+    rc = main(
+        [
+            "export",
+            "swinvit2d-c48",
+            "-o",
+            str(out),
+            "--input-shape",
+            "1",
+            "32",
+            "32",
+            "--exporter",
+            "torchscript",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    assert "torchscript exporter" in text and "max rel diff" in text
+
+
+def test_cli_export_of_a_size_the_model_cannot_take_is_an_error(tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    rc = main(
+        ["export", "qtunet-t", "--img-size", "32", "--input-shape", "1", "64", "64", "64", "-o", str(out)]
+    )
+    assert rc == 2
+    assert "img_size" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,509 @@
+"""ONNX export with an onnxruntime parity check at every declared input shape.
+
+The batch axis is always dynamic. Spatial axes stay fixed to the traced size unless
+several spatial shapes are declared: the export is then made shape-polymorphic and the
+parity check runs at each of them, because a graph traced at one size can drift at
+another (3D Swin window padding, shifts and masks are the usual culprits). An export
+whose outputs differ from PyTorch's by more than ``rtol`` of the output's scale fails.
+
+Example::
+
+    from zoo.export import to_onnx
+    result = to_onnx("qtunet-t", "qtunet-t.onnx")        # prints max abs / rel diff per shape
+    result.exporter, result.max_rel                       # e.g. ("dynamo", 1.2e-06)
+    to_onnx("fmunet", "fmunet.onnx", input_shapes=[(1, 64, 128, 128), (1, 96, 160, 160)])
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from zoo._registry import ModelSpec, resolve
+
+log = logging.getLogger("zoo")
+
+__all__ = [
+    "to_onnx",
+    "ExportResult",
+    "Parity",
+    "OnnxParityError",
+    "default_input_shape",
+    "reduced_config",
+    "onnx_session",
+]
+
+# Above this much parameter data the weights go to an external-data file (protobuf caps at 2 GiB).
+_EXTERNAL_DATA_BYTES = 1_500_000_000
+EXPORTERS = ("dynamo", "torchscript")
+
+
+class OnnxParityError(RuntimeError):
+    """onnxruntime's outputs differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    """onnxruntime vs PyTorch at one input shape.
+
+    Attributes:
+        input_shape: the full input shape, batch included.
+        max_abs: largest absolute difference over all outputs.
+        rel: ``max_abs`` over the output's scale (its largest magnitude), worst output.
+        scale: the scale of the worst output.
+        num_outputs: tensors compared (nested outputs flattened in order).
+    """
+
+    input_shape: tuple[int, ...]
+    max_abs: float
+    rel: float
+    scale: float
+    num_outputs: int
+
+    def __str__(self) -> str:
+        return (
+            f"{tuple(self.input_shape)}: max abs diff {self.max_abs:.3e}, "
+            f"max rel diff {self.rel:.3e} (of output scale {self.scale:.3g}, {self.num_outputs} output(s))"
+        )
+
+
+@dataclass
+class ExportResult:
+    """What :func:`to_onnx` wrote and how well it matches PyTorch."""
+
+    path: Path
+    exporter: str
+    opset: int
+    input_shapes: list[tuple[int, ...]]
+    dynamic_spatial: bool
+    parity: list[Parity] = field(default_factory=list)
+    export_seconds: float = 0.0
+    fallback_reason: str | None = None
+    rtol: float = 1e-4
+
+    @property
+    def max_rel(self) -> float:
+        return max((p.rel for p in self.parity), default=0.0)
+
+    @property
+    def max_abs(self) -> float:
+        return max((p.max_abs for p in self.parity), default=0.0)
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+
+def _spatial_override(spec_or_cfg_args: Mapping[str, Any]) -> tuple[int, ...] | None:
+    img = spec_or_cfg_args.get("img_size")
+    if img is None:
+        return None
+    return (int(img),) if isinstance(img, int) else tuple(int(s) for s in img)
+
+
+def default_input_shape(model: nn.Module, spec: ModelSpec | None = None) -> tuple[int, ...]:
+    """The input shape (without batch) a zoo model is built for.
+
+    The registered ``input_size`` with its trailing spatial axes replaced by the model's own
+    ``img_size`` (so a model built at another size reports that size) and, for ``(C, *spatial)``
+    layouts, its channel count by ``in_chans``.
+
+    Raises:
+        ValueError: when neither the model nor the registry states an input size.
+    """
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    base = cfg.get("input_size") or (spec.input_size if spec else None)
+    if base is None:
+        raise ValueError("this model states no input size; pass input_shape=(C, *spatial)")
+    shape = list(base)
+    args = cfg.get("model_args", {})
+    img = _spatial_override(args) or getattr(model, "img_size", None)
+    if isinstance(img, int):
+        img = (img,)
+    if img is not None:
+        img = tuple(int(s) for s in img)
+        if len(img) == 1:  # an int img_size means a cube (square) over the (C, *spatial) layout
+            img = img * (len(shape) - 1)
+        shape[len(shape) - len(img) :] = img
+        if len(shape) == len(img) + 1 and args.get("in_chans"):
+            shape[0] = int(args["in_chans"])
+    return tuple(shape)
+
+
+_REDUCTION_SCALES = (1 / 6, 1 / 4, 1 / 3, 3 / 8, 1 / 2, 2 / 3, 3 / 4, 1)
+
+
+def _accepts(spec: ModelSpec, overrides: Mapping[str, Any], shape: tuple[int, ...]) -> bool:
+    """Whether the model built with ``overrides`` takes a batch of ``shape``.
+
+    The check runs on the meta device (no compute); a model that cannot run there is
+    built and run for real on the CPU at that (small) size.
+    """
+    args = {**spec.model_args, **overrides}
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = spec.builder(**args).eval()
+                x = torch.zeros((1, *shape))
+            with torch.no_grad():
+                model(x)
+            return True
+        except ValueError:
+            return False
+        except (RuntimeError, NotImplementedError, TypeError):
+            if device == "cpu":
+                return False
+    return False
+
+
+def reduced_config(spec: ModelSpec, min_side: int = 32) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """The smallest valid configuration of ``spec`` for quick checks (CI export tests).
+
+    The spatial axes of ``spec.input_size`` (those ``img_size`` names, else all but the
+    first) are scaled down uniformly by the largest factor that keeps every side at least
+    ``min_side`` and that the model accepts: a model built for one size is rebuilt with
+    ``img_size`` at that size; a shape-polymorphic one keeps its configuration.
+
+    Returns:
+        ``(model_args overrides, input shape without batch)``; the full size when nothing
+        smaller is valid.
+    """
+    if spec.input_size is None:
+        raise ValueError(f"{spec.name} registers no input_size")
+    full = tuple(spec.input_size)
+    img = _spatial_override(spec.model_args)
+    n_sp = len(img) if img else len(full) - 1
+    lead, spatial = full[: len(full) - n_sp], full[len(full) - n_sp :]
+    tried = set()
+    for r in _REDUCTION_SCALES:
+        sides = tuple(s * r for s in spatial)
+        if any(abs(v - round(v)) > 1e-9 for v in sides):
+            continue
+        sides = tuple(int(round(v)) for v in sides)
+        if sides in tried or (r < 1 and min(sides) < min(min_side, min(spatial))):
+            continue
+        tried.add(sides)
+        overrides = {"img_size": sides} if img else {}
+        shape = (*lead, *sides)
+        if r == 1 or _accepts(spec, overrides, shape):
+            return overrides, shape
+    return {}, full
+
+
+# -- onnxruntime ---------------------------------------------------------------------------------
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session on ``path`` using ``threads`` intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(out)
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise ValueError(f"the model returned no tensors ({type(out).__name__})")
+    return tensors
+
+
+def _compare(ref: list[torch.Tensor], got: list[Any], shape: tuple[int, ...]) -> Parity:
+    if len(ref) != len(got):
+        raise OnnxParityError(f"at {shape}: PyTorch gives {len(ref)} output(s), onnxruntime {len(got)}")
+    worst = (0.0, 0.0, 0.0)  # rel, abs, scale
+    max_abs = 0.0
+    for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+        g = torch.as_tensor(g)
+        if tuple(g.shape) != tuple(r.shape):
+            raise OnnxParityError(
+                f"at {shape}: output {i} has shape {tuple(g.shape)} in onnxruntime, "
+                f"{tuple(r.shape)} in PyTorch"
+            )
+        r64, g64 = r.detach().double(), g.double()
+        if not torch.isfinite(r64).all():
+            # NaN compares as nothing: a parity "pass" on it would prove nothing.
+            raise OnnxParityError(
+                f"at {shape}: PyTorch's output {i} has non-finite values (NaN/inf), so parity cannot "
+                "be checked; the model itself overflows at these weights"
+            )
+        diff = float((r64 - g64).abs().max()) if r64.numel() else 0.0
+        if not torch.isfinite(g64).all():
+            diff = float("inf")
+        scale = float(r64.abs().max()) if r64.numel() else 0.0
+        rel = diff / max(scale, 1e-12)
+        max_abs = max(max_abs, diff)
+        if rel >= worst[0]:
+            worst = (rel, diff, scale)
+    return Parity(tuple(shape), max_abs, worst[0], worst[2], len(ref))
+
+
+def _example(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g)
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def _export_dynamo(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    n_out: int,
+    dyn_axes: list[int],
+    opset: int | None,
+    external: bool,
+) -> None:
+    from torch.export import Dim
+
+    dims = {i: (Dim("batch", min=1, max=4096) if i == 0 else Dim.DYNAMIC) for i in dyn_axes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=["input"],
+            output_names=[f"output{i}" if n_out > 1 else "output" for i in range(n_out)],
+            dynamic_shapes=(dims,),
+            opset_version=opset,
+            external_data=external,
+            optimize=True,
+            verbose=False,
+        )
+
+
+def _export_torchscript(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    n_out: int,
+    dyn_axes: list[int],
+    opset: int | None,
+    external: bool,
+) -> None:
+    names = [f"output{i}" if n_out > 1 else "output" for i in range(n_out)]
+    axes = {i: ("batch" if i == 0 else f"dim{i}") for i in dyn_axes}
+    # Outputs: only the batch axis is declared; the exporter infers the rest.
+    dynamic = {"input": axes, **{n: {0: "batch"} for n in names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=opset or 17,
+            do_constant_folding=True,
+        )
+
+
+_EXPORT_FNS: dict[str, Callable[..., None]] = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+
+
+def _resolve_model(
+    model: nn.Module | str,
+    tag: str | None,
+    checkpoint_path: str | Path | None,
+    model_kwargs: Mapping[str, Any],
+) -> tuple[nn.Module, ModelSpec | None]:
+    if isinstance(model, nn.Module):
+        spec = None
+        name = getattr(model, "pretrained_cfg", {}).get("name")
+        if name:
+            spec = resolve(name)[0]
+        return model.eval(), spec
+    from zoo._factory import create
+
+    spec, name_tag = resolve(model)
+    pretrained = tag is not None or name_tag is not None
+    built = create(
+        model,
+        pretrained=pretrained and checkpoint_path is None,
+        weights=tag,
+        checkpoint_path=checkpoint_path,
+        **dict(model_kwargs),
+    )
+    return built.eval(), spec
+
+
+def to_onnx(
+    model: nn.Module | str,
+    path: str | Path,
+    input_shape: Sequence[int] | None = None,
+    *,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    tag: str | None = None,
+    checkpoint_path: str | Path | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    opset: int | None = None,
+    exporter: str = "auto",
+    batch_sizes: Sequence[int] = (1, 2),
+    rtol: float = 1e-4,
+    check: bool = True,
+    verbose: bool = True,
+) -> ExportResult:
+    """Export a zoo model to ONNX and check it against PyTorch with onnxruntime.
+
+    Args:
+        model: an ``nn.Module`` (a zoo model) or a registered name / ``name.tag``; a name
+            is built with :func:`zoo.create` (weights when a tag is named).
+        path: the ``.onnx`` file to write (large models add ``<path>.data``).
+        input_shape: one input shape without the batch axis, ``(C, *spatial)`` (default:
+            the model's declared size, see :func:`default_input_shape`).
+        input_shapes: several shapes without batch, same rank; when their spatial sizes
+            differ the spatial axes are exported dynamic and parity is checked at each —
+            the model counts as shape-polymorphic only if every one passes.
+        tag: weights tag when ``model`` is a name.
+        checkpoint_path: local checkpoint when ``model`` is a name.
+        model_kwargs: further :func:`zoo.create` arguments (``img_size=``, ``num_classes=`` …).
+        opset: ONNX opset (default: the exporter's own, 20 for dynamo in torch 2.14, 17 for
+            TorchScript).
+        exporter: ``"dynamo"`` (``torch.export``), ``"torchscript"``, or ``"auto"``: dynamo,
+            falling back to TorchScript when dynamo fails to export or to match.
+        batch_sizes: batch sizes the parity check runs (the batch axis is always dynamic).
+        rtol: tolerance on max |onnx − torch| / max |torch| per output.
+        check: run the onnxruntime parity check (otherwise only export).
+        verbose: print the parity lines.
+
+    Returns:
+        An :class:`ExportResult` (exporter used, opset, parity per shape).
+
+    Raises:
+        ValueError: bad shapes (the model's own input validation runs first).
+        OnnxParityError: onnxruntime differs beyond ``rtol`` (the file is removed).
+        RuntimeError: no exporter could export the model.
+    """
+    import onnx
+
+    if exporter not in ("auto", *EXPORTERS):
+        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    module, spec = _resolve_model(model, tag, checkpoint_path, model_kwargs or {})
+    if input_shapes is not None and input_shape is not None:
+        raise ValueError("give input_shape or input_shapes, not both")
+    shapes = [
+        tuple(int(s) for s in sh)
+        for sh in (input_shapes or [input_shape or default_input_shape(module, spec)])
+    ]
+    if len({len(s) for s in shapes}) != 1:
+        raise ValueError(f"input_shapes must share one rank, got {shapes}")
+    ndim = len(shapes[0]) + 1
+    dyn_axes = [0] + [i + 1 for i in range(ndim - 1) if len({s[i] for s in shapes}) > 1]
+    dynamic_spatial = len(dyn_axes) > 1
+
+    # PyTorch references first: the model's own input validation speaks before any export.
+    refs: dict[tuple[int, ...], tuple[torch.Tensor, list[torch.Tensor]]] = {}
+    # no_grad, not inference_mode: a model that caches tensors (window masks) must stay exportable.
+    with torch.no_grad():
+        for k, sh in enumerate(shapes):
+            for b in batch_sizes:
+                x = _example((int(b), *sh), seed=k * 97 + int(b))
+                refs[(int(b), *sh)] = (x, [t.float().clone() for t in _flat_outputs(module(x))])
+    n_out = len(next(iter(refs.values()))[1])
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
+    # Trace at batch 2 so the batch axis is not specialised to 1.
+    trace_shape = (2, *shapes[0])
+    order = list(EXPORTERS) if exporter == "auto" else [exporter]
+    failures: list[str] = []
+    parity_failed = False
+    for name in order:
+        for stale in (path, Path(f"{path}.data")):
+            stale.unlink(missing_ok=True)
+        start = time.perf_counter()
+        try:
+            # A fresh copy per exporter: tracing can leave state (caches) on modules that would leak
+            # into the next attempt and into the caller's model.
+            _EXPORT_FNS[name](
+                copy.deepcopy(module), _example(trace_shape, 0), path, n_out, dyn_axes, opset, external
+            )
+        except Exception as e:  # exporters raise many types; the next one gets its chance
+            failures.append(f"{name} export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            log.info(failures[-1])
+            continue
+        seconds = time.perf_counter() - start
+        result = ExportResult(
+            path=path,
+            exporter=name,
+            opset=_opset_of(onnx, path),
+            input_shapes=shapes,
+            dynamic_spatial=dynamic_spatial,
+            export_seconds=seconds,
+            rtol=rtol,
+            fallback_reason="; ".join(failures) or None,
+        )
+        if not check:
+            return result
+        try:
+            session = onnx_session(path)
+        except Exception as e:
+            failures.append(f"onnxruntime cannot load the {name} export: {str(e).strip()[:300]}")
+            log.info(failures[-1])
+            continue
+        try:
+            in_name = session.get_inputs()[0].name
+            for full, (x, ref) in refs.items():
+                try:
+                    got = session.run(None, {in_name: x.numpy()})
+                except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
+                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                    raise OnnxParityError(
+                        f"onnxruntime cannot run the {name} export at input {full}: {first}"
+                        + (
+                            " (the graph traced at one spatial size does not generalise; export each "
+                            "size separately)"
+                            if dynamic_spatial
+                            else ""
+                        )
+                    ) from e
+                p = _compare(ref, got, full)
+                result.parity.append(p)
+                if verbose:
+                    print(f"onnx parity ({name}) {p}")
+                if not p.rel <= rtol:
+                    raise OnnxParityError(
+                        f"onnxruntime differs from PyTorch at input {full}: max abs {p.max_abs:.3e}, "
+                        f"relative to the output scale {p.rel:.3e} > {rtol:g} ({name} exporter)"
+                    )
+        except OnnxParityError as e:
+            failures.append(str(e))
+            log.info(failures[-1])
+            parity_failed = True
+            continue
+        return result
+    for stale in (path, Path(f"{path}.data")):
+        stale.unlink(missing_ok=True)
+    detail = "\n  ".join(failures)
+    if parity_failed:
+        raise OnnxParityError(f"ONNX export does not match PyTorch:\n  {detail}")
+    raise RuntimeError(f"ONNX export failed:\n  {detail}")
+
+
+def _opset_of(onnx: Any, path: Path) -> int:
+    m = onnx.load(str(path), load_external_data=False)
+    for imp in m.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return -1

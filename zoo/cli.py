@@ -32,9 +32,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     for n in names:
         spec = get_spec(n)
         params = spec.meta.get("num_params")
-        tags = ", ".join(
-            f"{w.tag}{'*' if w.tag == spec.default_tag else ''}" for w in spec.weights
-        )
+        tags = ", ".join(f"{w.tag}{'*' if w.tag == spec.default_tag else ''}" for w in spec.weights)
         avail = "yes" if any(w.available for w in spec.weights) else "no"
         alias = ", ".join(aliases_of(n))
         rows.append([n, spec.family, f"{params / 1e6:.2f}M" if params else "?", tags or "—", avail, alias])
@@ -62,7 +60,10 @@ def cmd_info(a: argparse.Namespace) -> int:
     print(f"config: {json.dumps(info['model_args'])}")
     print(f"input size: {info['input_size']}")
     if m.get("num_params"):
-        print(f"parameters: {m['num_params']:,}" + (f" (paper: {m['paper_params']:,})" if m.get("paper_params") else ""))
+        print(
+            f"parameters: {m['num_params']:,}"
+            + (f" (paper: {m['paper_params']:,})" if m.get("paper_params") else "")
+        )
     if m.get("gmacs"):
         print(f"GMACs at input size: {m['gmacs']:.2f}")
     if not info["weights"]:
@@ -71,11 +72,15 @@ def cmd_info(a: argparse.Namespace) -> int:
         star = " (default)" if w["default"] else ""
         print(f"\nweights {info['name']}.{w['tag']}{star}")
         print(f"  pretraining: {w['pretraining']}")
-        print(f"  covers: {w['covers']}; in_chans: {w['in_chans']}; licence: {w['license']}"
-              f" ({'redistributable' if w['redistributable'] else 'not redistributable'})")
+        print(
+            f"  covers: {w['covers']}; in_chans: {w['in_chans']}; licence: {w['license']}"
+            f" ({'redistributable' if w['redistributable'] else 'not redistributable'})"
+        )
         if w["hf_hub_id"]:
-            print(f"  hub: {w['hf_hub_id']}/{w['hf_filename']} @ {w['hf_revision'] or 'main'}"
-                  f" sha256 {w['sha256'] or 'unpinned'}")
+            print(
+                f"  hub: {w['hf_hub_id']}/{w['hf_filename']} @ {w['hf_revision'] or 'main'}"
+                f" sha256 {w['sha256'] or 'unpinned'}"
+            )
         if w["url"]:
             print(f"  upstream: {w['url']}")
             print(f"  upstream digest: {w['upstream_digest'] or 'none published'}")
@@ -130,7 +135,11 @@ def cmd_publish(a: argparse.Namespace) -> int:
 
     out = a.out or Path(a.repo.replace("/", "__"))
     path = publish(
-        a.name, a.repo, out, dry_run=a.dry_run, checkpoint_path=a.checkpoint,
+        a.name,
+        a.repo,
+        out,
+        dry_run=a.dry_run,
+        checkpoint_path=a.checkpoint,
         permission_obtained=a.permission_obtained,
     )
     verb = "wrote" if a.dry_run else "uploaded"
@@ -162,10 +171,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
     spacing = tuple(a.spacing) if a.spacing else None
-    r = predict_nifti(model, a.input, a.output, spacing_mm=spacing, overlap=a.overlap,
-                      sw_batch_size=a.sw_batch_size, progress=not a.quiet)
-    print(f"wrote {r.output}: labels {sorted(r.label_voxels)} on the input grid {r.input_shape[1:]} "
-          f"({r.num_windows} windows, {r.seconds:.1f} s)")
+    r = predict_nifti(
+        model,
+        a.input,
+        a.output,
+        spacing_mm=spacing,
+        overlap=a.overlap,
+        sw_batch_size=a.sw_batch_size,
+        progress=not a.quiet,
+    )
+    print(
+        f"wrote {r.output}: labels {sorted(r.label_voxels)} on the input grid {r.input_shape[1:]} "
+        f"({r.num_windows} windows, {r.seconds:.1f} s)"
+    )
     return 0
 
 
@@ -192,11 +210,160 @@ def cmd_demo(a: argparse.Namespace) -> int:
     print(f"model: {spec.name}, {spec.meta.get('num_params', 0) / 1e6:.2f} M parameters, {weights}")
     print(f"input: {src.name} (MNI152 T1 template shipped with nilearn)")
     r = predict_nifti(model, src, out, spacing_mm=(a.spacing,) * 3, progress=False)
-    print(f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} at {a.spacing} mm, "
-          f"{r.num_windows} sliding windows, {r.seconds:.1f} s on CPU")
+    print(
+        f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} "
+        f"at {a.spacing} mm, {r.num_windows} sliding windows, {r.seconds:.1f} s on CPU"
+    )
     top = sorted(r.label_voxels.items(), key=lambda kv: -kv[1])[:5]
     print("voxels per predicted label (top 5): " + ", ".join(f"{k}: {v}" for k, v in top))
     print(f"label map written on the input grid with its affine: {r.output}")
+    return 0
+
+
+@_command
+def cmd_export(a: argparse.Namespace) -> int:
+    from zoo.export import to_onnx
+
+    spec, name_tag = resolve(a.name)
+    if a.tag and name_tag and a.tag != name_tag:
+        print(f"zoo export: {a.name!r} names weights {name_tag!r} and --tag says {a.tag!r}", file=sys.stderr)
+        return 2
+    tag = a.tag or name_tag or (spec.default_tag if a.pretrained else None)
+    if a.pretrained and tag is None:
+        reason = spec.no_weights_reason or ""
+        print(f"zoo export: {spec.name} has no pretrained weights. {reason}", file=sys.stderr)
+        return 2
+    if tag is None and a.checkpoint is None:
+        print(f"{spec.name}: exporting the architecture with random weights (no tag given)", file=sys.stderr)
+    kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
+    if a.num_classes is not None:
+        kwargs["num_classes"] = a.num_classes
+    shapes = [tuple(s) for s in a.input_shape] if a.input_shape else None
+    r = to_onnx(
+        spec.name, a.output, input_shapes=shapes, tag=tag, checkpoint_path=a.checkpoint,
+        model_kwargs=kwargs, opset=a.opset, exporter=a.exporter, rtol=a.rtol, check=not a.no_check,
+    )
+    axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
+    print(f"wrote {r.path} ({r.exporter} exporter, opset {r.opset}, {axes}; export {r.export_seconds:.1f} s)")
+    if r.fallback_reason:
+        print(f"  fell back to {r.exporter}: {r.fallback_reason}")
+    if r.parity:
+        print(f"  onnxruntime vs PyTorch: max abs diff {r.max_abs:.3e}, max rel diff {r.max_rel:.3e} "
+              f"(tolerance {r.rtol:g} of the output scale)")
+    return 0
+
+
+@_command
+def cmd_bench(a: argparse.Namespace) -> int:
+    from zoo.bench import benchmark, ratio
+
+    names = list_models(a.name) if any(ch in a.name for ch in "*?[") else [a.name]
+    if not names:
+        print(f"no model matches {a.name!r}", file=sys.stderr)
+        return 1
+    kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
+    rows = []
+    for n in names:
+        r = benchmark(
+            n, input_shape=a.input_shape, model_kwargs=kwargs, warmup=a.warmup, repeats=a.repeats,
+            threads=a.threads, cpu=not a.no_cpu, onnx=not a.no_onnx, cuda=False if a.no_cuda else None,
+            log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
+        )
+        rows.append(r)
+        if a.json:
+            print(json.dumps(r.row()))
+    if a.json:
+        return 0
+    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    table = []
+    for r in rows:
+        pr = ratio(r.gmacs_paper_setting, r.paper_gmacs)
+        table.append([
+            r.name, f"1×{r.input_shape}", f"{r.params / 1e6:.2f}M", f"{r.gmacs:.2f}",
+            f"{fmt(r.paper_gmacs, '.2f')}" + (f" ({pr:.3f}×)" if pr else ""),
+            fmt(r.cpu_ms, ".0f"), fmt(r.cpu_peak_mib, ".0f"), fmt(r.ort_ms, ".0f"),
+            fmt(r.cuda_fp32_ms, ".1f"), fmt(r.cuda_bf16_ms, ".1f"), fmt(r.cuda_fp32_peak_mib, ".0f"),
+        ])
+    header = ["name", "input", "params", "GMACs", "paper GMACs (ratio)", f"CPU ms ({rows[0].cpu_threads}t)",
+              "CPU MiB", "ORT ms", "CUDA fp32 ms", "CUDA bf16 ms", "CUDA MiB"]
+    print(_table(table, header))
+    for r in rows:
+        if r.onnx_error:
+            print(f"{r.name}: ONNX: {r.onnx_error}", file=sys.stderr)
+        if r.cuda_error:
+            print(f"{r.name}: CUDA: {r.cuda_error}", file=sys.stderr)
+        if r.paper_gmacs and not r.paper_setting_declared:
+            print(f"{r.name}: the registry declares no paper setting; paper GMACs compared at "
+                  f"1×{r.input_shape}", file=sys.stderr)
+    return 0
+
+
+@_command
+def cmd_finetune(a: argparse.Namespace) -> int:
+    """Fine-tune on a MONAI datalist; the same command runs multi-process under torchrun."""
+    from zoo.finetune import finetune
+    from zoo.presets import PRESETS
+
+    if a.list_presets:
+        for p in PRESETS.values():
+            print(p.describe() + "\n")
+        return 0
+    if not a.name or not a.data or not a.out:
+        print("zoo finetune: NAME, --data and --out are required (or --list-presets)", file=sys.stderr)
+        return 2
+    try:
+        finetune(
+            a.name, a.data, a.out, preset=a.preset, pretrained=a.pretrained or None,
+            checkpoint_path=a.checkpoint, steps=a.steps, epochs=a.epochs, batch_size=a.batch_size,
+            num_samples=a.num_samples, lr=a.lr, roi_size=a.roi, spacing_mm=a.spacing, intensity=a.intensity,
+            crop=a.crop, num_classes=a.num_classes, in_chans=a.in_chans, freeze=a.freeze, lora_rank=a.lora,
+            layer_decay=a.layer_decay, val_every=a.val_every, num_workers=a.workers, cache=not a.no_cache,
+            resume=not a.restart, seed=a.seed, device=a.device, progress=not a.quiet,
+            model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None,
+        )
+    except KeyboardInterrupt:
+        print(f"zoo finetune: interrupted; rerun the same command to resume from {a.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+@_command
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    """Continue self-supervised pretraining with one of the papers' pretext tasks (torchrun too)."""
+    from zoo.ssl import RECIPES, methods, pretrain
+    from zoo.ssl.data import parse_intensity
+
+    if a.list_methods:
+        for m in methods():
+            cls = RECIPES.get(m)
+            what = f"{', '.join(cls.families)}: {cls.paper}" if cls else "pipeline of three stages"
+            print(f"{m:24s} {what}")
+        return 0
+    if not a.method or not a.model or not a.data or not a.out:
+        print("zoo pretrain: METHOD, --model, --data and --out are required (or --list)", file=sys.stderr)
+        return 2
+    prep = {}
+    if a.spacing:
+        prep["spacing_mm"] = tuple(a.spacing)
+    if a.intensity:
+        prep["intensity"] = parse_intensity(a.intensity)
+    settings = {k: v for k, v in (("batch_size", a.batch_size), ("lr", a.lr)) if v is not None}
+    steps = [int(s) for s in a.steps.split(",")] if "," in a.steps else int(a.steps)
+    try:
+        r = pretrain(
+            a.method, a.model, a.data, a.out, steps=steps, init=a.init,
+            model_args=json.loads(a.model_kwargs) if a.model_kwargs else None,
+            recipe_args=json.loads(a.recipe_kwargs) if a.recipe_kwargs else None,
+            preprocessing=prep or None, settings=settings or None, save_every=a.save_every,
+            num_workers=a.workers, seed=a.seed, device=a.device, resume=not a.restart, progress=not a.quiet,
+        )
+    except KeyboardInterrupt:
+        print(f"zoo pretrain: interrupted; rerun the same command to resume from {a.out}", file=sys.stderr)
+        return 130
+    cfg = json.loads(r.config.read_text())
+    print(f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
+          f"load with zoo.create({cfg['model_name']!r}, checkpoint_path={str(r.checkpoint)!r}, **model_args "
+          f"from {r.config.name})")
     return 0
 
 
@@ -228,8 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="folder to write (default: ORG__NAME)")
     s.add_argument("--checkpoint", default=None, help="publish this file instead of the registered one")
     s.add_argument("--dry-run", action="store_true", help="write the folder only")
-    s.add_argument("--permission-obtained", action="store_true",
-                   help="the rights holder allowed redistribution of weights whose licence does not")
+    s.add_argument(
+        "--permission-obtained",
+        action="store_true",
+        help="the rights holder allowed redistribution of weights whose licence does not",
+    )
 
     s = sub.add_parser("predict", help="segment a NIfTI volume (sliding window), write a NIfTI label map")
     s.add_argument("name", help="name or name.tag")
@@ -247,6 +417,89 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spacing", type=float, default=2.0, help="isotropic resampling (mm) for speed")
     s.add_argument("-o", "--output", default=None)
 
+    s = sub.add_parser("export", help="export to ONNX and check it against PyTorch with onnxruntime")
+    s.add_argument("name", help="name or name.tag")
+    s.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    s.add_argument("--tag", default=None, help="weights tag to load (default: none, random weights)")
+    s.add_argument("--pretrained", action="store_true", help="load the default weights tag")
+    s.add_argument("--checkpoint", default=None, help="local checkpoint to load")
+    s.add_argument("--input-shape", type=int, nargs="+", action="append", default=None, metavar="N",
+                   help="input shape without batch, e.g. 1 96 96 96 (default: the model's); repeat "
+                        "the option to declare several sizes: spatial axes then become dynamic and each "
+                        "is checked")
+    s.add_argument("--img-size", type=int, nargs="+", default=None, help="build the model for this size")
+    s.add_argument("--num-classes", type=int, default=None)
+    s.add_argument("--opset", type=int, default=None)
+    s.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    s.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output's scale")
+    s.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+
+    s = sub.add_parser("bench", help="parameters, FLOPs/MACs, latency and memory (CPU, CUDA, onnxruntime)")
+    s.add_argument("name", help="a model name or a glob ('qtunet-*')")
+    s.add_argument("--input-shape", type=int, nargs="+", default=None, help="input without batch")
+    s.add_argument("--img-size", type=int, nargs="+", default=None, help="build the model for this size")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--no-cpu", action="store_true", help="skip PyTorch CPU timing")
+    s.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime timing")
+    s.add_argument("--no-cuda", action="store_true", help="skip CUDA even when available")
+    s.add_argument("--json", action="store_true", help="one JSON object per model")
+    s.add_argument("-q", "--quiet", action="store_true")
+
+    s = sub.add_parser("finetune", help="fine-tune on labelled NIfTI volumes (MONAI datalist); torchrun too")
+    s.add_argument("name", nargs="?", help="NAME (from scratch) or NAME.TAG (those weights)")
+    s.add_argument("--data", help="MONAI datalist JSON with 'training' and 'validation' image/label pairs")
+    s.add_argument("--out", help="run folder (checkpoints, config.json, log.jsonl); an existing run resumes")
+    s.add_argument("--preset", default=None, help="recipe (default: the family's; see --list-presets)")
+    s.add_argument("--list-presets", action="store_true", help="print every preset's values and exit")
+    s.add_argument("--pretrained", action="store_true", help="load the default weights when NAME has no tag")
+    s.add_argument("--checkpoint", default=None, help="start from this checkpoint file")
+    s.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the preset's recipe)")
+    s.add_argument("--epochs", type=int, default=None, help="epochs over the training cases (not --steps)")
+    s.add_argument("--batch-size", type=int, default=None, help="cases per step and process")
+    s.add_argument("--num-samples", type=int, default=None, help="crops per case")
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--roi", type=int, nargs=3, default=None, help="crop size (default: the model's input)")
+    s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
+    s.add_argument("--intensity", default=None, help="zscore, zscore-nonzero, none, or clip:a,b,c,d")
+    s.add_argument("--crop", choices=["random", "posneg"], default=None)
+    s.add_argument("--num-classes", type=int, default=None, help="default: from the datalist or the labels")
+    s.add_argument("--in-chans", type=int, default=None, help="default: from the datalist or the images")
+    s.add_argument("--freeze", default=None, help="freeze a part: encoder, stem, encoder.K, decoder")
+    s.add_argument("--lora", type=int, default=None, metavar="RANK", help="LoRA of this rank on the encoder")
+    s.add_argument("--layer-decay", type=float, default=None, help="layer-wise LR decay (e.g. 0.75)")
+    s.add_argument("--val-every", type=int, default=None, help="validation period in steps")
+    s.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    s.add_argument("--no-cache", action="store_true", help="do not cache preprocessed volumes in memory")
+    s.add_argument("--restart", action="store_true", help="ignore a run already in --out")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model-kwargs", default=None, help="JSON of further architecture arguments")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("pretrain", help="continue self-supervised pretraining (the papers' pretext tasks)")
+    s.add_argument("method", nargs="?", help="volume-fusion, byol-rot-rec, multi-clustering, simsiam-iou, "
+                                             "dino, joint-2d3d, joint-2d3d-deepcluster (see --list)")
+    s.add_argument("--list", dest="list_methods", action="store_true", help="print the methods and exit")
+    s.add_argument("--model", help="NAME (random init) or NAME.TAG (continue from those weights)")
+    s.add_argument("--data", help="datalist JSON of unlabelled images (a list, or MONAI's 'training')")
+    s.add_argument("--out", help="run folder (model.safetensors, config.json, trainer/); resumes a run")
+    s.add_argument("--steps", default="1000", help="optimiser steps (pipelines: a total, or a,b,c per stage)")
+    s.add_argument("--init", default=None, help="start from this checkpoint file")
+    s.add_argument("--batch-size", type=int, default=None, help="per process (default: the paper's)")
+    s.add_argument("--lr", type=float, default=None, help="default: the paper's")
+    s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
+    s.add_argument("--intensity", default=None, help="zscore, zscore-nonzero, none, or clip:a,b,c,d")
+    s.add_argument("--model-kwargs", default=None, help="JSON of architecture arguments (e.g. img_size)")
+    s.add_argument("--recipe-kwargs", default=None, help="JSON of recipe settings (a list for a pipeline)")
+    s.add_argument("--save-every", type=int, default=None, help="checkpoint period in steps")
+    s.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    s.add_argument("--restart", action="store_true", help="ignore a run already in --out")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     s = sub.add_parser("card", help="generate model cards from the registry")
     s.add_argument("--out", default=None)
     s.add_argument("--check", action="store_true", help="fail if a checked-in card is stale")
@@ -255,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         return _COMMANDS[args.command](args)
     except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as e:

@@ -76,3 +76,33 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         "model.safetensors",
         "trainer_state.pt",
     ]
+
+
+def _finetune_worker(rank: int, port: int, datalist: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    from zoo.finetune import finetune
+
+    finetune(
+        "fmunet", datalist, out, preset="default", steps=2, roi_size=(32, 32, 32), batch_size=1,
+        num_samples=1, intensity="zscore-nonzero", val_every=2, progress=False, print_fn=lambda _: None,
+        model_kwargs={"feature_chns": (4, 8, 16, 32, 64)},
+    )  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+def test_finetune_under_two_processes_validates_on_rank_zero_and_writes_one_run(tmp_path):
+    from zoo.finetune import make_mni_task
+    from zoo.train import read_log
+
+    datalist = make_mni_task(tmp_path / "data", n_train=2, n_val=1, spacing_mm=4.0)
+    out = tmp_path / "run"
+    mp.start_processes(
+        _finetune_worker, args=(_free_port(), str(datalist), str(out)), nprocs=2, start_method="fork"
+    )
+    log = read_log(out)
+    assert [e["step"] for e in log if "loss" in e] == [1, 2]
+    assert len([e for e in log if "val" in e]) == 1  # one validation, by rank 0, not one per process
+    assert (out / "model.safetensors").is_file() and (out / "best.safetensors").is_file()

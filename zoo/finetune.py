@@ -440,9 +440,11 @@ def evaluate_dice(
         prediction and label in every case is NaN and left out of the mean).
     """
     from monai.inferers import sliding_window_inference
-    from monai.metrics import DiceMetric
+    from monai.metrics import compute_dice
 
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    # Functional Dice: MONAI's DiceMetric.aggregate would all-gather across processes, and
+    # validation runs on rank 0 alone.
+    scores = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -458,9 +460,10 @@ def evaluate_dice(
                 mode=mode,
             )
             pred = F.one_hot(logits.argmax(1), num_classes).movedim(-1, 1)
-            metric(pred, F.one_hot(y[:, 0], num_classes).movedim(-1, 1))
+            truth = F.one_hot(y[:, 0], num_classes).movedim(-1, 1)
+            scores.append(compute_dice(pred, truth, include_background=False, ignore_empty=True).cpu())
     model.train(was_training)
-    per = metric.aggregate().cpu()
+    per = torch.nanmean(torch.cat(scores).float(), dim=0)
     out = {f"dice_{c}": float(per[c - 1]) for c in range(1, num_classes)}
     valid = per[~torch.isnan(per)]
     out["dice_mean"] = float(valid.mean()) if len(valid) else float("nan")

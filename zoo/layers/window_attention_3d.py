@@ -6,13 +6,23 @@ right-padding to window multiples, the cyclic shift with its Swin mask, partitio
 into windows and back, and the relative-position index of a 3D window. Nothing here
 depends on one model family; each window operation is a reshape/permute, never a
 Python loop over windows.
+
+The fast path (:class:`WindowPlan`, :func:`window_attention`) computes the same thing with
+fewer memory passes: one cached gather takes a map straight to shifted, padded windows
+(no pad, roll or permute copies) and one gather takes them back; windows are ordered so
+that those sharing a shift mask are contiguous, which lets each group go through
+``scaled_dot_product_attention`` with a single small ``(1, heads, N, N)`` float mask
+(relative-position bias + Swin mask) instead of a ``(nW, heads, N, N)`` one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +35,13 @@ __all__ = [
     "relative_position_index_3d",
     "to_windows",
     "from_windows",
+    "WindowPlan",
+    "window_plan",
+    "gather_windows",
+    "scatter_windows",
+    "split_heads",
+    "window_attention",
+    "cached_window_masks",
 ]
 
 # The additive mask value Swin uses between tokens of different shifted regions.
@@ -200,3 +217,261 @@ def from_windows(
     if list(padded) != list(size):
         x = x[:, : size[0], : size[1], : size[2]].contiguous()
     return x
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+@dataclass(frozen=True, eq=False)
+class WindowPlan:
+    """Where each token of a ``(B, D, H, W, C)`` map goes in its (shifted, padded) windows.
+
+    Windows are the ones of :func:`to_windows` (same tokens, same token order inside a
+    window) but listed group by group: the windows of a group share one Swin shift mask
+    (interior windows have none; only the last window along a shifted axis mixes regions,
+    so there are at most 8 groups).
+
+    Attributes:
+        size / window / shift: the unpadded map, the (clamped) window and shift.
+        tokens: ``N``, tokens per window.
+        num_windows: ``nW``.
+        gather: ``(nW·N,)`` int64, the flat ``D·H·W`` index of the token in each window slot
+            (padding slots point at token 0 and are zeroed through ``pad_slots``).
+        pad_slots: int64 slots that hold padding, or None.
+        scatter: ``(D·H·W,)`` int64, the slot of each token (the inverse of ``gather``).
+        groups: ``[start, end)`` window ranges, one per shift-mask group.
+        group_masks: ``(G, N, N)`` additive 0 / −100 masks of the groups, None without shift.
+    """
+
+    size: tuple[int, int, int]
+    window: tuple[int, int, int]
+    shift: tuple[int, int, int]
+    tokens: int
+    num_windows: int
+    gather: torch.Tensor
+    pad_slots: torch.Tensor | None
+    scatter: torch.Tensor
+    groups: tuple[tuple[int, int], ...]
+    group_masks: torch.Tensor | None
+
+
+def _build_plan(
+    size: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]
+) -> WindowPlan:
+    # Index arithmetic in NumPy: it stays out of any graph that torch.export/compile trace.
+    padded = [-(-s // w) * w for s, w in zip(size, window, strict=True)]
+    counts = [p // w for p, w in zip(padded, window, strict=True)]
+    # Per axis: the padded (unrolled) coordinate of each (window, offset) of the rolled map,
+    # the Swin region label of each rolled position, and whether a window is the last one
+    # along a shifted axis (its bit of the mask-group id).
+    coords, regions, last = [], [], []
+    for p, w, s, n in zip(padded, window, shift, counts, strict=True):
+        rolled = np.arange(p)
+        coords.append(((rolled + s) % p).reshape(n, w))  # rolled[i] = padded[(i + s) mod p]
+        regions.append((rolled >= p - w).astype(np.int64) + (rolled >= p - s) if s > 0 else 0 * rolled)
+        last.append((np.arange(n) == n - 1) if s > 0 else np.zeros(n, dtype=bool))
+    cd, ch, cw = coords
+    shape = (*counts, *window)  # (nd, nh, nw, wd, wh, ww), windows raster-ordered
+    d = np.broadcast_to(cd[:, None, None, :, None, None], shape)
+    h = np.broadcast_to(ch[None, :, None, None, :, None], shape)
+    w = np.broadcast_to(cw[None, None, :, None, None, :], shape)
+    n_tok = math.prod(window)
+    is_pad = ((d >= size[0]) | (h >= size[1]) | (w >= size[2])).reshape(-1, n_tok)
+    flat = np.where(is_pad, 0, ((d * size[1] + h) * size[2] + w).reshape(-1, n_tok))  # (nW, N)
+    group_id = (4 * last[0][:, None, None] + 2 * last[1][None, :, None] + last[2][None, None, :]).reshape(-1)
+    order = np.argsort(group_id, kind="stable")
+    flat, is_pad, group_id = flat[order], is_pad[order], group_id[order]
+    starts = [0, *(np.flatnonzero(np.diff(group_id)) + 1).tolist()]
+    groups = tuple(zip(starts, [*starts[1:], len(group_id)], strict=True))
+
+    gather = flat.reshape(-1)
+    real = ~is_pad.reshape(-1)
+    slots = np.arange(gather.size)
+    scatter = np.empty(math.prod(size), dtype=np.int64)
+    scatter[gather[real]] = slots[real]
+
+    group_masks = None
+    if any(s > 0 for s in shift):
+        masks = []
+        for start, _ in groups:  # one representative window per group
+            i_d, rest = divmod(int(order[start]), counts[1] * counts[2])
+            i_h, i_w = divmod(rest, counts[2])
+            rd = regions[0][i_d * window[0] : (i_d + 1) * window[0]]
+            rh = regions[1][i_h * window[1] : (i_h + 1) * window[1]]
+            rw = regions[2][i_w * window[2] : (i_w + 1) * window[2]]
+            label = (rd[:, None, None] * 9 + rh[None, :, None] * 3 + rw[None, None, :]).reshape(-1)
+            masks.append(np.where(label[None, :] != label[:, None], SWIN_MASK_VALUE, 0.0))
+        group_masks = torch.tensor(np.stack(masks), dtype=torch.float32)
+    return WindowPlan(
+        size=size,
+        window=window,
+        shift=shift,
+        tokens=n_tok,
+        num_windows=flat.shape[0],
+        gather=torch.tensor(gather, dtype=torch.long),
+        pad_slots=torch.tensor(slots[~real], dtype=torch.long) if is_pad.any() else None,
+        scatter=torch.tensor(scatter, dtype=torch.long),
+        groups=groups,
+        group_masks=group_masks,
+    )
+
+
+# Plans by (size, window, shift, device). A plain dict rather than lru_cache: torch.compile
+# traces through lru_cache wrappers (rebuilding the plan, with graph breaks), but reads a
+# plan already in this dict as constants. Plans are small and there is one per map size.
+_PLANS: dict[tuple, WindowPlan] = {}
+
+
+def window_plan(
+    size: Sequence[int],
+    window_size: Sequence[int],
+    shift_size: Sequence[int],
+    device: torch.device | str | None = None,
+) -> WindowPlan:
+    """The (cached) :class:`WindowPlan` of a map size, window and shift, on ``device``.
+
+    The window and shift must already be clamped (:func:`get_window_size`).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    key = (*(tuple(int(v) for v in t) for t in (size, window_size, shift_size)), dev)
+    plan = _PLANS.get(key)
+    if plan is None:
+        with torch.inference_mode(False):  # ordinary tensors: plans also serve autograd
+            plan = _build_or_move(key, dev)
+        if not _tracing():  # under export/compile its tensors may be fake
+            _PLANS[key] = plan
+    return plan
+
+
+def _build_or_move(key: tuple, dev: torch.device) -> WindowPlan:
+    if dev.type == "cpu":
+        return _build_plan(*key[:3])
+    cpu = window_plan(*key[:3], "cpu")
+    moved = {
+        k: getattr(cpu, k).to(dev)
+        for k in ("gather", "pad_slots", "scatter", "group_masks")
+        if getattr(cpu, k) is not None
+    }
+    return WindowPlan(**{**cpu.__dict__, **moved})
+
+
+def gather_windows(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """``(B, D, H, W, C)`` → windows ``(nW·N, B, C)``, padded with zero tokens and shifted.
+
+    The same tokens as :func:`to_windows`, window-major with the batch inside, so that
+    per-head views of linear projections flatten ``(B, heads)`` without a copy.
+    """
+    b, *_, c = x.shape
+    w = x.reshape(b, -1, c).index_select(1, plan.gather).transpose(0, 1).contiguous()
+    if plan.pad_slots is not None:
+        w.index_fill_(0, plan.pad_slots, 0.0)
+    return w
+
+
+def scatter_windows(windows: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """Inverse of :func:`gather_windows`: ``(nW·N, B, C)`` → ``(B, D, H, W, C)`` (padding dropped).
+
+    The result is a view that is contiguous for ``B = 1`` (channels innermost otherwise too).
+    """
+    return windows.index_select(0, plan.scatter).transpose(0, 1).unflatten(1, plan.size)
+
+
+def split_heads(t: torch.Tensor, plan: WindowPlan, num_heads: int) -> torch.Tensor:
+    """``(nW·N, B, C)`` → ``(nW, B·heads, N, C/heads)``, a view (no copy)."""
+    _, b, c = t.shape
+    t = t.view(plan.num_windows, plan.tokens, b, num_heads, c // num_heads)
+    return t.permute(0, 2, 3, 1, 4).flatten(1, 2)
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    plan: WindowPlan,
+    scale: float,
+    batch: int,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(scale·q·kᵀ + mask)·v per mask group, heads merged.
+
+    Args:
+        q, k, v: ``(nW, B·heads, N, d)`` (from :func:`split_heads`).
+        masks: one ``(1, B·heads, N, N)`` float mask per group of ``plan``
+            (:func:`cached_window_masks`).
+        plan: the window plan.
+        scale: multiplier of q·kᵀ.
+        batch: B.
+        dropout_p: attention dropout (training only).
+
+    Returns:
+        ``(nW·N, B, heads·d)``.
+    """
+    nw, heads_b, n, dh = q.shape
+    outs = [
+        F.scaled_dot_product_attention(
+            q[s:e], k[s:e], v[s:e], attn_mask=m.to(q.dtype), dropout_p=dropout_p, scale=scale
+        ).transpose(1, 2)
+        for (s, e), m in zip(plan.groups, masks, strict=True)
+    ]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)  # (nW, N, B·heads, d)
+    return out.reshape(nw * n, batch, heads_b * dh // batch)
+
+
+def _tracing() -> bool:
+    return bool(
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or getattr(torch.compiler, "is_exporting", lambda: False)()
+    )
+
+
+def _group_masks(bias: torch.Tensor, plan: WindowPlan, batch: int) -> list[torch.Tensor]:
+    bias = bias.contiguous()  # SDPA copies a non-contiguous mask on every call
+    if plan.group_masks is None:
+        masks = [bias.unsqueeze(0)]
+    else:
+        gm = plan.group_masks.to(bias.dtype)
+        masks = [(bias + gm[i]).unsqueeze(0) for i in range(len(plan.groups))]
+    # heads vary fastest inside the flattened (B, heads) axis; no test of batch == 1, which
+    # would specialise an exported graph to one batch size
+    return [m.repeat(1, batch, 1, 1) for m in masks]
+
+
+def cached_window_masks(
+    module: torch.nn.Module,
+    table: torch.Tensor,
+    plan: WindowPlan,
+    batch: int,
+    bias_fn: Callable[[int], torch.Tensor],
+) -> list[torch.Tensor]:
+    """The float masks (relative-position bias + shift mask) of each group of ``plan``.
+
+    Built once per plan and batch size and kept on ``module`` while gradients are off
+    (``torch.inference_mode`` / ``torch.no_grad``); the cache is dropped as soon as the
+    bias ``table`` changes (its version counter, storage, device or dtype), e.g. after an
+    optimiser step or ``load_state_dict``. With gradients on, or while tracing/compiling,
+    the masks are built fresh so that gradients reach the table.
+
+    Args:
+        module: the attention module that owns the cache.
+        table: the relative-position bias table (the cache's validity stamp).
+        plan: window plan of the current input.
+        batch: B.
+        bias_fn: ``n ↦ (heads, n, n)`` relative-position bias of windows of ``n`` tokens.
+
+    Returns:
+        One ``(1, B·heads, N, N)`` mask per group.
+    """
+    if torch.is_grad_enabled() or _tracing():
+        return _group_masks(bias_fn(plan.tokens), plan, batch)
+    stamp = (table._version, table.data_ptr(), table.device, table.dtype, id(table))
+    cache = module.__dict__.get("_window_mask_cache")
+    if cache is None or cache[0] != stamp:
+        cache = (stamp, {})
+        module.__dict__["_window_mask_cache"] = cache
+    key = (plan.size, plan.window, plan.shift, batch)
+    masks = cache[1].get(key)
+    if masks is None:
+        masks = cache[1][key] = _group_masks(bias_fn(plan.tokens), plan, batch)
+    return masks

@@ -16,11 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_alias, register_model
+from zoo.layers.window_attention_3d import (
+    WindowPlan,
+    cached_window_masks,
+    gather_windows,
+    scatter_windows,
+    window_attention,
+    window_plan,
+)
 
 __all__ = ["PCTNet", "FMUNet", "nnformer_relative_position_index"]
 
@@ -79,40 +86,6 @@ def nnformer_relative_position_index(window: int) -> torch.Tensor:
     offsets = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (3, w³, w³)
     multipliers = torch.tensor([3 * window - 1, 2 * window - 1, 1]).view(3, 1, 1)
     return (offsets * multipliers).sum(0)
-
-
-def window_partition_3d(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, D, H, W, C) → (B·nW, window³, C); D, H, W must be multiples of ``window``."""
-    b, d, h, w, c = x.shape
-    x = x.view(b, d // window, window, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, window**3, c)
-
-
-def window_reverse_3d(windows: torch.Tensor, window: int, size: Size3) -> torch.Tensor:
-    """Inverse of :func:`window_partition_3d`: (B·nW, window³, C) → (B, D, H, W, C)."""
-    d, h, w = size
-    c = windows.shape[-1]
-    x = windows.view(-1, d // window, h // window, w // window, window, window, window, c)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(-1, d, h, w, c)
-
-
-def shifted_window_mask(padded: Size3, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive attention mask (nW, window³, window³) for cyclically shifted windows.
-
-    Tokens that wrapped around from the other side of the volume get -100 against the rest
-    of their window (the reference's value, not -inf).
-    """
-    region = torch.zeros((1, *padded, 1), device=device)
-    slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    label = 0
-    for sd in slices:
-        for sh in slices:
-            for sw in slices:
-                region[:, sd, sh, sw, :] = label
-                label += 1
-    region = window_partition_3d(region, window).squeeze(-1)  # (nW, N)
-    diff = region.unsqueeze(1) - region.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
 
 def _check_input(x: torch.Tensor, in_chans: int, model: str) -> None:
@@ -207,6 +180,11 @@ class ConvLayer(nn.Module):
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside cubic windows with nnFormer's relative-position bias.
 
+    Runs ``scaled_dot_product_attention`` with the bias (plus the shift mask, −100 between
+    tokens that wrapped around, the reference's value) as one float mask per group of
+    windows, cached while gradients are off (see
+    :func:`~zoo.layers.window_attention_3d.cached_window_masks`).
+
     Args:
         dim: token channels.
         window: window edge length ``w`` (w³ tokens per window).
@@ -228,20 +206,21 @@ class WindowAttention3D(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B·nW, N, C); mask: (nW, N, N) additive or None. Returns (B·nW, N, C)."""
-        bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
+    def position_bias(self, n: int) -> torch.Tensor:
+        """``(heads, n, n)`` relative-position bias of a window of ``n = w³`` tokens."""
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(-1, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, n, n)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """x: windows (nW·N, B, C) laid out by ``plan``. Returns (nW·N, B, C)."""
+        _, b, c = x.shape
+        nw, n = plan.num_windows, plan.tokens
+        # (nW·N, B, 3C) → 3 × (nW, B·heads, N, head_dim): a view for B = 1, one copy otherwise.
+        qkv = self.qkv(x).view(nw, n, b, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, nw, -1, n, c // self.num_heads).unbind(0)
+        masks = cached_window_masks(self, self.relative_position_bias_table, plan, b, self.position_bias)
+        drop = self.attn_drop.p if self.training else 0.0
+        x = window_attention(q, k, v, masks, plan, self.scale, b, drop)
         return self.proj_drop(self.proj(x))
 
 
@@ -264,7 +243,8 @@ class SwinBlock3D(nn.Module):
 
     The feature map is zero-padded at the end of each axis to a multiple of the window after
     ``norm1`` and cropped after attention; padded tokens are not masked in unshifted windows
-    (Swin-v1 behaviour, reproduced for parity).
+    (Swin-v1 behaviour, reproduced for parity). Padding, cyclic shift and window partition
+    are one cached gather (:func:`~zoo.layers.window_attention_3d.gather_windows`).
 
     Args:
         dim: channels.
@@ -302,22 +282,9 @@ class SwinBlock3D(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d, h, w = self.resolution
-        ws, s = self.window, self.shift
-        shortcut = x
-        x = self.norm1(x)
-        pd, ph, pw = (-d) % ws, (-h) % ws, (-w) % ws
-        x = F.pad(x, (0, 0, 0, pw, 0, ph, 0, pd))
-        padded = (d + pd, h + ph, w + pw)
-        mask = None
-        if s > 0:
-            x = torch.roll(x, shifts=(-s, -s, -s), dims=(1, 2, 3))
-            mask = shifted_window_mask(padded, ws, s, x.device).to(x.dtype)
-        x = window_reverse_3d(self.attn(window_partition_3d(x, ws), mask), ws, padded)
-        if s > 0:
-            x = torch.roll(x, shifts=(s, s, s), dims=(1, 2, 3))
-        x = x[:, :d, :h, :w, :]
-        x = shortcut + self.drop_path(x)
+        plan = window_plan(self.resolution, (self.window,) * 3, (self.shift,) * 3, x.device)
+        a = self.attn(gather_windows(self.norm1(x), plan), plan)
+        x = x + self.drop_path(scatter_windows(a, plan))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -604,13 +571,17 @@ class PCTNet(nn.Module):
             )
         embed = self.embeddings[self.resolution_mode]
         head = self.pred_heads[self.resolution_mode]
+        # Channels-last inside: oneDNN convolves NDHWC without reordering every activation,
+        # and the Swin branches' (B, D, H, W, C) token view of a map is then free.
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         x0, x1, x2 = embed(x)
         d2, d3 = self.pyramid_ct(x2)
         y0, y1 = head(d2, x1, x0)
-        out = head.out_conv0(y0)
+        out = head.out_conv0(y0).contiguous()
         if not self.deep_supervision:
             return out
-        return [out, head.out_conv1(y1), self.pyramid_ct.out_conv2(d2), self.pyramid_ct.out_conv3(d3)]
+        outs = [head.out_conv1(y1), self.pyramid_ct.out_conv2(d2), self.pyramid_ct.out_conv3(d3)]
+        return [out, *(o.contiguous() for o in outs)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -990,6 +961,39 @@ _PCT_HEADS = tuple(f"pred_heads.{m}.out_conv{i}.conv.2." for m in range(3) for i
     "pyramid_ct.out_conv3.conv.2.",
 )
 
+# Parts, input to output. All three resolution-mode embeddings/heads exist (only one runs): each
+# level of every mode belongs to that level's part.
+_EMB = tuple(f"embeddings.{m}." for m in range(3))
+_PCT_GROUPS = {
+    "stem": tuple(f"{e}{k}." for e in _EMB for k in ("proj", "conv0")),
+    "encoder.0": tuple(f"{e}{k}." for e in _EMB for k in ("down1", "conv1")),
+    "encoder.1": tuple(f"{e}down2." for e in _EMB) + ("pyramid_ct.convtrans_e2.",),
+    "encoder.2": ("pyramid_ct.down3.", "pyramid_ct.convtrans_e3."),
+    "encoder.3": ("pyramid_ct.down4.", "pyramid_ct.convtrans_e4."),
+    "decoder": tuple(f"pyramid_ct.{k}." for k in ("up3", "up4", "convtrans_d2", "convtrans_d3"))
+    + tuple(f"pred_heads.{m}.{k}." for m in range(3) for k in ("up1", "up2", "conv0", "conv1")),
+    "head": tuple(f"pred_heads.{m}.out_conv{i}." for m in range(3) for i in range(2))
+    + ("pyramid_ct.out_conv2.", "pyramid_ct.out_conv3."),
+}
+# The registered resolution_mode 1: level 1 pools in-plane only, reductions are (D, H, W).
+_PCT_FEATURES = (
+    dict(module="embeddings.1.conv0", num_chs=24, reduction=(1, 1, 1)),
+    dict(module="embeddings.1.conv1", num_chs=48, reduction=(1, 2, 2)),
+    dict(module="pyramid_ct.convtrans_e2", num_chs=128, reduction=(2, 4, 4)),
+    dict(module="pyramid_ct.convtrans_e3", num_chs=256, reduction=(4, 8, 8)),
+    dict(module="pyramid_ct.convtrans_e4", num_chs=512, reduction=(8, 16, 16)),
+)
+_FMU_GROUPS = {
+    "stem": ("project.", "encoder.en_conv0."),
+    **{f"encoder.{i}": (f"encoder.down{i}.", f"encoder.en_conv{i + 1}.") for i in range(4)},
+    "decoder": ("decoder.",),
+    "head": ("out_layers.",),
+}
+_FMU_FEATURES = tuple(
+    dict(module=f"encoder.en_conv{i}", num_chs=c, reduction=2**i)
+    for i, c in enumerate((32, 64, 128, 256, 512))
+)
+
 register_model(
     ModelSpec(
         name="pctnet",
@@ -1059,6 +1063,8 @@ register_model(
         input_size=(1, 64, 128, 128),
         head_keys=_PCT_HEADS,
         first_conv=("embeddings.0.proj", "embeddings.1.proj", "embeddings.2.proj"),
+        param_groups=_PCT_GROUPS,
+        feature_info=_PCT_FEATURES,
         encoder_prefixes=(
             "embeddings.",
             "pyramid_ct.down3.",
@@ -1174,6 +1180,8 @@ register_model(
         input_size=(1, 64, 128, 128),
         head_keys=tuple(f"out_layers.{i}.2." for i in range(4)),
         first_conv="project",
+        param_groups=_FMU_GROUPS,
+        feature_info=_FMU_FEATURES,
         encoder_prefixes=("project.", "encoder."),
         meta=dict(
             num_params=47_371_572,

@@ -24,34 +24,36 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_model
 from zoo.layers.window_attention_3d import (
-    from_windows,
+    WindowPlan,
+    cached_window_masks,
+    gather_windows,
     get_window_size,
     relative_position_index_3d,
-    shifted_window_mask,
-    to_windows,
+    scatter_windows,
+    window_attention,
+    window_plan,
 )
 
 __all__ = ["QTUNet", "QTUNetEncoder"]
 
 _PATCH = 4  # the final ×4 expansion is hard-wired to a patch size of 4
+_HEAD_SLAB_BYTES = 8 << 20  # working set of one slab of the final expansion (see _expand_and_classify)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _window_setup(
+def _window_plan(
     size: Sequence[int], window: Sequence[int], shift: Sequence[int], device: torch.device
-) -> tuple[tuple[int, ...], tuple[int, ...], torch.Tensor | None]:
+) -> WindowPlan:
     win, sh = get_window_size(size, window, shift)
-    if not any(s > 0 for s in sh):
-        return win, sh, None
-    padded = [-(-s // w) * w for s, w in zip(size, win, strict=True)]
-    return win, sh, shifted_window_mask(padded, win, sh, device)
+    return window_plan(size, win, sh, device)
 
 
 def sinusoidal_position_encoding_3d(
@@ -100,7 +102,8 @@ class WindowAttention3D(nn.Module):
         cross: if True, queries come from ``x`` (``q``) and keys/values from a second
             stream (``kv``), QT-UNet's ``cross_attn``; else one ``qkv`` projection.
 
-    Shapes: windows ``(B·nW, N, C)`` in, ``(B·nW, N, C)`` out.
+    Shapes: windows ``(nW·N, B, C)`` in and out, laid out by a
+    :class:`~zoo.layers.window_attention_3d.WindowPlan` (``gather_windows``).
     """
 
     def __init__(
@@ -133,9 +136,13 @@ class WindowAttention3D(nn.Module):
             # Quirk: only self-attention tables get trunc_normal; cross-attention tables stay zero.
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def _heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.reshape(b, n, parts, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    def _project(self, x: torch.Tensor, layer: nn.Linear, plan: WindowPlan) -> tuple[torch.Tensor, ...]:
+        # (nW·N, B, parts·C) → parts × (nW, B·heads, N, head_dim): a view for B = 1, one copy otherwise.
+        t = layer(x)
+        parts = t.shape[-1] // x.shape[-1]
+        t = t.view(plan.num_windows, plan.tokens, x.shape[1], parts, self.num_heads, -1)
+        t = t.permute(3, 0, 2, 4, 1, 5).reshape(parts, plan.num_windows, -1, plan.tokens, t.shape[-1])
+        return t.unbind(0)
 
     def position_bias(self, n: int) -> torch.Tensor:
         """``(heads, n, n)`` bias for windows of ``n`` tokens."""
@@ -145,40 +152,34 @@ class WindowAttention3D(nn.Module):
         return self.relative_position_bias_table[idx].view(n, n, -1).permute(2, 0, 1)
 
     def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        mask: torch.Tensor | None,
-        bias: torch.Tensor | None = None,
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: WindowPlan, scale: float
     ) -> torch.Tensor:
-        """softmax(q·kᵀ + bias + mask)·v, heads merged, then ``proj``; q already scaled."""
-        bw, heads, n, _ = q.shape
-        attn = q @ k.transpose(-2, -1) + (self.position_bias(n) if bias is None else bias).unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(bw // nw, nw, heads, n, n) + mask[None, :, None]
-            attn = attn.view(bw, heads, n, n)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(bw, n, -1)
+        """softmax(scale·q·kᵀ + bias + mask)·v, heads merged, then ``proj``.
+
+        ``q, k, v``: ``(nW, B·heads, N, head_dim)``; returns ``(nW·N, B, C)``.
+        """
+        batch = q.shape[1] // self.num_heads
+        masks = cached_window_masks(self, self.relative_position_bias_table, plan, batch, self.position_bias)
+        drop = self.attn_drop.p if self.training else 0.0
+        out = window_attention(q, k, v, masks, plan, scale, batch, drop)
         return self.proj_drop(self.proj(out))
 
-    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Unscaled ``q, k, v`` as ``(B·nW, heads, N, head_dim)``."""
-        q, k, v = self._heads(self.qkv(x), 3)
+    def qkv_heads(
+        self, x: torch.Tensor, plan: WindowPlan
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unscaled ``q, k, v`` of windows ``(nW·N, B, C)`` as ``(nW, B·heads, N, head_dim)``."""
+        q, k, v = self._project(x, self.qkv, plan)
         return q, k, v
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: WindowPlan, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs the context (skip) windows")
-            q = self._heads(self.q(x), 1)[0]
-            k, v = self._heads(self.kv(context), 2)
+            (q,) = self._project(x, self.q, plan)
+            k, v = self._project(context, self.kv, plan)
         else:
-            q, k, v = self.qkv_heads(x)
-        return self.attend(q * self.scale, k, v, mask)
+            q, k, v = self.qkv_heads(x, plan)
+        return self.attend(q, k, v, plan, self.scale)
 
 
 class QTBlock3D(nn.Module):
@@ -228,14 +229,13 @@ class QTBlock3D(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        b, *size, _ = x.shape
-        win, shift, mask = _window_setup(size, self.window_size, self.shift_size, x.device)
-        a = self.attn(to_windows(x, win, shift), mask)
+        plan = _window_plan(x.shape[1:4], self.window_size, self.shift_size, x.device)
+        a = self.attn(gather_windows(x, plan), plan)
         # Quirk: post-norm (LayerNorm after each residual add), unlike Video Swin's pre-norm.
-        x = self.norm1(x + self.drop_path(from_windows(a, win, shift, b, size)))
+        x = self.norm1(x + self.drop_path(scatter_windows(a, plan)))
         if self.cross:
-            c = self.cross_attn(to_windows(x, win, shift), mask, to_windows(skip, win, shift))
-            x = self.norm2(x + self.drop_path(from_windows(c, win, shift, b, size)))
+            c = self.cross_attn(gather_windows(x, plan), plan, gather_windows(skip, plan))
+            x = self.norm2(x + self.drop_path(scatter_windows(c, plan)))
         return self.norm3(x + self.drop_path(self.mlp(x)))
 
 
@@ -249,7 +249,7 @@ class VTBlock3D(nn.Module):
 
     Args: as for :class:`QTBlock3D` (no ``cross``: any block can take encoder K,V).
 
-    Shapes: ``(B, D, H, W, C)`` in and out; K,V ``(B·nW, heads, N, head_dim)``.
+    Shapes: ``(B, D, H, W, C)`` in and out; K,V ``(nW, B·heads, N, head_dim)``.
     """
 
     def __init__(
@@ -278,19 +278,16 @@ class VTBlock3D(nn.Module):
         self, x: torch.Tensor, enc_kv: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         b, *size, c = x.shape
-        win, shift, mask = _window_setup(size, self.window_size, self.shift_size, x.device)
-        q, k, v = self.attn.qkv_heads(to_windows(self.norm1(x), win, shift))
-        q = q * self.attn.scale
-        bias = self.attn.position_bias(q.shape[2])
+        plan = _window_plan(size, self.window_size, self.shift_size, x.device)
+        q, k, v = self.attn.qkv_heads(gather_windows(self.norm1(x), plan), plan)
+        scale = self.attn.scale
         shortcut = x
-        x = shortcut + self.drop_path(
-            from_windows(self.attn.attend(q, k, v, mask, bias), win, shift, b, size)
-        )
+        x = shortcut + self.drop_path(scatter_windows(self.attn.attend(q, k, v, plan, scale), plan))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if enc_kv is not None:
             # Quirk: the query is scaled a second time before the cross-attention.
-            ca = self.attn.attend(q * self.attn.scale, enc_kv[0], enc_kv[1], mask, bias)
-            x2 = shortcut + self.drop_path(from_windows(ca, win, shift, b, size))
+            ca = self.attn.attend(q, enc_kv[0], enc_kv[1], plan, scale * scale)
+            x2 = shortcut + self.drop_path(scatter_windows(ca, plan))
             x2 = x2 + self.drop_path(self.mlp(self.norm2(x2)))
             # Quirk: "FPE" is the position code alone through norm2+MLP (not added to x), no drop path.
             pe = sinusoidal_position_encoding_3d(size, c, x.device, x.dtype)
@@ -650,8 +647,24 @@ class QTUNet(nn.Module):
             skip = skips[n - 1 - i]
             x = self.concat_back_dim[i](torch.cat([x, skip], dim=-1))
             x = layer(x, skip if self.decoder == "qt" else kv_pairs[n - 1 - i])
-        x = self.up(self.norm_up(x))
-        return self.output(x.permute(0, 4, 1, 2, 3))
+        return self._expand_and_classify(self.norm_up(x))
+
+    def _expand_and_classify(self, x: torch.Tensor) -> torch.Tensor:
+        # self.up then self.output. The ×4 expansion's LayerNorm and the 1×1×1 output conv act
+        # voxel by voxel, so they run on slabs of depth slices before the voxels are moved into
+        # place: the embed_dim-wide full-resolution map (64× the tokens) is never materialised,
+        # only num_classes channels are permuted, and the slab temporaries stay cache-sized.
+        b, d, h, w, c = x.shape
+        s, sd = self.up.s, self.up.sd
+        weight = self.output.weight.flatten(1)
+        out = torch.empty((b, weight.shape[0], d, sd, h, s, w, s), dtype=x.dtype, device=x.device)
+        step = max(1, _HEAD_SLAB_BYTES // (h * w * sd * s * s * c * x.element_size()))  # per sample
+        for i in range(0, d, step):
+            y = self.up.expand(x[:, i : i + step])
+            y = self.up.norm(y.view(*y.shape[:4], sd, s, s, c))
+            y = F.linear(y, weight, self.output.bias)
+            out[:, :, i : i + step] = y.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.view(b, -1, d * sd, h * s, w * s)
 
 
 # --------------------------------------------------------------------------- registry
@@ -906,6 +919,26 @@ _MEASURED: dict[str, tuple[int, float, float]] = {
 
 _SIZE_DIR = {48: "Tiny", 72: "Small", 96: "Base"}
 
+
+def _parts(dim: int, is_qt: bool) -> tuple[dict, tuple]:
+    """param_groups and feature_info; VT-UNet keeps its encoder at the top level (no ``encoder.``)."""
+    enc = "encoder." if is_qt else ""
+    groups = {"stem": (f"{enc}patch_embed.",)}
+    groups.update({f"encoder.{i}": (f"{enc}layers.{i}.",) for i in range(3)})
+    groups["encoder.3"] = (f"{enc}layers.3.", f"{enc}norm.")
+    groups["decoder"] = ("layers_up.", "concat_back_dim.", "norm_up.", "up.")
+    groups["head"] = ("output.",)
+    # One map per resolution: the patch embedding, the merged outputs of stages 0–1 (the skips)
+    # and the normed bottleneck; all channels-last inside the encoder.
+    features = (
+        dict(module=f"{enc}patch_embed", num_chs=dim, reduction=4, channels_last=True),
+        dict(module=f"{enc}layers.0", num_chs=2 * dim, reduction=8, channels_last=True),
+        dict(module=f"{enc}layers.1", num_chs=4 * dim, reduction=16, channels_last=True),
+        dict(module=f"{enc}norm", num_chs=8 * dim, reduction=32, channels_last=True),
+    )
+    return groups, features
+
+
 for _name, (_dim, _dec, _md, _pp, _pg, _label) in _VARIANTS.items():
     _is_qt = _dec == "qt"
     _weights = _ssl_weights(_SIZE_DIR[_dim]) if _name in ("qtunet-t", "qtunet-s", "qtunet-b") else ()
@@ -944,6 +977,8 @@ for _name, (_dim, _dec, _md, _pp, _pg, _label) in _VARIANTS.items():
             head_keys=("output.",),
             first_conv="encoder.patch_embed.proj" if _is_qt else "patch_embed.proj",
             encoder_prefixes=("encoder.",) if _is_qt else ("patch_embed.", "layers.", "norm."),
+            param_groups=_parts(_dim, _is_qt)[0],
+            feature_info=_parts(_dim, _is_qt)[1],
             no_weights_reason=None
             if _weights
             else "The authors released self-supervised encoder checkpoints for QT-UNet (T/S/B) only; "

@@ -9,7 +9,7 @@ P(GM) ≥ 0.5 and P(GM) ≥ P(WM), 2 = WM where P(WM) ≥ 0.5 and P(WM) > P(GM),
 Runs the real ``zoo finetune`` pipeline (MONAI loading, z-score intensity, pos/neg crops,
 Dice + CE, AdamW with warm-up and cosine decay, sliding-window validation Dice):
 
-1. a small model from scratch: FMUNet (the MIS-FM U-Net) at widths 8–128 (1.5 M parameters);
+1. a small model from scratch: FMUNet (the MIS-FM U-Net) at widths 8–128 (2.97 M parameters);
 2. every registered pretrained model whose weights are already in the local cache
    (no download is attempted), fine-tuned the same way at its own input size.
 
@@ -99,7 +99,7 @@ def main() -> int:
         run("fmunet", datalist, work / "fmunet-scratch", args, (args.roi,) * 3,
             model_kwargs={"feature_chns": (8, 16, 32, 64, 128)})
     ]  # fmt: skip
-    results[0]["label"] = "FMUNet widths 8–128, from scratch"
+    results[0]["label"] = "FMUNet widths 8–128 (2.97 M params), from scratch"
     skipped = []
     for name, roi in PRETRAINED:
         if cached(name):

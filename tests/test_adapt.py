@@ -226,3 +226,15 @@ def test_lora_leaves_base_weights_unchanged_and_merges_into_the_adapted_model(na
         fresh, _ = _lora_case(name)
         fresh.load_state_dict(plain_sd, strict=True)
         torch.testing.assert_close(fresh.eval()(x), adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_create_features_only_returns_the_registered_stage_maps():
+    import zoo
+    from zoo._registry import get_spec
+
+    model = zoo.create("fmunet", features_only=True, feature_chns=(4, 8, 16, 32, 64))
+    feats = model(torch.randn(1, 1, 32, 32, 32))
+    info = get_spec("fmunet").feature_info
+    assert len(feats) == len(info)
+    for f, i in zip(feats, info, strict=True):
+        assert f.shape[-1] == 32 // i["reduction"]

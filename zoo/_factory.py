@@ -179,6 +179,8 @@ def create(
     in_chans: int | None = None,
     num_classes: int | None = None,
     img_size: int | tuple[int, ...] | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally with pretrained weights.
@@ -193,6 +195,8 @@ def create(
         in_chans: input channels; the first convolution is adapted if the weights differ.
         num_classes: output classes; only the output head is re-initialised if it differs.
         img_size: spatial input size for models built for one size.
+        features_only: return :func:`zoo.adapt.features_only` of the model: the encoder's
+            feature map per stage (``out_indices`` selects stages), with ``feature_info``.
         **kwargs: further constructor arguments of the architecture.
 
     Returns:
@@ -258,4 +262,8 @@ def create(
         "preprocessing": dict(ws.preprocessing) if ws else {},
         "sliding_window": _window_for(spec, args),
     }
+    if features_only:
+        from zoo.adapt import features_only as _features_only
+
+        return _features_only(model.eval(), out_indices).eval()
     return model.eval()

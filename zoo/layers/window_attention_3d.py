@@ -39,7 +39,6 @@ __all__ = [
     "window_plan",
     "gather_windows",
     "scatter_windows",
-    "split_heads",
     "window_attention",
     "cached_window_masks",
 ]
@@ -358,8 +357,8 @@ def _build_or_move(key: tuple, dev: torch.device) -> WindowPlan:
 def gather_windows(x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
     """``(B, D, H, W, C)`` → windows ``(nW·N, B, C)``, padded with zero tokens and shifted.
 
-    The same tokens as :func:`to_windows`, window-major with the batch inside, so that
-    per-head views of linear projections flatten ``(B, heads)`` without a copy.
+    The same tokens as :func:`to_windows`, window-major with the batch inside, so that the
+    ``(nW, B·heads, N, d)`` head split of a projection is a view for ``B = 1``.
     """
     b, *_, c = x.shape
     w = x.reshape(b, -1, c).index_select(1, plan.gather).transpose(0, 1).contiguous()
@@ -376,13 +375,6 @@ def scatter_windows(windows: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
     return windows.index_select(0, plan.scatter).transpose(0, 1).unflatten(1, plan.size)
 
 
-def split_heads(t: torch.Tensor, plan: WindowPlan, num_heads: int) -> torch.Tensor:
-    """``(nW·N, B, C)`` → ``(nW, B·heads, N, C/heads)``, a view (no copy)."""
-    _, b, c = t.shape
-    t = t.view(plan.num_windows, plan.tokens, b, num_heads, c // num_heads)
-    return t.permute(0, 2, 3, 1, 4).flatten(1, 2)
-
-
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -396,7 +388,8 @@ def window_attention(
     """softmax(scale·q·kᵀ + mask)·v per mask group, heads merged.
 
     Args:
-        q, k, v: ``(nW, B·heads, N, d)`` (from :func:`split_heads`).
+        q, k, v: ``(nW, B·heads, N, d)``: window-major, then batch, then heads (the layout
+            of a ``(nW·N, B, heads·d)`` projection of :func:`gather_windows` windows).
         masks: one ``(1, B·heads, N, N)`` float mask per group of ``plan``
             (:func:`cached_window_masks`).
         plan: the window plan.
@@ -415,6 +408,10 @@ def window_attention(
         for (s, e), m in zip(plan.groups, masks, strict=True)
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)  # (nW, N, B·heads, d)
+    if _tracing():
+        # Eager SDPA returns (·, N, heads, d)-major memory, so the view below is free; an
+        # exported graph may decompose SDPA into matmuls laid out the other way: copy there.
+        out = out.clone(memory_format=torch.contiguous_format)
     return out.reshape(nw * n, batch, heads_b * dh // batch)
 
 

@@ -69,6 +69,39 @@ def sample_along_sequence(feats: torch.Tensor, positions: torch.Tensor, correcte
     return out.squeeze(-1)
 
 
+def _tracing() -> bool:
+    return bool(
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or getattr(torch.compiler, "is_exporting", lambda: False)()
+    )
+
+
+def _can_fold_bn(net: ResNet, x: torch.Tensor) -> bool:
+    """Inference with a plain torchvision ResNet-50 layout: BatchNorm may be folded into the convs."""
+    if torch.is_grad_enabled() or net.training or torch.jit.is_tracing():
+        return False
+    blocks = [b for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for b in stage]
+    return all(
+        type(b) is Bottleneck
+        and (b.downsample is None or (len(b.downsample) == 2 and isinstance(b.downsample[1], nn.BatchNorm2d)))
+        for b in blocks
+    ) and all(bn.running_var is not None for bn in net.modules() if isinstance(bn, nn.BatchNorm2d))
+
+
+def _conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool) -> torch.Tensor:
+    """``bn(conv(x))`` (then ReLU) with the inference BN folded into the convolution."""
+    alpha = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.affine:
+        alpha = alpha * bn.weight
+    shift = -bn.running_mean * alpha + (bn.bias if bn.affine else 0.0)
+    if conv.bias is not None:
+        shift = shift + conv.bias * alpha
+    weight = conv.weight * alpha.view(-1, 1, 1, 1)
+    y = F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y.relu_() if relu else y
+
+
 # ---------------------------------------------------------------------------------------------
 # blocks
 
@@ -106,16 +139,21 @@ class ContinuousPositionBias(nn.Module):
         if self.log_distance:
             rel = torch.sign(rel) * torch.log(rel.abs() + 1)
         bg, length, m, _ = rel.shape
-        rel = rel.reshape(-1, 1)
-        last = self.mlp[-1]
-        bias = rel.new_empty(rel.shape[0], last.out_features)
-        # The MLP sees one scalar per (query, key) pair (~10⁶ rows, 16 wide): run it on
-        # cache-sized row blocks so its hidden activations never become 50 MB tensors.
-        for i in range(0, rel.shape[0], _CPB_ROWS):
-            h = rel[i : i + _CPB_ROWS]
-            for layer in self.mlp[:-1]:
-                h = layer(h)
-            bias[i : i + _CPB_ROWS] = last(h)
+        if _tracing():  # row blocks would tie an exported graph to the traced batch size
+            bias = rel
+            for layer in self.mlp:
+                bias = layer(bias)
+        else:
+            # The MLP sees one scalar per (query, key) pair (~10⁶ rows, 16 wide): run it on
+            # cache-sized row blocks so its hidden activations never become 50 MB tensors.
+            rel = rel.reshape(-1, 1)
+            last = self.mlp[-1]
+            bias = rel.new_empty(rel.shape[0], last.out_features)
+            for i in range(0, rel.shape[0], _CPB_ROWS):
+                h = rel[i : i + _CPB_ROWS]
+                for layer in self.mlp[:-1]:
+                    h = layer(h)
+                bias[i : i + _CPB_ROWS] = last(h)
         bias = bias.view(bg // self.offset_groups, self.offset_groups, length, m, -1)
         return bias.permute(0, 1, 4, 2, 3).reshape(bg // self.offset_groups, -1, length, m)
 
@@ -308,6 +346,8 @@ class MultiScaleResNet50(ResNet):
 
     def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(S, C, H, W)`` slices → outputs of ``layer1 … layer4``."""
+        if _can_fold_bn(self, x):
+            return self._stage_features_folded(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
@@ -315,10 +355,27 @@ class MultiScaleResNet50(ResNet):
             feats.append(x)
         return feats
 
+    def _stage_features_folded(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # The same network with every inference BatchNorm folded into the convolution before
+        # it (weights scaled per output channel, BN shift as the conv bias), recomputed on
+        # each call (a few ms), so BN never takes a pass over the activations.
+        x = self.maxpool(_conv_bn(x, self.conv1, self.bn1, relu=True))
+        feats = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for blk in stage:
+                out = _conv_bn(x, blk.conv1, blk.bn1, relu=True)
+                out = _conv_bn(out, blk.conv2, blk.bn2, relu=True)
+                out = _conv_bn(out, blk.conv3, blk.bn3, relu=False)
+                identity = x if blk.downsample is None else _conv_bn(x, *blk.downsample, relu=False)
+                x = out.add_(identity).relu_()
+            feats.append(x)
+        return feats
+
     def multi_scale_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(S, C, H, W)`` → ``(S, 5888)``: L2-normalised GAPs of layer1–4 and the final pool."""
         # Channels-last: oneDNN runs the convolutions on NHWC without reordering each activation.
-        x = x.contiguous(memory_format=torch.channels_last)
+        if not torch.jit.is_tracing():  # the TorchScript ONNX exporter cannot express memory formats
+            x = x.contiguous(memory_format=torch.channels_last)
         pooled = [F.normalize(self.avgpool(f).flatten(1), dim=1) for f in self.stage_features(x)]
         # Quirk: the final pool equals GAP(layer4), so the layer4 vector is counted twice.
         return torch.cat([*pooled, pooled[-1]], dim=1)

@@ -120,6 +120,41 @@ def test_logonet_gives_per_voxel_logits_at_32_cubed():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ["ulkanet-l", "logonet-l"])
+def test_large_sizes_stay_finite_at_initialisation_in_eval_and_train_mode(name):
+    # The 24-block stage 3 of the Large size: without the residual layer scale its activations
+    # doubled every block and overflowed to NaN (eval mode, BN on its initial statistics).
+    torch.manual_seed(0)
+    model = _build(name)
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.encoder[2](model.encoder[1](model.encoder[0](x))) if name == "ulkanet-l" else None
+    assert torch.isfinite(out).all()
+    assert out.abs().max() < 1e3
+    if feats is not None:
+        assert feats.abs().max() < 1e3
+    model.train()
+    out = model(x)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_layer_scale_is_on_both_residual_branches_and_can_be_removed():
+    net = ULKANet(num_classes=2, img_size=32, dims=(8, 16), depths=(1, 1), mlp_ratios=(2, 2), decoder_dims=(8, 8, 8))
+    keys = set(net.state_dict())
+    assert {"encoder.0.blocks.0.layer_scale_1", "encoder.0.blocks.0.layer_scale_2"} <= keys
+    assert torch.equal(net.encoder[0].blocks[0].layer_scale_1, torch.full((8,), 1e-2))
+    plain = ULKANet(
+        num_classes=2, img_size=32, dims=(8, 16), depths=(1, 1), mlp_ratios=(2, 2), decoder_dims=(8, 8, 8),
+        layer_scale_init=None,
+    )
+    assert not any("layer_scale" in k for k in plain.state_dict())
+    assert sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * (8 + 16)
+
+
 def test_logonet_takes_non_cubic_inputs_whose_sides_are_multiples_of_32():
     model = _tiny_logonet()
     with torch.no_grad():

@@ -32,6 +32,11 @@ def _grid_side(n_cubes: int) -> int:
     return side
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # NDHWC for oneDNN; the TorchScript ONNX exporter cannot express memory formats (same values).
+    return x.contiguous() if torch.jit.is_tracing() else x.contiguous(memory_format=torch.channels_last_3d)
+
+
 def split_subcubes(x: torch.Tensor, grid: int) -> list[torch.Tensor]:
     """Cut a volume into ``grid³`` non-overlapping blocks, in raster order over (D, H, W).
 
@@ -93,7 +98,7 @@ class PatchEmbed3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A one-channel input is as much NCDHW as NDHWC, so the first convolution returns NCDHW:
         # switch to channels-last here, where the map is small, not after every block.
-        return self.norm(self.proj(x).contiguous(memory_format=torch.channels_last_3d))
+        return self.norm(_channels_last(self.proj(x)))
 
 
 class LargeKernelAttention3d(nn.Module):
@@ -145,18 +150,32 @@ class Mlp3d(nn.Module):
 class LKABlock3d(nn.Module):
     """One "transformer-like" LKA module (Alg. 2): BN → attention, BN → MLP, both residual."""
 
-    def __init__(self, dim: int, mlp_ratio: float, attn_proj: bool = True) -> None:
+    def __init__(
+        self, dim: int, mlp_ratio: float, attn_proj: bool = True, layer_scale_init: float | None = 1e-2
+    ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm3d(dim)
         # [choice] VAN's 1×1/GELU/1×1 wrapper around LKA by default; Eq. 2–3 show the bare LKA.
         self.attn = SpatialAttention3d(dim) if attn_proj else LargeKernelAttention3d(dim)
         self.norm2 = nn.BatchNorm3d(dim)
         self.mlp = Mlp3d(dim, int(dim * mlp_ratio))
+        # [choice] VAN's per-channel layer scale (init 1e-2) on both residual branches. Without
+        # it the wrapper's own shortcut doubles the signal every block once BN runs on its
+        # initial statistics, and the 24-block stage of the Large size overflows to NaN.
+        if layer_scale_init is None:
+            self.layer_scale_1 = self.layer_scale_2 = None
+        else:
+            self.layer_scale_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+            self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+
+    @staticmethod
+    def _scaled(branch: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        return branch if scale is None else branch * scale.view(1, -1, 1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [choice] pre-norm residuals (VAN); Alg. 2 taken literally would add to BN(x) instead of x.
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self._scaled(self.attn(self.norm1(x)), self.layer_scale_1)
+        return x + self._scaled(self.mlp(self.norm2(x)), self.layer_scale_2)
 
 
 class ULKAStage(nn.Module):
@@ -171,17 +190,20 @@ class ULKAStage(nn.Module):
         patch_size: int,
         stride: int,
         attn_proj: bool,
+        layer_scale_init: float | None = 1e-2,
     ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed3d(in_chans, dim, patch_size, stride)
-        self.blocks = nn.Sequential(*[LKABlock3d(dim, mlp_ratio, attn_proj) for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[LKABlock3d(dim, mlp_ratio, attn_proj, layer_scale_init) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.patch_embed(x))
         # Channels-last out: for a channels-last input (the models' own layout) this is free.
         x = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
-        return x.contiguous(memory_format=torch.channels_last_3d)
+        return _channels_last(x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,7 +248,7 @@ class ULKADecoderBlock(nn.Module):
             x = torch.cat([x, skip], dim=1)
         # Small maps take PyTorch's native convolution, which returns NCDHW; come back to
         # channels-last so that the large maps further up are convolved by oneDNN in NDHWC.
-        x = self.convs(x.contiguous(memory_format=torch.channels_last_3d))
+        x = self.convs(_channels_last(x))
         if self.up is None:
             return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
         return self.up(x)
@@ -292,6 +314,8 @@ class ULKANet(nn.Module):
             (``len(dims) + 1`` entries; the last one is also the width of ``proj``).
         attn_proj: wrap LKA in VAN's 1×1 → GELU → LKA → 1×1 with its own shortcut.
         upsample: ``"trilinear"`` (parameter-free) or ``"deconv"`` (ConvTranspose3d 2³, stride 2).
+        layer_scale_init: initial value of the per-channel scales on the LKA blocks' residual
+            branches (VAN's 1e-2); None removes them.
 
     Shapes:
         (B, in_chans, D, H, W) → (B, num_classes, D, H, W), or (B, decoder_dims[-1], D, H, W)
@@ -318,6 +342,7 @@ class ULKANet(nn.Module):
         decoder_dims: Sequence[int] = (240, 240, 224, 64, 48),
         attn_proj: bool = True,
         upsample: str = "trilinear",
+        layer_scale_init: float | None = 1e-2,
     ) -> None:
         super().__init__()
         n = len(dims)
@@ -347,6 +372,7 @@ class ULKANet(nn.Module):
                 patch_size=7 if i == 0 else 3,
                 stride=4 if i == 0 else 2,
                 attn_proj=attn_proj,
+                layer_scale_init=layer_scale_init,
             )
             for i in range(n)
         )
@@ -376,7 +402,7 @@ class ULKANet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
         # Channels-last inside: oneDNN convolves NDHWC without reordering every activation.
-        x = self.forward_features(x.contiguous(memory_format=torch.channels_last_3d))
+        x = self.forward_features(_channels_last(x))
         return (x if self.classifier is None else self.classifier(x)).contiguous()
 
 
@@ -396,7 +422,7 @@ class LoGoNet(nn.Module):
         local_dims, local_depths, local_mlp_ratios, local_decoder_dims: each local ULKANet;
             ``local_decoder_dims[-1]`` must equal ``decoder_dims[-1]`` (the maps are summed).
         n_cubes: number of local sub-cubes, a perfect cube.
-        attn_proj, upsample: as in :class:`ULKANet`, for all nine nets.
+        attn_proj, upsample, layer_scale_init: as in :class:`ULKANet`, for all nine nets.
 
     Shapes:
         (B, in_chans, D, H, W) → (B, num_classes, D, H, W); every side must be a multiple of
@@ -428,6 +454,7 @@ class LoGoNet(nn.Module):
         n_cubes: int = 8,
         attn_proj: bool = True,
         upsample: str = "trilinear",
+        layer_scale_init: float | None = 1e-2,
     ) -> None:
         super().__init__()
         if local_decoder_dims[-1] != decoder_dims[-1]:
@@ -442,7 +469,13 @@ class LoGoNet(nn.Module):
         self.grid = _grid_side(n_cubes)
         self.size_multiple = math.lcm(2 ** (len(dims) + 1), self.grid * 2 ** (len(local_dims) + 1))
         self.img_size = _check_img_size(img_size, self.size_multiple, type(self).__name__)
-        common = dict(in_chans=in_chans, num_classes=None, attn_proj=attn_proj, upsample=upsample)
+        common = dict(
+            in_chans=in_chans,
+            num_classes=None,
+            attn_proj=attn_proj,
+            upsample=upsample,
+            layer_scale_init=layer_scale_init,
+        )
         self.global_net = ULKANet(
             img_size=self.img_size,
             dims=dims,
@@ -475,7 +508,7 @@ class LoGoNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
-        x = self.forward_features(x.contiguous(memory_format=torch.channels_last_3d))  # see ULKANet
+        x = self.forward_features(_channels_last(x))  # see ULKANet
         return self.classifier(self.proj(x)).contiguous()
 
 
@@ -644,7 +677,10 @@ _NOTES_COMMON = (
     "LKA block residuals: x + Attn(BN(x)), then x + MLP(BN(x)) (pre-norm, as VAN); Alg. 2 literally "
     "overwrites x with BN(x) before adding, read as pseudo-code shorthand.",
     "MLP as Alg. 3 intends: fc1 → GELU → depth-wise 3³ → GELU → fc2; the listing's depth-wise width "
-    "and its never-applied fc2 are read as typos. No layer scale, no drop path (the paper has neither).",
+    "and its never-applied fc2 are read as typos. No drop path (the paper has none).",
+    "Layer scale (not in the paper): VAN's per-channel scale, initialised to 1e-2, on both residual "
+    "branches of every LKA block (2·C parameters per block, about 0.02 % of the model). Without it the "
+    "Large size's 24-block stage overflows to NaN at initialisation; layer_scale_init=None removes it.",
     "Stage end: LayerNorm over channels (the paper's token LayerNorm), kept as a 5D map.",
     "Decoder Conv module (kernel and slope not given): Conv3d 3³ → BatchNorm3d → LeakyReLU(0.01); skips "
     "are concatenated (Fig. 1b draws both + and ×); upsampling is trilinear ×2, align_corners=False "
@@ -657,9 +693,9 @@ _NOTES_COMMON = (
     "width 48 (Normal) / 64 (Large) shared by the global and local nets; criterion: least worst relative "
     "error over the eight published numbers (parameter errors weighted 5×). Result: global "
     "(240, 240, 224, 64, 48) / (360, 360, 336, 96, 64), local (80, 48, 48) / (120, 72, 64).",
-    "Fit quality (ours vs paper): ULKANet 40.14 M / 108.72 G vs 40.2 M / 109.94 G; LoGoNet 67.45 M / "
-    "253.30 G vs 67.5 M / 246.96 G; ULKANet-L 120.89 M / 212.83 G vs 121.20 M / 218.70 G; LoGoNet-L "
-    "171.64 M / 474.44 G vs 172.54 M / 487.65 G.",
+    "Fit quality (ours vs paper): ULKANet 40.14 M / 108.72 G vs 40.2 M / 109.94 G; LoGoNet 67.47 M / "
+    "253.30 G vs 67.5 M / 246.96 G; ULKANet-L 120.92 M / 212.83 G vs 121.20 M / 218.70 G; LoGoNet-L "
+    "171.68 M / 474.44 G vs 172.54 M / 487.65 G.",
     "Training used BatchNorm everywhere with 1–2 crops per GPU on 16 GPUs (per-GPU BN, no SyncBN is "
     "mentioned); BatchNorm is kept as the only norm so the layout stays the paper's.",
     "The paper writes '0.5 mm overlapping' for sliding-window inference; it is an overlap fraction of 0.5.",
@@ -765,9 +801,9 @@ def _register(name: str, size: str, is_logonet: bool, num_params: int, gmacs: fl
 
 
 # meta numbers measured once (FlopCounterMode on the meta device, batch 1, 1×96³); tests re-measure them.
-_register("ulkanet", "N", False, 40_135_406, 108.725, (40_200_000, 109.94))
-_register("logonet", "N", True, 67_447_934, 253.299, (67_500_000, 246.96))
-_register("ulkanet-l", "L", False, 120_891_214, 212.829, (121_200_000, 218.70))
-_register("logonet-l", "L", True, 171_643_918, 474.445, (172_540_000, 487.65))
+_register("ulkanet", "N", False, 40_142_958, 108.725, (40_200_000, 109.94))
+_register("logonet", "N", True, 67_466_750, 253.299, (67_500_000, 246.96))
+_register("ulkanet-l", "L", False, 120_915_982, 212.829, (121_200_000, 218.70))
+_register("logonet-l", "L", True, 171_682_510, 474.445, (172_540_000, 487.65))
 register_alias("ulkanet-b", "ulkanet")
 register_alias("logonet-b", "logonet")

@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+_REPO = Path(__file__).resolve().parents[1]
+
 DEFAULT_MODELS = (
     "qtunet-t",
     "vtunet-t",
@@ -219,7 +221,8 @@ def measure_one(name: str, mode: str, threads: int, warmup: int, repeats: int) -
         "warmup": warmup,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
-        "zoo": str(Path(zoo.__file__).parent),
+        # Which code ran, without writing this machine's paths into the results.
+        "zoo": "this tree" if Path(zoo.__file__).resolve().parents[1] == _REPO else "baseline copy",
     }
 
 

@@ -115,6 +115,16 @@ def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run
     saved = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     assert model.pretrained_cfg["labels"]["1"] == "grey matter"
+    # The run folder itself is a checkpoint_path: config.json supplies the model arguments.
+    import zoo
+
+    again = zoo.create("fmunet", checkpoint_path=out)
+    assert all(torch.equal(v, saved[k]) for k, v in again.state_dict().items())
+    assert again.pretrained_cfg["preprocessing"] == cfg["preprocessing"]
+    with pytest.raises(ValueError, match="fmunet"):
+        zoo.create("qtunet-t", checkpoint_path=out)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        zoo.create("fmunet", checkpoint_path=tmp_path)
 
 
 def _tiny_run(out, total, stop_at_call=None):

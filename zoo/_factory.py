@@ -171,6 +171,25 @@ def _window_for(spec: ModelSpec, args: Mapping[str, Any]) -> dict[str, Any]:
     return window
 
 
+def _read_run_folder(run: Path, spec: ModelSpec) -> tuple[Path, dict[str, Any]]:
+    """``(checkpoint file, config)`` of a ``zoo finetune`` / ``zoo pretrain`` run folder."""
+    import json
+
+    ckpt, cfg_path = run / "model.safetensors", run / "config.json"
+    if not (ckpt.is_file() and cfg_path.is_file()):
+        found = sorted(p.name for p in run.iterdir())[:10]
+        raise FileNotFoundError(
+            f"{run} is a folder, so it must be a zoo run folder with model.safetensors and config.json; "
+            f"found {found or 'nothing'}"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    run_model = cfg.get("model_name")
+    if run_model and resolve(run_model)[0].name != spec.name:
+        raise ValueError(f"{run} holds a {run_model!r} run, not {spec.name!r}: create({run_model!r}, ...)")
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in (cfg.get("model_args") or {}).items()}
+    return ckpt, {**cfg, "model_args": args}
+
+
 def create(
     name: str,
     pretrained: bool = False,
@@ -191,7 +210,9 @@ def create(
             model's default tag.
         weights: weights tag (``"brats-ssl"``) or full id; implies ``pretrained=True``.
         checkpoint_path: a local checkpoint (safetensors, or an upstream-format file that
-            the family's converter recognises); takes precedence over the Hub.
+            the family's converter recognises), or the folder of a ``zoo finetune`` /
+            ``zoo pretrain`` run (its ``config.json`` gives the model arguments and the
+            preprocessing); takes precedence over the Hub.
         in_chans: input channels; the first convolution is adapted if the weights differ.
         num_classes: output classes; only the output head is re-initialised if it differs.
         img_size: spatial input size for models built for one size.
@@ -209,6 +230,9 @@ def create(
         torch.Size([1, 14, 96, 96, 96])
     """
     spec, tag = resolve(name)
+    run_cfg: dict[str, Any] = {}
+    if checkpoint_path is not None and Path(checkpoint_path).is_dir():
+        checkpoint_path, run_cfg = _read_run_folder(Path(checkpoint_path), spec)
     if weights is not None:
         wname = str(weights)
         wtag = wname.split(".", 1)[1] if wname.startswith(f"{spec.name}.") else wname
@@ -231,6 +255,7 @@ def create(
         for key in ("in_chans", "num_classes", "img_size"):
             if getattr(ws, key) is not None and key in args:
                 args[key] = getattr(ws, key)
+    args.update(run_cfg.get("model_args", {}))
     for key, value in (("in_chans", in_chans), ("num_classes", num_classes), ("img_size", img_size)):
         if value is not None:
             args[key] = value
@@ -262,6 +287,11 @@ def create(
         "preprocessing": dict(ws.preprocessing) if ws else {},
         "sliding_window": _window_for(spec, args),
     }
+    if run_cfg:  # a zoo run folder: what the run recorded about its data wins over the registry's
+        for key in ("preprocessing", "sliding_window", "labels"):
+            if run_cfg.get(key):
+                model.pretrained_cfg[key] = run_cfg[key]
+        model.pretrained_cfg["run"] = str(Path(checkpoint_path).parent)
     if features_only:
         from zoo.adapt import features_only as _features_only
 

@@ -55,3 +55,31 @@ def test_registered_macs_are_the_models(spec):
     if "gmacs" not in spec.meta:
         pytest.fail(f"{spec.name} registers no gmacs")
     assert count_macs(spec) == pytest.approx(spec.meta["gmacs"], rel=0.01)
+
+
+PAPER_SPECS = [s for s in SPECS if s.meta.get("paper_setting")]
+
+
+def test_the_papers_with_a_cost_table_declare_the_setting_it_was_measured_at():
+    declared = {s.name for s in PAPER_SPECS}
+    for name in ("qtunet-t", "qtunet-b", "vtunet-t", "ulkanet", "logonet-l", "resnet50-deformattn-swav"):
+        assert name in declared
+
+
+@pytest.mark.parametrize("spec", PAPER_SPECS, ids=[s.name for s in PAPER_SPECS])
+def test_the_model_at_the_papers_setting_has_the_papers_size(spec):
+    # What `zoo bench` and RESULTS.md compare with the paper: rebuilt at meta["paper_setting"].
+    from zoo.bench import count_flops, paper_setting
+
+    over, shape, train, declared = paper_setting(spec)
+    assert declared
+    params, flops = count_flops(lambda: spec.builder(**{**spec.model_args, **over}), shape, train)
+    m = spec.meta
+    if "paper_setting_params" in m:
+        assert params == m["paper_setting_params"]
+    if "paper_setting_gmacs" in m:
+        assert flops / 2e9 == pytest.approx(m["paper_setting_gmacs"], rel=1e-3)
+    # Within 5 % of the paper's own figures (QT-UNet-T: the paper's 6.4 M is a typo for ~6.65 M).
+    assert params == pytest.approx(m["paper_params"], rel=0.05)
+    if m.get("paper_gmacs"):
+        assert flops / 2e9 == pytest.approx(m["paper_gmacs"], rel=0.05)

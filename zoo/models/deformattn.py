@@ -798,6 +798,8 @@ _ARGS = dict(in_chans=3, n_frames=64, embed_dim=640, ffn_hidden=720, depth=4, im
 _PAPER_META = dict(
     paper_params=31_160_000,
     flops_convention="paper reports parameters only (Table 8: 31.16 M, prototype head excluded); no FLOPs",
+    # Table 8 counts the network without the SwAV/DeepCluster prototype heads.
+    paper_setting=dict(model_args=dict(nmb_prototypes=())),
 )
 
 register_model(

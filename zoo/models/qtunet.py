@@ -164,9 +164,7 @@ class WindowAttention3D(nn.Module):
         out = window_attention(q, k, v, masks, plan, scale, batch, drop)
         return self.proj_drop(self.proj(out))
 
-    def qkv_heads(
-        self, x: torch.Tensor, plan: WindowPlan
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_heads(self, x: torch.Tensor, plan: WindowPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unscaled ``q, k, v`` of windows ``(nW·N, B, C)`` as ``(nW, B·heads, N, head_dim)``."""
         q, k, v = self._project(x, self.qkv, plan)
         return q, k, v
@@ -809,7 +807,8 @@ def _ssl_weights(size_dir: str) -> tuple[WeightSpec, ...]:
                 redistributable=False,
                 in_chans=in_chans,
                 img_size=img_size,
-                preprocessing=prep,
+                # Every QT-UNet pretraining set is z-scored over nonzero voxels (channel-wise).
+                preprocessing={**prep, "intensity_transform": {"kind": "zscore_nonzero"}},
                 notes="The upstream repository has no licence file: fetched from it, never mirrored.",
             )
         )
@@ -993,6 +992,12 @@ for _name, (_dim, _dec, _md, _pp, _pg, _label) in _VARIANTS.items():
                 params_brats=_num + _dim * (64 * 3 - 11),
                 paper_setting_params=_num + _dim * (64 * 3 - 11),
                 paper_setting_gmacs=_gmacs_brats,
+                # What `zoo bench` builds to compare with the paper's table (see flops_convention).
+                paper_setting=dict(
+                    input_size=(4, 128, 128, 128),
+                    model_args=dict(in_chans=4, num_classes=3, img_size=(128, 128, 128)),
+                    train_mode=True,
+                ),
                 paper_params=int(round(_pp * 1e6)),
                 paper_gmacs=_pg,
                 flops_convention=_FLOPS_CONVENTION,

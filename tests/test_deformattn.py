@@ -329,7 +329,6 @@ def test_features_only_returns_resnet_stage_maps_per_slice():
 
 def test_create_loads_a_3d_checkpoint_file_strictly_with_a_single_channel_conv1(tmp_path):
 
-
     path = tmp_path / "swav3D.pth"
     ckpt = _upstream_3d_checkpoint(with_swav_head=True)
     torch.save(ckpt, path)
@@ -342,7 +341,6 @@ def test_create_loads_a_3d_checkpoint_file_strictly_with_a_single_channel_conv1(
 
 
 def test_create_accepts_a_2d_resnet_checkpoint_as_encoder_only(tmp_path, caplog):
-
 
     upstream = {}
     for key, shape, dtype in golden.load(GID)["state_dict_manifest"]:

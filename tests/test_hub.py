@@ -142,9 +142,12 @@ def test_hub_download_pinned_revision_and_offline_cache_hit(
 
 def test_hub_file_with_wrong_digest_is_removed_and_refused(hub_env, tmp_path, encoder_checkpoint):
     _publish_on_hub(hub_env, tmp_path, encoder_checkpoint)
-    with override_weights(
-        NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", hf_revision="v1", sha256="0" * 64, url=None
-    ), pytest.raises(DigestMismatchError, match="does not match"):
+    with (
+        override_weights(
+            NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", hf_revision="v1", sha256="0" * 64, url=None
+        ),
+        pytest.raises(DigestMismatchError, match="does not match"),
+    ):
         zoo.create(NAME, pretrained=True)
     blobs = list((Path(os.environ["HF_HUB_CACHE"])).rglob("blobs/*"))
     assert not [b for b in blobs if b.is_file() and not b.name.endswith(".lock")]

@@ -143,16 +143,25 @@ def test_large_sizes_stay_finite_at_initialisation_in_eval_and_train_mode(name):
 
 
 def test_layer_scale_is_on_both_residual_branches_and_can_be_removed():
-    net = ULKANet(num_classes=2, img_size=32, dims=(8, 16), depths=(1, 1), mlp_ratios=(2, 2), decoder_dims=(8, 8, 8))
+    net = ULKANet(
+        num_classes=2, img_size=32, dims=(8, 16), depths=(1, 1), mlp_ratios=(2, 2), decoder_dims=(8, 8, 8)
+    )
     keys = set(net.state_dict())
     assert {"encoder.0.blocks.0.layer_scale_1", "encoder.0.blocks.0.layer_scale_2"} <= keys
     assert torch.equal(net.encoder[0].blocks[0].layer_scale_1, torch.full((8,), 1e-2))
     plain = ULKANet(
-        num_classes=2, img_size=32, dims=(8, 16), depths=(1, 1), mlp_ratios=(2, 2), decoder_dims=(8, 8, 8),
+        num_classes=2,
+        img_size=32,
+        dims=(8, 16),
+        depths=(1, 1),
+        mlp_ratios=(2, 2),
+        decoder_dims=(8, 8, 8),
         layer_scale_init=None,
     )
     assert not any("layer_scale" in k for k in plain.state_dict())
-    assert sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * (8 + 16)
+    assert sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * (
+        8 + 16
+    )
 
 
 def test_logonet_takes_non_cubic_inputs_whose_sides_are_multiples_of_32():

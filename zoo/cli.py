@@ -240,16 +240,26 @@ def cmd_export(a: argparse.Namespace) -> int:
         kwargs["num_classes"] = a.num_classes
     shapes = [tuple(s) for s in a.input_shape] if a.input_shape else None
     r = to_onnx(
-        spec.name, a.output, input_shapes=shapes, tag=tag, checkpoint_path=a.checkpoint,
-        model_kwargs=kwargs, opset=a.opset, exporter=a.exporter, rtol=a.rtol, check=not a.no_check,
+        spec.name,
+        a.output,
+        input_shapes=shapes,
+        tag=tag,
+        checkpoint_path=a.checkpoint,
+        model_kwargs=kwargs,
+        opset=a.opset,
+        exporter=a.exporter,
+        rtol=a.rtol,
+        check=not a.no_check,
     )
     axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
     print(f"wrote {r.path} ({r.exporter} exporter, opset {r.opset}, {axes}; export {r.export_seconds:.1f} s)")
     if r.fallback_reason:
         print(f"  fell back to {r.exporter}: {r.fallback_reason}")
     if r.parity:
-        print(f"  onnxruntime vs PyTorch: max abs diff {r.max_abs:.3e}, max rel diff {r.max_rel:.3e} "
-              f"(tolerance {r.rtol:g} of the output scale)")
+        print(
+            f"  onnxruntime vs PyTorch: max abs diff {r.max_abs:.3e}, max rel diff {r.max_rel:.3e} "
+            f"(tolerance {r.rtol:g} of the output scale)"
+        )
     return 0
 
 
@@ -265,8 +275,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rows = []
     for n in names:
         r = benchmark(
-            n, input_shape=a.input_shape, model_kwargs=kwargs, warmup=a.warmup, repeats=a.repeats,
-            threads=a.threads, cpu=not a.no_cpu, onnx=not a.no_onnx, cuda=False if a.no_cuda else None,
+            n,
+            input_shape=a.input_shape,
+            model_kwargs=kwargs,
+            warmup=a.warmup,
+            repeats=a.repeats,
+            threads=a.threads,
+            cpu=not a.no_cpu,
+            onnx=not a.no_onnx,
+            cuda=False if a.no_cuda else None,
             log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
         )
         rows.append(r)
@@ -278,14 +295,34 @@ def cmd_bench(a: argparse.Namespace) -> int:
     table = []
     for r in rows:
         pr = ratio(r.gmacs_paper_setting, r.paper_gmacs)
-        table.append([
-            r.name, f"1×{r.input_shape}", f"{r.params / 1e6:.2f}M", f"{r.gmacs:.2f}",
-            f"{fmt(r.paper_gmacs, '.2f')}" + (f" ({pr:.3f}×)" if pr else ""),
-            fmt(r.cpu_ms, ".0f"), fmt(r.cpu_peak_mib, ".0f"), fmt(r.ort_ms, ".0f"),
-            fmt(r.cuda_fp32_ms, ".1f"), fmt(r.cuda_bf16_ms, ".1f"), fmt(r.cuda_fp32_peak_mib, ".0f"),
-        ])
-    header = ["name", "input", "params", "GMACs", "paper GMACs (ratio)", f"CPU ms ({rows[0].cpu_threads}t)",
-              "CPU MiB", "ORT ms", "CUDA fp32 ms", "CUDA bf16 ms", "CUDA MiB"]
+        table.append(
+            [
+                r.name,
+                f"1×{r.input_shape}",
+                f"{r.params / 1e6:.2f}M",
+                f"{r.gmacs:.2f}",
+                f"{fmt(r.paper_gmacs, '.2f')}" + (f" ({pr:.3f}×)" if pr else ""),
+                fmt(r.cpu_ms, ".0f"),
+                fmt(r.cpu_peak_mib, ".0f"),
+                fmt(r.ort_ms, ".0f"),
+                fmt(r.cuda_fp32_ms, ".1f"),
+                fmt(r.cuda_bf16_ms, ".1f"),
+                fmt(r.cuda_fp32_peak_mib, ".0f"),
+            ]
+        )
+    header = [
+        "name",
+        "input",
+        "params",
+        "GMACs",
+        "paper GMACs (ratio)",
+        f"CPU ms ({rows[0].cpu_threads}t)",
+        "CPU MiB",
+        "ORT ms",
+        "CUDA fp32 ms",
+        "CUDA bf16 ms",
+        "CUDA MiB",
+    ]
     print(_table(table, header))
     for r in rows:
         if r.onnx_error:
@@ -293,8 +330,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if r.cuda_error:
             print(f"{r.name}: CUDA: {r.cuda_error}", file=sys.stderr)
         if r.paper_gmacs and not r.paper_setting_declared:
-            print(f"{r.name}: the registry declares no paper setting; paper GMACs compared at "
-                  f"1×{r.input_shape}", file=sys.stderr)
+            print(
+                f"{r.name}: the registry declares no paper setting; paper GMACs compared at "
+                f"1×{r.input_shape}",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -313,12 +353,33 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         return 2
     try:
         finetune(
-            a.name, a.data, a.out, preset=a.preset, pretrained=a.pretrained or None,
-            checkpoint_path=a.checkpoint, steps=a.steps, epochs=a.epochs, batch_size=a.batch_size,
-            num_samples=a.num_samples, lr=a.lr, roi_size=a.roi, spacing_mm=a.spacing, intensity=a.intensity,
-            crop=a.crop, num_classes=a.num_classes, in_chans=a.in_chans, freeze=a.freeze, lora_rank=a.lora,
-            layer_decay=a.layer_decay, val_every=a.val_every, num_workers=a.workers, cache=not a.no_cache,
-            resume=not a.restart, seed=a.seed, device=a.device, progress=not a.quiet,
+            a.name,
+            a.data,
+            a.out,
+            preset=a.preset,
+            pretrained=a.pretrained or None,
+            checkpoint_path=a.checkpoint,
+            steps=a.steps,
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            num_samples=a.num_samples,
+            lr=a.lr,
+            roi_size=a.roi,
+            spacing_mm=a.spacing,
+            intensity=a.intensity,
+            crop=a.crop,
+            num_classes=a.num_classes,
+            in_chans=a.in_chans,
+            freeze=a.freeze,
+            lora_rank=a.lora,
+            layer_decay=a.layer_decay,
+            val_every=a.val_every,
+            num_workers=a.workers,
+            cache=not a.no_cache,
+            resume=not a.restart,
+            seed=a.seed,
+            device=a.device,
+            progress=not a.quiet,
             model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None,
         )
     except KeyboardInterrupt:
@@ -351,19 +412,32 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     steps = [int(s) for s in a.steps.split(",")] if "," in a.steps else int(a.steps)
     try:
         r = pretrain(
-            a.method, a.model, a.data, a.out, steps=steps, init=a.init,
+            a.method,
+            a.model,
+            a.data,
+            a.out,
+            steps=steps,
+            init=a.init,
             model_args=json.loads(a.model_kwargs) if a.model_kwargs else None,
             recipe_args=json.loads(a.recipe_kwargs) if a.recipe_kwargs else None,
-            preprocessing=prep or None, settings=settings or None, save_every=a.save_every,
-            num_workers=a.workers, seed=a.seed, device=a.device, resume=not a.restart, progress=not a.quiet,
+            preprocessing=prep or None,
+            settings=settings or None,
+            save_every=a.save_every,
+            num_workers=a.workers,
+            seed=a.seed,
+            device=a.device,
+            resume=not a.restart,
+            progress=not a.quiet,
         )
     except KeyboardInterrupt:
         print(f"zoo pretrain: interrupted; rerun the same command to resume from {a.out}", file=sys.stderr)
         return 130
     cfg = json.loads(r.config.read_text())
-    print(f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
-          f"load with zoo.create({cfg['model_name']!r}, checkpoint_path={str(r.checkpoint)!r}, **model_args "
-          f"from {r.config.name})")
+    print(
+        f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
+        f"load with zoo.create({cfg['model_name']!r}, checkpoint_path={str(r.checkpoint)!r}, **model_args "
+        f"from {r.config.name})"
+    )
     return 0
 
 
@@ -423,10 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", default=None, help="weights tag to load (default: none, random weights)")
     s.add_argument("--pretrained", action="store_true", help="load the default weights tag")
     s.add_argument("--checkpoint", default=None, help="local checkpoint to load")
-    s.add_argument("--input-shape", type=int, nargs="+", action="append", default=None, metavar="N",
-                   help="input shape without batch, e.g. 1 96 96 96 (default: the model's); repeat "
-                        "the option to declare several sizes: spatial axes then become dynamic and each "
-                        "is checked")
+    s.add_argument(
+        "--input-shape",
+        type=int,
+        nargs="+",
+        action="append",
+        default=None,
+        metavar="N",
+        help="input shape without batch, e.g. 1 96 96 96 (default: the model's); repeat "
+        "the option to declare several sizes: spatial axes then become dynamic and each "
+        "is checked",
+    )
     s.add_argument("--img-size", type=int, nargs="+", default=None, help="build the model for this size")
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--opset", type=int, default=None)
@@ -479,8 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("pretrain", help="continue self-supervised pretraining (the papers' pretext tasks)")
-    s.add_argument("method", nargs="?", help="volume-fusion, byol-rot-rec, multi-clustering, simsiam-iou, "
-                                             "dino, joint-2d3d, joint-2d3d-deepcluster (see --list)")
+    s.add_argument(
+        "method",
+        nargs="?",
+        help="volume-fusion, byol-rot-rec, multi-clustering, simsiam-iou, "
+        "dino, joint-2d3d, joint-2d3d-deepcluster (see --list)",
+    )
     s.add_argument("--list", dest="list_methods", action="store_true", help="print the methods and exit")
     s.add_argument("--model", help="NAME (random init) or NAME.TAG (continue from those weights)")
     s.add_argument("--data", help="datalist JSON of unlabelled images (a list, or MONAI's 'training')")

@@ -1101,7 +1101,8 @@ register_model(
                 ),
                 covers="full",
                 hf_hub_id="medzoo/pctnet-vf10k",
-                url=None,  # only a Drive folder is known (in notes): fetching it would return HTML, not weights
+                # Only a Drive folder is known (in notes): fetching it would return HTML, not weights.
+                url=None,
                 upstream_digest=None,
                 upstream_format=f"pctnet_ct10k_volf.pt: {_PYMIC_FORMAT}",
                 redistributable=True,
@@ -1110,7 +1111,8 @@ register_model(
                 img_size=(64, 128, 128),
                 preprocessing=_CT_PREPROCESSING,
                 notes=(
-                    f"2024/25 release: file pctnet_ct10k_volf.pt in the Google Drive folder {_DRIVE_FOLDER_2024}. "
+                    "2024/25 release: file pctnet_ct10k_volf.pt in the Google Drive folder "
+                    f"{_DRIVE_FOLDER_2024}. "
                     "No per-file id is recorded: download the file by hand and pass checkpoint_path=. "
                     "No digest is published upstream."
                 ),
@@ -1218,7 +1220,8 @@ register_model(
                 ),
                 covers="full",
                 hf_hub_id="medzoo/fmunet-vf1k",
-                url=None,  # only a Drive folder is known (in notes): fetching it would return HTML, not weights
+                # Only a Drive folder is known (in notes): fetching it would return HTML, not weights.
+                url=None,
                 upstream_digest=None,
                 upstream_format=f"fmunet_abd1k_volf.pt: {_PYMIC_FORMAT}",
                 redistributable=True,

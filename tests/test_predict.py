@@ -235,3 +235,30 @@ def test_qtunet_t_segments_the_mni_template_on_its_own_grid(tmp_path):
     assert seg.shape == _mni().shape
     np.testing.assert_array_equal(seg.affine, _mni().affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_cli_predict_takes_an_intensity_override_and_a_window_size(tmp_path, capsys):
+    out = tmp_path / "seg.nii.gz"
+    clip = '{"kind": "clip_scale", "a_min": 0, "a_max": 300, "b_min": -1, "b_max": 1}'
+    argv = ["predict", "fmunet", "--no-weights", "-q", "-i", str(MNI), "-o", str(out),
+            "--spacing", "6", "6", "6", "--roi-size", "32", "32", "32", "--intensity", clip]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "windows of 32×32×32" in printed and "intensity clip_scale" in printed
+    assert nib.load(out).shape == _mni().shape
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("zcore", "unknown kind 'zcore'"),
+        ('{"kind": "clip_scale", "a_min": 0}', "needs a_max"),
+        ("{kind", "JSON"),
+    ],
+)
+def test_cli_predict_refuses_a_bad_intensity_before_building_the_model(tmp_path, capsys, value, message):
+    argv = ["predict", "fmunet", "--no-weights", "-q", "-i", str(MNI), "-o", str(tmp_path / "seg.nii.gz"),
+            "--intensity", value]  # fmt: skip
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    _assert_nothing_written(tmp_path)

@@ -169,6 +169,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import zoo
     from zoo.predict import predict_nifti
 
+    intensity = _parse_intensity(a.intensity) if a.intensity else None
     model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
     spacing = tuple(a.spacing) if a.spacing else None
     r = predict_nifti(
@@ -179,12 +180,37 @@ def cmd_predict(a: argparse.Namespace) -> int:
         overlap=a.overlap,
         sw_batch_size=a.sw_batch_size,
         progress=not a.quiet,
+        intensity=intensity,
+        roi_size=tuple(a.roi_size) if a.roi_size else None,
     )
     print(
         f"wrote {r.output}: labels {sorted(r.label_voxels)} on the input grid {r.input_shape[1:]} "
-        f"({r.num_windows} windows, {r.seconds:.1f} s)"
+        f"({r.num_windows} windows of {'×'.join(map(str, r.roi_size))}, intensity {r.intensity.get('kind')}, "
+        f"{r.seconds:.1f} s)"
     )
     return 0
+
+
+def _parse_intensity(text: str) -> dict:
+    """``--intensity``: a kind name (``zscore_nonzero``) or a JSON object (``{"kind": "clip_scale", …}``)."""
+    import json
+
+    from zoo.predict import INTENSITY_KINDS, intensity_transform
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--intensity: not valid JSON ({e}): {text}") from e
+    else:
+        cfg = {"kind": text.replace("-", "_")}
+    if cfg.get("kind") not in INTENSITY_KINDS:
+        raise ValueError(
+            f"--intensity: unknown kind {cfg.get('kind')!r}; known: {', '.join(INTENSITY_KINDS)}"
+        )
+    intensity_transform(cfg)  # bounds of clip_scale are checked here, before the model is built
+    return cfg
 
 
 @_command
@@ -484,6 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
     s.add_argument("--overlap", type=float, default=None)
     s.add_argument("--sw-batch-size", type=int, default=1)
+    s.add_argument(
+        "--intensity",
+        default=None,
+        help="override the weights' intensity transform: zscore_nonzero, zscore, none, or JSON such as "
+        '\'{"kind": "clip_scale", "a_min": -1000, "a_max": 1000, "b_min": -1, "b_max": 1}\'',
+    )
+    s.add_argument(
+        "--roi-size", type=int, nargs=3, default=None, help="sliding-window size (default: the model's)"
+    )
     s.add_argument("-q", "--quiet", action="store_true")
 
     s = sub.add_parser("demo", help="run a model on a sample volume shipped with nilearn (no network)")

@@ -59,7 +59,8 @@ def _falls(losses) -> bool:
 
 def _load(run):
     cfg = json.loads(run.config.read_text())
-    model = zoo.create(cfg["model_name"], checkpoint_path=run.checkpoint, **cfg["model_args"])
+    # The run folder is the checkpoint: config.json supplies the model arguments.
+    model = zoo.create(cfg["model_name"], checkpoint_path=run.checkpoint.parent)
     with safe_open(str(run.checkpoint), "pt") as f:
         meta = f.metadata()
     return cfg, model, meta

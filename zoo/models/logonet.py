@@ -170,7 +170,8 @@ class LKABlock3d(nn.Module):
 
     @staticmethod
     def _scaled(branch: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        return branch if scale is None else branch * scale.view(1, -1, 1, 1, 1)
+        # In place: the branch output is a fresh tensor whose backward does not need it.
+        return branch if scale is None else branch.mul_(scale.view(1, -1, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [choice] pre-norm residuals (VAN); Alg. 2 taken literally would add to BN(x) instead of x.

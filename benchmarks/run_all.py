@@ -207,6 +207,64 @@ def _paper_time_table(rows: list[dict[str, str]]) -> list[str]:
     return out
 
 
+EFFICIENCY_DIR = HERE / "efficiency-results"
+
+
+def _efficiency_table(ort_rows: dict[str, dict[str, str]]) -> list[str]:
+    """Before/after figures of ``benchmarks/efficiency.py``, with onnxruntime's latency beside them."""
+    pairs = EFFICIENCY_DIR / "eager-before-after.json"
+    if not pairs.exists():
+        return []
+    runs = json.loads(pairs.read_text())
+    fast = []
+    for name in ("bf16.json", "compile.json"):
+        if (EFFICIENCY_DIR / name).exists():
+            fast += json.loads((EFFICIENCY_DIR / name).read_text())
+    by = {(r["name"], r.get("code") or r["mode"]): r for r in runs + fast}
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    out = [
+        "## Inference efficiency, before and after the fast paths",
+        "",
+        "From `benchmarks/efficiency.py` (details and caveats: `benchmarks/EFFICIENCY.md`). Efficiency = "
+        "model FLOPs ÷ (median latency × the fp32 matmul peak measured in the same run); 2 threads, batch 1, "
+        "fp32 eager, `inference_mode`; memory = rise of the resident set during a warm forward. bf16 and "
+        "compile are the opt-in `zoo.fast` modes (relative L2 deviation from fp32 in brackets). onnxruntime: "
+        "the same model exported by `zoo export`, from this machine's `run_all.py` row (a separate run, "
+        "same threads).",
+        "",
+        "| model | input | GFLOP | efficiency before → after | latency s before → after "
+        "| memory MiB before → after | bf16 s | compile s | onnxruntime s | ORT / torch (after) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        b, a = by.get((n, "before")), by.get((n, "after")) or by.get((n, "eager"))
+        if b is None or a is None:
+            continue
+        bf, co = by.get((n, "bf16")), by.get((n, "compile"))
+        ort = _f(ort_rows.get(n, {}), "ort_ms")
+
+        def fast_cell(r: dict | None) -> str:
+            if r is None:
+                return "—"
+            dev = (r.get("deviation") or {}).get("rel_l2")
+            return f"{r['latency_s']:.2f}" + (f" ({dev:.0e})" if dev is not None else "")
+
+        cells = [
+            n,
+            a["input"],
+            f"{a['gflops']:.1f}",
+            f"{100 * b['efficiency']:.1f} % → **{100 * a['efficiency']:.1f} %**",
+            f"{b['latency_s']:.2f} → {a['latency_s']:.2f}",
+            f"{b['mem_rise_mib']:.0f} → {a['mem_rise_mib']:.0f}",
+            fast_cell(bf),
+            fast_cell(co),
+            _num(ort, ".2f", 1000.0),
+            _ratio(ort / 1000.0 if ort else None, a["latency_s"]),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def write_markdown(path: Path = RESULTS_MD) -> Path:
     from zoo._registry import iter_specs
 
@@ -275,6 +333,8 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
                 f"(`python benchmarks/run_all.py {' '.join(missing[:2])} …`).",
                 "",
             ]
+    local = read_csv(RESULTS_DIR / f"{machine_id()}.csv")
+    parts += _efficiency_table({r["name"]: r for r in local})
     path.write_text("\n".join(parts).rstrip() + "\n")
     return path
 
@@ -289,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-cuda", action="store_true")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per model")
-    p.add_argument("--markdown-only", action="store_true", help="only rebuild RESULTS.md from the CSVs")
+    p.add_argument(
+        "--markdown-only",
+        action="store_true",
+        help="only rebuild RESULTS.md and the model cards from the CSVs",
+    )
     args = p.parse_args(argv)
 
     if not args.markdown_only:
@@ -305,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name] = row
                 write_csv(csv_path, list(rows.values()))  # after each model: a long run keeps its progress
     print(f"wrote {write_markdown()}", file=sys.stderr)
+    from zoo.cards import write_cards  # the cards quote the CSV rows: keep them in step
+
+    print(f"regenerated {len(write_cards())} model cards", file=sys.stderr)
     return 0
 
 

@@ -29,3 +29,26 @@ def test_card_has_hub_front_matter_and_required_sections():
 def test_one_card_per_model():
     names = {p.stem for p in CARDS_DIR.glob("*.md")}
     assert names == {s.name for s in iter_specs()}
+
+
+def test_cards_quote_the_benchmark_rows_of_their_model(tmp_path):
+    import csv
+
+    from zoo.bench import CSV_FIELDS
+
+    row = {k: "" for k in CSV_FIELDS}
+    row.update(name="logonet", input_shape="1×96×96×96", cpu_ms="3651.4", cpu_threads="2")
+    row.update(cpu_peak_mib="695.2")
+    row.update(ort_ms="4120.9", cuda_fp32_ms="41.26", cuda_bf16_ms="17.02", date="2026-11-22")
+    with (tmp_path / "some-machine.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerow(row)
+        w.writerow({**row, "name": "ulkanet", "cpu_ms": "1366"})
+    card = render_card("logonet", bench_dir=tmp_path)
+    section = card.split("## Measured latency and memory", 1)[1].split("\n## ", 1)[0]
+    assert "| some-machine | 1×1×96×96×96 | 3651 (2) | 695 | 4121 | 41.3 / 17.0 |" in section
+    assert "1366" not in section  # another model's row
+    assert "5.38 s per whole BTCV case" in section  # the paper's Table 10 time, said to be unlike
+    empty = render_card("ulkanet-l", bench_dir=tmp_path)
+    assert "Not benchmarked yet: `python benchmarks/run_all.py ulkanet-l`" in empty

@@ -7,13 +7,16 @@ asserted against the real models by the tests), so a card cannot drift from the 
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from zoo._registry import ModelSpec, aliases_of, iter_specs, resolve
 
-__all__ = ["render_card", "write_cards", "stale_cards"]
+__all__ = ["render_card", "write_cards", "stale_cards", "bench_rows"]
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+# `benchmarks/run_all.py` writes one CSV per machine here; cards quote those rows.
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
 def _fmt_params(n: float | None) -> str:
@@ -148,16 +151,73 @@ def _cost_section(spec: ModelSpec) -> str:
         "MACs = FLOPs / 2), batch 1."
     )
     if m.get("flops_convention"):
-        text += f" Paper's convention: {m['flops_convention']}."
+        text += f" Paper's convention: {m['flops_convention'].rstrip('.')}."
     return text + "\n"
 
 
-def render_card(spec: ModelSpec | str, hub_tag: str | None = None) -> str:
+def bench_rows(name: str, bench_dir: str | Path | None = BENCH_DIR) -> list[dict[str, str]]:
+    """The benchmark rows of ``name``, one per machine CSV in ``bench_dir`` (sorted by machine)."""
+    if bench_dir is None or not Path(bench_dir).is_dir():
+        return []
+    rows = []
+    for path in sorted(Path(bench_dir).glob("*.csv")):
+        with path.open(newline="") as f:
+            found = [r for r in csv.DictReader(f) if r["name"] == name]
+        rows += [dict(r, machine=r.get("machine") or path.stem) for r in found]
+    return rows
+
+
+def _num(row: dict[str, str], key: str, fmt: str) -> str:
+    try:
+        return format(float(row[key]), fmt) if row.get(key) not in (None, "", "None") else "—"
+    except ValueError:
+        return "—"
+
+
+def _bench_section(spec: ModelSpec, bench_dir: str | Path | None) -> str:
+    rows = bench_rows(spec.name, bench_dir)
+    head = "## Measured latency and memory\n\n"
+    if not rows:
+        return head + f"Not benchmarked yet: `python benchmarks/run_all.py {spec.name}`.\n"
+    out = [
+        "| machine | input | CPU ms (threads) | CPU peak MiB | onnxruntime ms | CUDA fp32 / bf16 ms "
+        "| CUDA peak MiB (fp32) | measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cuda = "—"
+        if r.get("cuda_fp32_ms"):
+            cuda = f"{_num(r, 'cuda_fp32_ms', '.1f')} / {_num(r, 'cuda_bf16_ms', '.1f')}"
+        out.append(
+            f"| {r['machine']} | 1×{r['input_shape']} | {_num(r, 'cpu_ms', '.0f')} "
+            f"({r.get('cpu_threads') or '?'}) | {_num(r, 'cpu_peak_mib', '.0f')} "
+            f"| {_num(r, 'ort_ms', '.0f')} | {cuda} | {_num(r, 'cuda_fp32_peak_mib', '.0f')} "
+            f"| {r.get('date', '')}, torch {r.get('torch_version', '?')} |"
+        )
+    text = head + "\n".join(out) + "\n\n"
+    text += (
+        "From `benchmarks/RESULTS.md` (`python benchmarks/run_all.py`): batch 1, fp32, median of the timed "
+        "forwards after warm-up; CPU peak = rise of the resident set during the forward; onnxruntime runs "
+        "the exported graph on the same threads."
+    )
+    paper_s = spec.meta.get("paper_inference_s")
+    if paper_s:
+        text += (
+            f" The paper reports {paper_s} s per whole BTCV case on one GPU (sliding window), which is not "
+            "comparable with one window on a CPU."
+        )
+    return text + "\n"
+
+
+def render_card(
+    spec: ModelSpec | str, hub_tag: str | None = None, bench_dir: str | Path | None = BENCH_DIR
+) -> str:
     """The Markdown model card (with Hugging Face front matter) of one model.
 
     Args:
         spec: a ModelSpec or a model name.
         hub_tag: when writing the card of one published checkpoint, its tag.
+        bench_dir: folder of the benchmark CSVs whose rows the card quotes (None: none).
     """
     if isinstance(spec, str):
         spec = resolve(spec)[0]
@@ -191,6 +251,7 @@ def render_card(spec: ModelSpec | str, hub_tag: str | None = None) -> str:
         _weights_section(spec),
         _input_section(spec),
         _cost_section(spec),
+        _bench_section(spec, bench_dir),
     ]
     if spec.results_md:
         parts += ["## Results reported in the paper", "", spec.results_md.strip(), ""]

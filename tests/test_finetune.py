@@ -63,7 +63,7 @@ def test_warmup_then_cosine_and_step_schedules():
 def test_intensity_comes_from_the_weights_then_the_preset():
     pct = zoo.get_spec("pctnet").weight("vf110k").preprocessing
     assert resolve_intensity(pct, get_preset("pctnet")) == {
-        "kind": "clip_scale", "a_min": -1000.0, "a_max": 1000.0, "b_min": -1.0, "b_max": 1.0
+        "kind": "clip_scale", "a_min": -1000.0, "a_max": 1000.0, "b_min": -1.0, "b_max": 1.0, "clip": True
     }  # fmt: skip
     qt = zoo.get_spec("qtunet-t").weight("ct-ssl").preprocessing
     assert resolve_intensity(qt, get_preset("qtunet-btcv")) == {

@@ -10,7 +10,7 @@ from torch import nn
 
 import zoo
 from zoo.cli import main
-from zoo.predict import intensity_transform, predict_nifti, sample_volume_path
+from zoo.predict import canonical_intensity, intensity_transform, predict_nifti, sample_volume_path
 
 pytest.importorskip("nilearn")
 
@@ -157,6 +157,32 @@ def test_zscore_nonzero_normalises_the_foreground_only():
     fg = y[0, 2:]
     assert abs(float(fg.mean())) < 1e-6 and abs(float(fg.std(unbiased=False)) - 1) < 1e-5
     assert abs(float(y[1, :4].mean())) < 1e-6  # each channel on its own
+
+
+def test_zscore_flags_select_the_voxels_and_the_channel_pooling():
+    x = torch.tensor([[0.0, 0.0, 2.0, 4.0, 6.0], [1.0, 1.0, 1.0, 3.0, 0.0]])
+    original = x.clone()
+    explicit = intensity_transform({"kind": "zscore", "nonzero": True, "channel_wise": True})
+    torch.testing.assert_close(explicit(x), intensity_transform("zscore_nonzero")(x))
+    pooled = intensity_transform({"kind": "zscore", "nonzero": True, "channel_wise": False})(x)
+    fg = x != 0
+    assert abs(float(pooled[fg].mean())) < 1e-6  # one mean and std over both channels' foreground
+    assert abs(float(pooled[0, 2:].mean())) > 0.1
+    everything = intensity_transform("zscore")(x)
+    assert abs(float(everything[0].mean())) < 1e-6 and everything[0, 0] != 0  # zeros included
+    assert torch.equal(x, original)  # the caller's tensor is left alone
+
+
+def test_finetuning_and_prediction_read_the_registered_qtunet_intensity_alike():
+    from zoo.finetune import resolve_intensity
+    from zoo.presets import get_preset
+
+    brats = zoo.get_spec("qtunet-t").weight("brats-ssl").preprocessing
+    assert canonical_intensity(brats["intensity_transform"]) == {
+        "kind": "zscore", "nonzero": True, "channel_wise": True
+    }  # fmt: skip
+    expected = canonical_intensity(brats["intensity_transform"])
+    assert resolve_intensity(brats, get_preset("default")) == expected
 
 
 @pytest.mark.parametrize(

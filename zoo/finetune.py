@@ -235,7 +235,10 @@ def resolve_intensity(
         raise ValueError(f"intensity must be zscore, zscore-nonzero, none or clip:a,b,c,d; got {override!r}")
     structured = preprocessing.get("intensity_transform")
     if isinstance(structured, Mapping):
-        return dict(structured)
+        from zoo.predict import canonical_intensity
+
+        canonical = canonical_intensity(structured)
+        return None if canonical["kind"] == "none" else canonical
     text = str(preprocessing.get("intensity") or "")
     m = _CLIP.search(text)
     if m:

@@ -14,9 +14,9 @@ predictor understands these structured keys:
   SimpleITK arrays (axial axis first).
 * ``"intensity_transform"``: one of
 
-  - ``{"kind": "zscore_nonzero"}``: per channel, over nonzero voxels (MONAI
-    ``NormalizeIntensity(nonzero=True, channel_wise=True)``);
-  - ``{"kind": "zscore"}``: per channel over all voxels;
+  - ``{"kind": "zscore", "nonzero": bool, "channel_wise": bool}``: MONAI
+    ``NormalizeIntensity`` (defaults: all voxels, per channel);
+  - ``{"kind": "zscore_nonzero"}``: shorthand for per channel over nonzero voxels;
   - ``{"kind": "clip_scale", "a_min": …, "a_max": …, "b_min": …, "b_max": …}``: clip to
     ``[a_min, a_max]`` and map linearly to ``[b_min, b_max]`` (MONAI ``ScaleIntensityRange``);
   - ``{"kind": "none"}``.
@@ -49,6 +49,7 @@ __all__ = [
     "Prediction",
     "sample_volume_path",
     "intensity_transform",
+    "canonical_intensity",
     "INTENSITY_KINDS",
 ]
 
@@ -149,6 +150,40 @@ def read_volume(path: str | Path, in_chans: int | None = None) -> tuple[Any, np.
     return img, np.ascontiguousarray(data)
 
 
+def canonical_intensity(spec: Mapping[str, Any] | str) -> dict[str, Any]:
+    """An ``intensity_transform`` entry in its one explicit form, checked.
+
+    ``"zscore_nonzero"`` is shorthand for ``{"kind": "zscore", "nonzero": True, "channel_wise":
+    True}``; a ``zscore`` without flags is over all voxels, channel-wise (MONAI's
+    ``NormalizeIntensity``). The fine-tuning pipeline and the predictor both read this form.
+
+    Returns:
+        ``{"kind": "zscore", "nonzero", "channel_wise"}``, ``{"kind": "clip_scale", "a_min",
+        "a_max", "b_min", "b_max", "clip"}`` or ``{"kind": "none"}``.
+
+    Raises:
+        ValueError: unknown kind, or missing/invalid ``clip_scale`` bounds.
+    """
+    cfg = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    kind = cfg.get("kind")
+    if kind == "zscore_nonzero":
+        return {"kind": "zscore", "nonzero": True, "channel_wise": bool(cfg.get("channel_wise", True))}
+    if kind == "zscore":
+        nonzero, channel_wise = bool(cfg.get("nonzero", False)), bool(cfg.get("channel_wise", True))
+        return {"kind": "zscore", "nonzero": nonzero, "channel_wise": channel_wise}
+    if kind == "clip_scale":
+        missing = [k for k in ("a_min", "a_max", "b_min", "b_max") if k not in cfg]
+        if missing:
+            raise ValueError(f"intensity_transform clip_scale needs {', '.join(missing)}; got {cfg}")
+        out = {k: float(cfg[k]) for k in ("a_min", "a_max", "b_min", "b_max")}
+        if not out["a_max"] > out["a_min"]:
+            raise ValueError(f"intensity_transform clip_scale needs a_max > a_min, got {cfg}")
+        return {"kind": "clip_scale", **out, "clip": bool(cfg.get("clip", True))}
+    if kind == "none":
+        return {"kind": "none"}
+    raise ValueError(f"unknown intensity_transform kind {kind!r}; known: {', '.join(INTENSITY_KINDS)}")
+
+
 def intensity_transform(spec: Mapping[str, Any] | str | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The intensity normalisation named by a registry ``intensity_transform`` entry.
 
@@ -164,32 +199,18 @@ def intensity_transform(spec: Mapping[str, Any] | str | None) -> Callable[[torch
     """
     from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 
-    cfg = {"kind": spec} if isinstance(spec, str) else dict(spec or _DEFAULT_INTENSITY)
-    kind = cfg.get("kind")
-    if kind == "zscore_nonzero":
-        t = NormalizeIntensity(nonzero=True, channel_wise=True)
-    elif kind == "zscore":
-        t = NormalizeIntensity(nonzero=False, channel_wise=True)
-    elif kind == "clip_scale":
-        missing = [k for k in ("a_min", "a_max", "b_min", "b_max") if k not in cfg]
-        if missing:
-            raise ValueError(f"intensity_transform clip_scale needs {', '.join(missing)}; got {cfg}")
-        if not float(cfg["a_max"]) > float(cfg["a_min"]):
-            raise ValueError(f"intensity_transform clip_scale needs a_max > a_min, got {cfg}")
+    cfg = canonical_intensity(spec if spec is not None else _DEFAULT_INTENSITY)
+    if cfg["kind"] == "zscore":
+        t = NormalizeIntensity(nonzero=cfg["nonzero"], channel_wise=cfg["channel_wise"])
+    elif cfg["kind"] == "clip_scale":
         t = ScaleIntensityRange(
-            a_min=float(cfg["a_min"]),
-            a_max=float(cfg["a_max"]),
-            b_min=float(cfg["b_min"]),
-            b_max=float(cfg["b_max"]),
-            clip=bool(cfg.get("clip", True)),
+            a_min=cfg["a_min"], a_max=cfg["a_max"], b_min=cfg["b_min"], b_max=cfg["b_max"], clip=cfg["clip"]
         )
-    elif kind == "none":
-        return lambda x: x
     else:
-        raise ValueError(f"unknown intensity_transform kind {kind!r}; known: {', '.join(INTENSITY_KINDS)}")
+        return lambda x: x
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        out = t(x)
+        out = t(x.clone())  # MONAI's channel-wise NormalizeIntensity writes into its input
         return torch.as_tensor(out.as_tensor() if hasattr(out, "as_tensor") else out, dtype=torch.float32)
 
     return apply

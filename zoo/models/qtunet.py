@@ -807,8 +807,16 @@ def _ssl_weights(size_dir: str) -> tuple[WeightSpec, ...]:
                 redistributable=False,
                 in_chans=in_chans,
                 img_size=img_size,
-                # Every QT-UNet pretraining set is z-scored over nonzero voxels (channel-wise).
-                preprocessing={**prep, "intensity_transform": {"kind": "zscore_nonzero"}},
+                # Every QT-UNet pretraining set is z-scored over nonzero voxels (per channel where
+                # the text says so: the multi-channel sets).
+                preprocessing={
+                    **prep,
+                    "intensity_transform": {
+                        "kind": "zscore",
+                        "nonzero": True,
+                        "channel_wise": "channel-wise" in prep["intensity"],
+                    },
+                },
                 notes="The upstream repository has no licence file: fetched from it, never mirrored.",
             )
         )

@@ -167,3 +167,50 @@ def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninter
     )
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "resumed"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_a_finetuned_run_publishes_without_local_paths(mni_task, tmp_path, capsys):
+    from zoo.cli import main
+
+    run = tmp_path / "run"
+    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(run), "--steps", "2",
+            "--roi", "32", "32", "32", "--batch-size", "1", "--num-samples", "1", "--val-every", "2",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "hub"
+    assert main(["publish", str(run), "--repo", "me/fmunet-mni", "--dry-run", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    text = (out / "config.json").read_text()
+    assert str(tmp_path) not in text and str(mni_task.parent) not in text
+    cfg = json.loads(text)
+    assert cfg["model_name"] == "fmunet" and cfg["labels"]["1"] == "grey matter" and len(cfg["sha256"]) == 64
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: medzoo")
+    assert "fine-tuned with medzoo" in card and "Started from: random initialisation" in card
+    assert "1 = grey matter" in card and str(tmp_path) not in card
+    again = zoo.create("fmunet", checkpoint_path=out)  # the published folder is itself a run folder
+    assert set(again.state_dict()) == set(load_file(str(run / "model.safetensors")))
+
+
+def test_a_run_derived_from_weights_without_a_redistribution_licence_is_refused(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from zoo.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = zoo.create("qtunet-t", img_size=32, num_classes=2)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    cfg = {
+        "model_name": "qtunet-t",
+        "model_args": {"img_size": [32, 32, 32], "num_classes": 2},
+        "tag": "ct-ssl",
+    }
+    (run / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "hub"
+    assert main(["publish", str(run), "--repo", "me/x", "--dry-run", "--out", str(out)]) == 2
+    assert "qtunet-t.ct-ssl" in capsys.readouterr().err and not out.exists()
+    argv = ["publish", str(run), "--repo", "me/x", "--dry-run", "--out", str(out), "--permission-obtained"]
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["derived_from"] == "ct-ssl"

@@ -131,9 +131,18 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_publish(a: argparse.Namespace) -> int:
-    from zoo.hub import publish
+    from zoo.hub import publish, publish_run
 
     out = a.out or Path(a.repo.replace("/", "__"))
+    if Path(a.name).is_dir():  # a zoo finetune / pretrain run folder
+        if a.checkpoint:
+            raise ValueError(
+                "--checkpoint goes with name.tag, not with a run folder (its checkpoint is in it)"
+            )
+        path = publish_run(a.name, a.repo, out, dry_run=a.dry_run, permission_obtained=a.permission_obtained)
+        verb = "wrote" if a.dry_run else "uploaded"
+        print(f"{verb} {path}: " + ", ".join(sorted(p.name for p in Path(path).iterdir())))
+        return 0
     path = publish(
         a.name,
         a.repo,
@@ -489,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("-o", "--output", required=True)
 
-    s = sub.add_parser("publish", help="write (and upload) a Hub folder for name.tag")
-    s.add_argument("name")
+    s = sub.add_parser("publish", help="write (and upload) a Hub folder for name.tag or a run folder")
+    s.add_argument("name", help="name.tag, or the folder of a zoo finetune / pretrain run")
     s.add_argument("--repo", required=True, help="Hub repository, ORG/NAME")
     s.add_argument("--out", type=Path, default=None, help="folder to write (default: ORG__NAME)")
     s.add_argument("--checkpoint", default=None, help="publish this file instead of the registered one")

@@ -329,6 +329,101 @@ def fetch_weights(spec: ModelSpec, ws: WeightSpec, progress: bool = True) -> Pat
 # ---------------------------------------------------------------------- publish
 
 
+def _public(value: Any) -> Any:
+    """``value`` with every absolute path reduced to its last component (no local paths on the Hub)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
+def publish_run(
+    run_dir: str | Path,
+    repo_id: str,
+    out_dir: str | Path,
+    *,
+    dry_run: bool = False,
+    permission_obtained: bool = False,
+    revision: str | None = None,
+) -> Path:
+    """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
+
+    The run's checkpoint is first loaded strictly into its architecture, so a folder that
+    would not load is never written. Weights fine-tuned or pretrained from a tag whose licence
+    does not allow redistribution are refused unless ``permission_obtained``: they derive
+    from the original. Absolute paths in the run's config (its datalist, its volumes) are
+    reduced to file names.
+
+    Args:
+        run_dir: the run folder (``model.safetensors`` + ``config.json``).
+        repo_id: target Hub repository (``org/name``).
+        out_dir: folder to write; uploaded as is unless ``dry_run``.
+    """
+    import zoo
+    from zoo.cards import render_card
+
+    run = Path(run_dir)
+    cfg_path = run / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run}: not a zoo run folder (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    spec, _ = resolve(str(cfg.get("model_name")))
+    base = cfg.get("tag")  # zoo finetune records the tag it started from
+    init = str((cfg.get("pretraining") or {}).get("init") or "")  # zoo pretrain: "name.tag", a file, "random"
+    if not base and init.startswith(f"{spec.name}.") and init.split(".", 1)[1] in spec.tags:
+        base = init.split(".", 1)[1]
+    if base:
+        ws = spec.weight(str(base))
+        if not ws.redistributable and not permission_obtained:
+            raise PermissionError(
+                f"{run} was trained from {spec.name}.{base}, whose licence {ws.license!r} does not allow "
+                "redistribution, and weights derived from it carry that restriction. Pass "
+                "permission_obtained=True (CLI: --permission-obtained) only if the rights holder agreed."
+            )
+    model = zoo.create(spec.name, checkpoint_path=run)  # strict: a broken run is refused here
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "model.safetensors", out / "model.safetensors")
+    config = _public({**cfg, "sha256": file_digest(out / "model.safetensors"), "derived_from": base})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    labels = cfg.get("labels") or {}
+    about = [
+        f"# {spec.name} — {'fine-tuned' if 'finetune' in cfg else 'self-supervised pretraining'} with medzoo",
+        "",
+        f"Started from: {f'`{spec.name}.{base}`' if base else 'random initialisation'}. "
+        f"Covers: {cfg.get('covers', 'full')}. Parameters: {sum(p.numel() for p in model.parameters()):,}.",
+    ]
+    if labels:
+        about.append("Labels: " + ", ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
+    if cfg.get("preprocessing"):
+        about.append(
+            "Preprocessing: " + "; ".join(f"{k}: {v}" for k, v in cfg["preprocessing"].items()) + "."
+        )
+    about += [
+        "",
+        "```python",
+        "import zoo",
+        f'model = zoo.create("{spec.name}", checkpoint_path="<this folder>")',
+        "```",
+        "",
+        "The architecture's card follows.",
+        "",
+    ]
+    card = render_card(spec)
+    front, body = card.split("\n---\n", 1) if card.startswith("---\n") else ("", card)
+    (out / "README.md").write_text((front + "\n---\n\n" if front else "") + "\n".join(about) + body)
+    if not dry_run:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(out), revision=revision)
+    return out
+
+
 def publish(
     name: str,
     repo_id: str,

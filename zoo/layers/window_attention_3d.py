@@ -41,6 +41,7 @@ __all__ = [
     "scatter_windows",
     "window_attention",
     "cached_window_masks",
+    "is_tracing",
 ]
 
 # The additive mask value Swin uses between tokens of different shifted regions.
@@ -337,7 +338,7 @@ def window_plan(
     if plan is None:
         with torch.inference_mode(False):  # ordinary tensors: plans also serve autograd
             plan = _build_or_move(key, dev)
-        if not _tracing():  # under export/compile its tensors may be fake
+        if not is_tracing():  # under export/compile its tensors may be fake
             _PLANS[key] = plan
     return plan
 
@@ -408,14 +409,15 @@ def window_attention(
         for (s, e), m in zip(plan.groups, masks, strict=True)
     ]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)  # (nW, N, B·heads, d)
-    if _tracing():
+    if is_tracing():
         # Eager SDPA returns (·, N, heads, d)-major memory, so the view below is free; an
         # exported graph may decompose SDPA into matmuls laid out the other way: copy there.
         out = out.clone(memory_format=torch.contiguous_format)
     return out.reshape(nw * n, batch, heads_b * dh // batch)
 
 
-def _tracing() -> bool:
+def is_tracing() -> bool:
+    """True while a graph is being captured (TorchScript trace, torch.compile, torch.export)."""
     return bool(
         torch.jit.is_tracing()
         or torch.compiler.is_compiling()
@@ -460,7 +462,7 @@ def cached_window_masks(
     Returns:
         One ``(1, B·heads, N, N)`` mask per group.
     """
-    if torch.is_grad_enabled() or _tracing():
+    if torch.is_grad_enabled() or is_tracing():
         return _group_masks(bias_fn(plan.tokens), plan, batch)
     stamp = (table._version, table.data_ptr(), table.device, table.dtype, id(table))
     cache = module.__dict__.get("_window_mask_cache")

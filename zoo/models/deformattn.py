@@ -21,6 +21,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from zoo.layers.window_attention_3d import is_tracing
+
 __all__ = [
     "ContinuousPositionBias",
     "DeformableAttention1D",
@@ -67,14 +69,6 @@ def sample_along_sequence(feats: torch.Tensor, positions: torch.Tensor, correcte
         feats.unsqueeze(-1), grid.unsqueeze(-2), mode="bilinear", padding_mode="zeros", align_corners=False
     )
     return out.squeeze(-1)
-
-
-def _tracing() -> bool:
-    return bool(
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or getattr(torch.compiler, "is_exporting", lambda: False)()
-    )
 
 
 def _can_fold_bn(net: ResNet, x: torch.Tensor) -> bool:
@@ -139,7 +133,7 @@ class ContinuousPositionBias(nn.Module):
         if self.log_distance:
             rel = torch.sign(rel) * torch.log(rel.abs() + 1)
         bg, length, m, _ = rel.shape
-        if _tracing():  # row blocks would tie an exported graph to the traced batch size
+        if is_tracing():  # row blocks would tie an exported graph to the traced batch size
             bias = rel
             for layer in self.mlp:
                 bias = layer(bias)

@@ -34,6 +34,7 @@ from zoo.layers.window_attention_3d import (
     cached_window_masks,
     gather_windows,
     get_window_size,
+    is_tracing,
     relative_position_index_3d,
     scatter_windows,
     window_attention,
@@ -655,14 +656,20 @@ class QTUNet(nn.Module):
         b, d, h, w, c = x.shape
         s, sd = self.up.s, self.up.sd
         weight = self.output.weight.flatten(1)
-        out = torch.empty((b, weight.shape[0], d, sd, h, s, w, s), dtype=x.dtype, device=x.device)
         step = max(1, _HEAD_SLAB_BYTES // (h * w * sd * s * s * c * x.element_size()))  # per sample
+        tracing = is_tracing()
+        out = None if tracing else x.new_empty((b, weight.shape[0], d, sd, h, s, w, s))
+        parts = []
         for i in range(0, d, step):
             y = self.up.expand(x[:, i : i + step])
             y = self.up.norm(y.view(*y.shape[:4], sd, s, s, c))
-            y = F.linear(y, weight, self.output.bias)
-            out[:, :, i : i + step] = y.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.view(b, -1, d * sd, h * s, w * s)
+            y = F.linear(y, weight, self.output.bias).permute(0, 7, 1, 4, 2, 5, 3, 6)
+            if tracing:  # an exported graph concatenates (slice assignment would become ScatterND)
+                parts.append(y)
+            else:
+                out[:, :, i : i + step] = y
+        out = torch.cat(parts, dim=2) if tracing else out
+        return out.reshape(b, -1, d * sd, h * s, w * s)
 
 
 # --------------------------------------------------------------------------- registry

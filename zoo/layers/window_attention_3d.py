@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zoo.layers.tracing import is_tracing
+
 __all__ = [
     "get_window_size",
     "pad_to_window_multiple",
@@ -41,7 +43,6 @@ __all__ = [
     "scatter_windows",
     "window_attention",
     "cached_window_masks",
-    "is_tracing",
 ]
 
 # The additive mask value Swin uses between tokens of different shifted regions.
@@ -414,15 +415,6 @@ def window_attention(
         # exported graph may decompose SDPA into matmuls laid out the other way: copy there.
         out = out.clone(memory_format=torch.contiguous_format)
     return out.reshape(nw * n, batch, heads_b * dh // batch)
-
-
-def is_tracing() -> bool:
-    """True while a graph is being captured (TorchScript trace, torch.compile, torch.export)."""
-    return bool(
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or getattr(torch.compiler, "is_exporting", lambda: False)()
-    )
 
 
 def _group_masks(bias: torch.Tensor, plan: WindowPlan, batch: int) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from zoo.layers.window_attention_3d import is_tracing
+from zoo.layers.tracing import is_tracing
 
 __all__ = [
     "ContinuousPositionBias",

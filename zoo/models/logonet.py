@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers.tracing import channels_last_3d
+
 __all__ = ["ULKANet", "LoGoNet", "split_subcubes", "merge_subcubes"]
 
 
@@ -30,11 +32,6 @@ def _grid_side(n_cubes: int) -> int:
     if side**3 != n_cubes or side < 1:
         raise ValueError(f"n_cubes must be a perfect cube (8 = 2×2×2 in the paper), got {n_cubes}")
     return side
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    # NDHWC for oneDNN; the TorchScript ONNX exporter cannot express memory formats (same values).
-    return x.contiguous() if torch.jit.is_tracing() else x.contiguous(memory_format=torch.channels_last_3d)
 
 
 def split_subcubes(x: torch.Tensor, grid: int) -> list[torch.Tensor]:
@@ -98,7 +95,7 @@ class PatchEmbed3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A one-channel input is as much NCDHW as NDHWC, so the first convolution returns NCDHW:
         # switch to channels-last here, where the map is small, not after every block.
-        return self.norm(_channels_last(self.proj(x)))
+        return self.norm(channels_last_3d(self.proj(x)))
 
 
 class LargeKernelAttention3d(nn.Module):
@@ -204,7 +201,7 @@ class ULKAStage(nn.Module):
         x = self.blocks(self.patch_embed(x))
         # Channels-last out: for a channels-last input (the models' own layout) this is free.
         x = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
-        return _channels_last(x)
+        return channels_last_3d(x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,7 +246,7 @@ class ULKADecoderBlock(nn.Module):
             x = torch.cat([x, skip], dim=1)
         # Small maps take PyTorch's native convolution, which returns NCDHW; come back to
         # channels-last so that the large maps further up are convolved by oneDNN in NDHWC.
-        x = self.convs(_channels_last(x))
+        x = self.convs(channels_last_3d(x))
         if self.up is None:
             return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
         return self.up(x)
@@ -403,7 +400,7 @@ class ULKANet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
         # Channels-last inside: oneDNN convolves NDHWC without reordering every activation.
-        x = self.forward_features(_channels_last(x))
+        x = self.forward_features(channels_last_3d(x))
         return (x if self.classifier is None else self.classifier(x)).contiguous()
 
 
@@ -509,7 +506,7 @@ class LoGoNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
-        x = self.forward_features(_channels_last(x))  # see ULKANet
+        x = self.forward_features(channels_last_3d(x))  # see ULKANet
         return self.classifier(self.proj(x)).contiguous()
 
 

@@ -21,6 +21,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_alias, register_model
+from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
     cached_window_masks,
@@ -89,11 +90,6 @@ def nnformer_relative_position_index(window: int) -> torch.Tensor:
     return (offsets * multipliers).sum(0)
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    # NDHWC for oneDNN; the TorchScript ONNX exporter cannot express memory formats (same values).
-    return x.contiguous() if torch.jit.is_tracing() else x.contiguous(memory_format=torch.channels_last_3d)
-
-
 def _bn_prelu_(x: torch.Tensor, bn: nn.BatchNorm3d, act: nn.PReLU) -> torch.Tensor:
     # Inference BatchNorm is x·α + β per channel (α = γ/√(σ²+ε), β = b − μ·α, as PyTorch's
     # kernel computes it) and a one-parameter PReLU is a leaky ReLU: both in place on x.
@@ -117,8 +113,7 @@ def _preactivated(layers: nn.Sequential, x: torch.Tensor, owned: bool) -> torch.
     fast = (
         not torch.is_grad_enabled()
         and x.device.type != "meta"  # FLOP counting runs on meta: keep the modules there
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
+        and not is_tracing()
     )
     mods = list(layers)
     i = 0
@@ -444,7 +439,7 @@ class PCTEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # A one-channel input is as much NCDHW as NDHWC, so proj returns NCDHW: switch here.
-        x0 = self.conv0(_channels_last(self.proj(x)), owned=True)
+        x0 = self.conv0(channels_last_3d(self.proj(x)), owned=True)
         x1 = self.conv1(self.down1(x0), owned=True)
         return x0, x1, self.down2(x1)
 
@@ -630,7 +625,7 @@ class PCTNet(nn.Module):
         head = self.pred_heads[self.resolution_mode]
         # Channels-last inside: oneDNN convolves NDHWC without reordering every activation,
         # and the Swin branches' (B, D, H, W, C) token view of a map is then free.
-        x = _channels_last(x)
+        x = channels_last_3d(x)
         x0, x1, x2 = embed(x)
         d2, d3 = self.pyramid_ct(x2)
         y0, y1 = head(d2, x1, x0)

@@ -29,12 +29,12 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_model
+from zoo.layers.tracing import is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
     cached_window_masks,
     gather_windows,
     get_window_size,
-    is_tracing,
     relative_position_index_3d,
     scatter_windows,
     window_attention,

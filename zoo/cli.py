@@ -204,7 +204,7 @@ def _parse_intensity(text: str) -> dict:
     """``--intensity``: a kind name (``zscore_nonzero``) or a JSON object (``{"kind": "clip_scale", …}``)."""
     import json
 
-    from zoo.predict import INTENSITY_KINDS, intensity_transform
+    from zoo.predict import INTENSITY_KINDS, canonical_intensity
 
     text = text.strip()
     if text.startswith("{"):
@@ -218,7 +218,7 @@ def _parse_intensity(text: str) -> dict:
         raise ValueError(
             f"--intensity: unknown kind {cfg.get('kind')!r}; known: {', '.join(INTENSITY_KINDS)}"
         )
-    intensity_transform(cfg)  # bounds of clip_scale are checked here, before the model is built
+    canonical_intensity(cfg)  # bounds of clip_scale are checked here, before the model is built
     return cfg
 
 

@@ -329,6 +329,15 @@ def fetch_weights(spec: ModelSpec, ws: WeightSpec, progress: bool = True) -> Pat
 # ---------------------------------------------------------------------- publish
 
 
+def _upload_folder(folder: Path, repo_id: str, revision: str | None) -> None:
+    """Create ``repo_id`` on the Hub (``HF_ENDPOINT``, read now) if needed and upload ``folder``."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision)
+
+
 def _public(value: Any) -> Any:
     """``value`` with every absolute path reduced to its last component (no local paths on the Hub)."""
     if isinstance(value, dict):
@@ -416,11 +425,7 @@ def publish_run(
     front, body = card.split("\n---\n", 1) if card.startswith("---\n") else ("", card)
     (out / "README.md").write_text((front + "\n---\n\n" if front else "") + "\n".join(about) + body)
     if not dry_run:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-        api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(out), revision=revision)
+        _upload_folder(out, repo_id, revision)
     return out
 
 
@@ -488,9 +493,5 @@ def publish(
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "README.md").write_text(render_card(spec, hub_tag=tag))
     if not dry_run:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-        api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(out), revision=revision)
+        _upload_folder(out, repo_id, revision)
     return out

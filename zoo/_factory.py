@@ -155,10 +155,24 @@ def load_weights(
 
 def _load_into(
     model: nn.Module, spec: ModelSpec, ws: WeightSpec | None, path: Path, converted: bool, new_head: bool
-) -> None:
+) -> LoadReport:
     raw = read_checkpoint(path)
     sd = raw if converted else convert_checkpoint(raw, spec)
-    load_weights(model, sd, spec, covers=ws.covers if ws else None, new_head=new_head)
+    report = load_weights(model, sd, spec, covers=ws.covers if ws else None, new_head=new_head)
+    random = report.newly_initialised + report.reinitialised_head
+    if random:
+        from zoo.provenance import random_parts
+
+        # One warning per load: predictions from these parts mean nothing until fine-tuned.
+        log.warning(
+            "%s: %s loaded from %s; %d tensor(s) are randomly initialised (%s): fine-tune before predicting",
+            spec.name,
+            report.covers,
+            path.name,
+            len(random),
+            ", ".join(random_parts(random)),
+        )
+    return report
 
 
 def _window_for(spec: ModelSpec, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,15 +281,35 @@ def create(
             raise
         raise ValueError(f"{spec.name}: {e} (its configuration: {', '.join(spec.model_args)})") from e
 
+    record = None
     if checkpoint_path is not None:
+        from zoo.provenance import load_record
+
         path = Path(checkpoint_path)
-        _load_into(model, spec, None, path, converted=False, new_head=num_classes is not None)
+        report = _load_into(model, spec, None, path, converted=False, new_head=num_classes is not None)
+        record = load_record(
+            source="run" if run_cfg else "file",
+            ident=str(path.parent if run_cfg else path.name),
+            tag=None,
+            path=path,
+            covers=report.covers,
+            newly_initialised=report.newly_initialised + report.reinitialised_head,
+        )
         log.info("loaded %s from %s", spec.name, path)
     elif pretrained:
         from zoo.hub import fetch_weights
+        from zoo.provenance import load_record
 
         path = fetch_weights(spec, ws)
-        _load_into(model, spec, ws, path, converted=True, new_head=num_classes is not None)
+        report = _load_into(model, spec, ws, path, converted=True, new_head=num_classes is not None)
+        record = load_record(
+            source="registry",
+            ident=f"{spec.name}.{tag}",
+            tag=tag,
+            path=path,
+            covers=report.covers,
+            newly_initialised=report.newly_initialised + report.reinitialised_head,
+        )
         log.info("loaded %s.%s", spec.name, tag)
 
     model.pretrained_cfg = {
@@ -286,6 +320,8 @@ def create(
         "input_size": spec.input_size,
         "preprocessing": dict(ws.preprocessing) if ws else {},
         "sliding_window": _window_for(spec, args),
+        # What was actually loaded (zoo.provenance): tag, sha256 of the file, covered part; None if random.
+        "weights": record,
     }
     if run_cfg:  # a zoo run folder: what the run recorded about its data wins over the registry's
         for key in ("preprocessing", "sliding_window", "labels"):

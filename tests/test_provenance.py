@@ -66,7 +66,9 @@ def test_create_records_what_it_loaded_and_warns_once_about_random_parts(tmp_pat
     assert rec["source"] == "file" and rec["sha256"] == file_digest(path)
     assert rec["covers"] == "encoder" and rec["identified_as"] is None
     assert "output" in rec["newly_initialised"]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "randomly initialised" in r.message]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "randomly initialised" in r.message
+    ]
     assert len(warnings) == 1 and "fine-tune" in warnings[0].message
     for k, v in sd.items():
         assert torch.equal(model.state_dict()[k], v)

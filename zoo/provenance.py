@@ -32,7 +32,7 @@ class WeightsOrigin:
 
     name: str
     tag: str
-    matched: str  # which digest matched: "hub sha256", "cached conversion", "upstream sha256", "upstream gitsha1"
+    matched: str  # "hub sha256", "cached conversion", "upstream sha256" or "upstream gitsha1"
     license: str
     redistributable: bool
 

@@ -113,7 +113,10 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_name"] == "qtunet-t" and cfg["tag"] == "ct-ssl" and cfg["covers"] == "encoder"
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: medzoo") and "base_model: qtunet-t" in card
+    # The registered weights themselves: no base_model (only a Hub ORG/NAME may be one), licence named.
+    assert card.startswith("---\nlibrary_name: medzoo") and "base_model" not in card
+    assert "license_name: no-license" in card
+    assert cfg["redistributable"] is True  # permission obtained
     assert set(load_file(str(out / "model.safetensors"))) == set(ct_ssl_encoder)
 
 

@@ -131,7 +131,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_publish(a: argparse.Namespace) -> int:
-    from zoo.hub import publish, publish_run
+    from zoo.publish import publish, publish_run
 
     out = a.out or Path(a.repo.replace("/", "__"))
     if Path(a.name).is_dir():  # a zoo finetune / pretrain run folder
@@ -139,20 +139,32 @@ def cmd_publish(a: argparse.Namespace) -> int:
             raise ValueError(
                 "--checkpoint goes with name.tag, not with a run folder (its checkpoint is in it)"
             )
-        path = publish_run(a.name, a.repo, out, dry_run=a.dry_run, permission_obtained=a.permission_obtained)
-        verb = "wrote" if a.dry_run else "uploaded"
-        print(f"{verb} {path}: " + ", ".join(sorted(p.name for p in Path(path).iterdir())))
-        return 0
-    path = publish(
-        a.name,
-        a.repo,
-        out,
-        dry_run=a.dry_run,
-        checkpoint_path=a.checkpoint,
-        permission_obtained=a.permission_obtained,
-    )
-    verb = "wrote" if a.dry_run else "uploaded"
-    print(f"{verb} {path}: " + ", ".join(sorted(p.name for p in Path(path).iterdir())))
+        path = publish_run(
+            a.name,
+            a.repo,
+            out,
+            dry_run=a.dry_run,
+            permission_obtained=a.permission_obtained,
+            revision=a.revision,
+            license=a.license,
+        )
+    else:
+        if a.license:
+            raise ValueError("--license goes with a run folder; a registered tag keeps its own licence")
+        path = publish(
+            a.name,
+            a.repo,
+            out,
+            dry_run=a.dry_run,
+            checkpoint_path=a.checkpoint,
+            permission_obtained=a.permission_obtained,
+            revision=a.revision,
+        )
+    files = ", ".join(sorted(p.name for p in Path(path).iterdir()))
+    if a.dry_run:
+        print(f"wrote {path}: {files}")
+    else:
+        print(f"uploaded {files} to {a.repo} (copy in {path}); load with zoo.create('hf-hub:{a.repo}')")
     return 0
 
 
@@ -501,9 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("publish", help="write (and upload) a Hub folder for name.tag or a run folder")
     s.add_argument("name", help="name.tag, or the folder of a zoo finetune / pretrain run")
     s.add_argument("--repo", required=True, help="Hub repository, ORG/NAME")
-    s.add_argument("--out", type=Path, default=None, help="folder to write (default: ORG__NAME)")
+    s.add_argument("--out", type=Path, default=None, help="new or empty folder to write (default: ORG__NAME)")
     s.add_argument("--checkpoint", default=None, help="publish this file instead of the registered one")
     s.add_argument("--dry-run", action="store_true", help="write the folder only")
+    s.add_argument("--revision", default=None, help="Hub branch to commit to (default: the default branch)")
+    s.add_argument(
+        "--license", default=None, help="licence of a run's weights (default: that of what it started from)"
+    )
     s.add_argument(
         "--permission-obtained",
         action="store_true",

@@ -1,4 +1,4 @@
-"""Weights: resolve → download → verify → convert → cache, and publish to the Hub.
+"""Weights: resolve → download → verify → convert → cache (publishing lives in ``zoo.publish``).
 
 This module knows nothing about any architecture: it moves files, checks digests and
 hands upstream checkpoints to the family converter named by the :class:`ModelSpec`.
@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -35,7 +34,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from zoo._registry import ModelSpec, WeightSpec, resolve
+from zoo._registry import ModelSpec, WeightSpec
 
 log = logging.getLogger("zoo.hub")
 
@@ -45,7 +44,6 @@ __all__ = [
     "cache_dir",
     "fetch_weights",
     "file_digest",
-    "publish",
 ]
 
 _CHUNK = 1 << 20
@@ -324,174 +322,3 @@ def fetch_weights(spec: ModelSpec, ws: WeightSpec, progress: bool = True) -> Pat
     elif not tried:
         tried.append("no Hub repository and no upstream URL registered")
     raise WeightsUnavailableError(f"cannot obtain weights {spec.name}.{ws.tag}: " + "; ".join(tried))
-
-
-# ---------------------------------------------------------------------- publish
-
-
-def _upload_folder(folder: Path, repo_id: str, revision: str | None) -> None:
-    """Create ``repo_id`` on the Hub (``HF_ENDPOINT``, read now) if needed and upload ``folder``."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision)
-
-
-def _public(value: Any) -> Any:
-    """``value`` with every absolute path reduced to its last component (no local paths on the Hub)."""
-    if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_public(v) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        return Path(value).name
-    return value
-
-
-def publish_run(
-    run_dir: str | Path,
-    repo_id: str,
-    out_dir: str | Path,
-    *,
-    dry_run: bool = False,
-    permission_obtained: bool = False,
-    revision: str | None = None,
-) -> Path:
-    """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
-
-    The run's checkpoint is first loaded strictly into its architecture, so a folder that
-    would not load is never written. Weights fine-tuned or pretrained from a tag whose licence
-    does not allow redistribution are refused unless ``permission_obtained``: they derive
-    from the original. Absolute paths in the run's config (its datalist, its volumes) are
-    reduced to file names.
-
-    Args:
-        run_dir: the run folder (``model.safetensors`` + ``config.json``).
-        repo_id: target Hub repository (``org/name``).
-        out_dir: folder to write; uploaded as is unless ``dry_run``.
-    """
-    import zoo
-    from zoo.cards import render_card
-
-    run = Path(run_dir)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run}: not a zoo run folder (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
-    spec, _ = resolve(str(cfg.get("model_name")))
-    base = cfg.get("tag")  # zoo finetune records the tag it started from
-    init = str((cfg.get("pretraining") or {}).get("init") or "")  # zoo pretrain: "name.tag", a file, "random"
-    if not base and init.startswith(f"{spec.name}.") and init.split(".", 1)[1] in spec.tags:
-        base = init.split(".", 1)[1]
-    if base:
-        ws = spec.weight(str(base))
-        if not ws.redistributable and not permission_obtained:
-            raise PermissionError(
-                f"{run} was trained from {spec.name}.{base}, whose licence {ws.license!r} does not allow "
-                "redistribution, and weights derived from it carry that restriction. Pass "
-                "permission_obtained=True (CLI: --permission-obtained) only if the rights holder agreed."
-            )
-    model = zoo.create(spec.name, checkpoint_path=run)  # strict: a broken run is refused here
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.safetensors", out / "model.safetensors")
-    config = _public({**cfg, "sha256": file_digest(out / "model.safetensors"), "derived_from": base})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    labels = cfg.get("labels") or {}
-    about = [
-        f"# {spec.name} — {'fine-tuned' if 'finetune' in cfg else 'self-supervised pretraining'} with medzoo",
-        "",
-        f"Started from: {f'`{spec.name}.{base}`' if base else 'random initialisation'}. "
-        f"Covers: {cfg.get('covers', 'full')}. Parameters: {sum(p.numel() for p in model.parameters()):,}.",
-    ]
-    if labels:
-        about.append("Labels: " + ", ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
-    if cfg.get("preprocessing"):
-        about.append(
-            "Preprocessing: " + "; ".join(f"{k}: {v}" for k, v in cfg["preprocessing"].items()) + "."
-        )
-    about += [
-        "",
-        "```python",
-        "import zoo",
-        f'model = zoo.create("{spec.name}", checkpoint_path="<this folder>")',
-        "```",
-        "",
-        "The architecture's card follows.",
-        "",
-    ]
-    card = render_card(spec)
-    front, body = card.split("\n---\n", 1) if card.startswith("---\n") else ("", card)
-    (out / "README.md").write_text((front + "\n---\n\n" if front else "") + "\n".join(about) + body)
-    if not dry_run:
-        _upload_folder(out, repo_id, revision)
-    return out
-
-
-def publish(
-    name: str,
-    repo_id: str,
-    out_dir: str | Path,
-    *,
-    dry_run: bool = False,
-    checkpoint_path: str | Path | None = None,
-    permission_obtained: bool = False,
-    revision: str | None = None,
-) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``name.tag`` and upload.
-
-    Weights whose licence does not allow redistribution are refused unless
-    ``permission_obtained`` says the rights holder agreed.
-
-    Args:
-        name: ``name.tag`` (or an alias that names a tag).
-        repo_id: target Hub repository (``org/name``).
-        out_dir: folder to write; uploaded as is unless ``dry_run``.
-        checkpoint_path: publish this checkpoint (upstream format or safetensors)
-            instead of fetching the registered one.
-    """
-    from safetensors.torch import save_file
-
-    from zoo.cards import render_card
-    from zoo.convert import convert_checkpoint, read_checkpoint
-
-    spec, tag = resolve(name)
-    if tag is None:
-        raise ValueError(
-            f"publish needs a weights tag: {name!r} names none (tags: {', '.join(spec.tags) or 'none'})"
-        )
-    ws = spec.weight(tag)
-    if not ws.redistributable and not permission_obtained:
-        raise PermissionError(
-            f"{spec.name}.{tag} has licence {ws.license!r}, which does not allow redistribution. "
-            "Pass permission_obtained=True (CLI: --permission-obtained) only if the rights holder agreed."
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if checkpoint_path is not None:
-        sd = convert_checkpoint(read_checkpoint(checkpoint_path), spec)
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
-    else:
-        shutil.copyfile(fetch_weights(spec, ws), out / "model.safetensors")
-    config = {
-        "library_name": "medzoo",
-        "model_name": spec.name,
-        "tag": tag,
-        "family": spec.family,
-        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.model_args.items()},
-        "in_chans": ws.in_chans,
-        "num_classes": ws.num_classes,
-        "img_size": list(ws.img_size) if ws.img_size else None,
-        "covers": ws.covers,
-        "preprocessing": dict(ws.preprocessing),
-        "license": ws.license,
-        "source_url": ws.url,
-        "source_digest": ws.upstream_digest,
-        "sha256": file_digest(out / "model.safetensors"),
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "README.md").write_text(render_card(spec, hub_tag=tag))
-    if not dry_run:
-        _upload_folder(out, repo_id, revision)
-    return out

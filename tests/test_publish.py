@@ -353,3 +353,29 @@ def test_published_cards_parse_and_round_trip(tmp_path, monkeypatch):
     for out in (ft, pre):
         _assert_hub_card(out / "README.md")
         assert sorted(p.name for p in out.iterdir()) == FILES
+
+
+# ------------------------------------------------------------------------- other entry points
+
+
+def test_cli_and_torch_hub_entrypoints_take_a_hub_id(tmp_path, hub, capsys):
+    import hubconf
+
+    run = _run(tmp_path)
+    publish_run(run, "org/tiny-qt", tmp_path / "out")
+    commit = hub.head("org/tiny-qt")
+    assert main(["info", "hf-hub:org/tiny-qt"]) == 0
+    out = capsys.readouterr().out
+    assert f"commit {commit}" in out and "model_name: qtunet-t" in out and "QT-UNet" in out
+    entry = hubconf.qtunet_t(checkpoint_path="hf-hub:org/tiny-qt")
+    assert entry.pretrained_cfg["hub"]["commit"] == commit
+    assert entry.pretrained_cfg["weights"]["sha256"] == file_digest(run / "model.safetensors")
+
+
+@pytest.mark.slow  # the ONNX export takes minutes on a loaded 2-core machine
+def test_export_takes_a_hub_id(tmp_path, hub, capsys):
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out")
+    onnx = tmp_path / "tiny.onnx"
+    rc = main(["export", "hf-hub:org/tiny-qt", "-o", str(onnx), "--input-shape", "1", "32", "32", "32"])
+    assert rc == 0 and onnx.is_file()
+    assert "onnxruntime vs PyTorch" in capsys.readouterr().out

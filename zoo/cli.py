@@ -47,6 +47,13 @@ def cmd_list(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     from zoo.info import model_info
 
+    if a.name.startswith("hf-hub:"):  # a published repository: what it holds, then its model's info
+        from zoo.hub_repo import fetch_config
+
+        repo_id, _, commit, hub_cfg = fetch_config(a.name)
+        keys = ("model_name", "tag", "covers", "license", "redistributable", "derived_from", "sha256")
+        print(f"{a.name}: commit {commit}; " + "; ".join(f"{k}: {hub_cfg.get(k)}" for k in keys))
+        a.name = str(hub_cfg["model_name"])
     info = model_info(a.name)
     if a.json:
         print(json.dumps(info, indent=2))
@@ -270,7 +277,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
 @_command
 def cmd_export(a: argparse.Namespace) -> int:
     from zoo.export import to_onnx
+    from zoo.hub_repo import hub_model_name, is_hub_id
 
+    if is_hub_id(a.name):  # a published repository: its model, loaded through checkpoint_path
+        if a.checkpoint:
+            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
+        a.checkpoint, a.name = a.name, hub_model_name(a.name)
     spec, name_tag = resolve(a.name)
     if a.tag and name_tag and a.tag != name_tag:
         print(f"zoo export: {a.name!r} names weights {name_tag!r} and --tag says {a.tag!r}", file=sys.stderr)
@@ -314,6 +326,15 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from zoo.bench import benchmark, ratio
 
+    hub_args: dict = {}
+    if a.name.startswith("hf-hub:"):  # the cost of a published configuration (model arguments from the Hub)
+        from zoo.hub_repo import fetch_config
+
+        hub_cfg = fetch_config(a.name)[3]
+        a.name = str(hub_cfg["model_name"])
+        hub_args = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in (hub_cfg.get("model_args") or {}).items()
+        }
     names = list_models(a.name) if any(ch in a.name for ch in "*?[") else [a.name]
     if not names:
         print(f"no model matches {a.name!r}", file=sys.stderr)
@@ -324,7 +345,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         r = benchmark(
             n,
             input_shape=a.input_shape,
-            model_kwargs=kwargs,
+            model_kwargs={**hub_args, **kwargs},
             warmup=a.warmup,
             repeats=a.repeats,
             threads=a.threads,
@@ -398,6 +419,12 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     if not a.name or not a.data or not a.out:
         print("zoo finetune: NAME, --data and --out are required (or --list-presets)", file=sys.stderr)
         return 2
+    if a.name.startswith("hf-hub:"):  # start from a published repository: its model, its weights
+        from zoo.hub_repo import hub_model_name
+
+        if a.checkpoint:
+            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
+        a.checkpoint, a.name = a.name, hub_model_name(a.name)
     try:
         finetune(
             a.name,

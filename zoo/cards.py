@@ -140,13 +140,17 @@ def _weights_section(spec: ModelSpec) -> str:
             f"{w.in_chans if w.in_chans is not None else '—'} | {w.pretraining} | {w.license} | "
             f"{'yes' if w.redistributable else 'no'} |"
         )
-    prov = ["", "Provenance (every file is checked against its digest when downloaded and when loaded):", ""]
+    prov = [
+        "",
+        "Provenance (a file with a recorded digest is checked against it when downloaded and loaded):",
+        "",
+    ]
     for w in spec.weights:
         src = []
         if w.hf_hub_id:
             src.append(
                 f"Hub `{w.hf_hub_id}` (`{w.hf_filename}`, revision `{w.hf_revision or 'main'}`"
-                + (f", sha256 `{w.sha256}`" if w.sha256 else "")
+                + (f", sha256 `{w.sha256}`" if w.sha256 else ", unpinned: no commit and sha256 recorded yet")
                 + ")"
             )
         if w.url:

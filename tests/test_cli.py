@@ -116,7 +116,7 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     # The registered weights themselves: no base_model (only a Hub ORG/NAME may be one), licence named.
     assert card.startswith("---\nlibrary_name: medzoo") and "base_model" not in card
     assert "license_name: no-license" in card
-    assert cfg["redistributable"] is True  # permission obtained
+    assert cfg["redistributable"] is False and cfg["permission_obtained"] is True
     assert set(load_file(str(out / "model.safetensors"))) == set(ct_ssl_encoder)
 
 

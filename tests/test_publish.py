@@ -175,6 +175,21 @@ def test_a_repo_that_is_not_a_medzoo_repo_is_named_as_such(hub):
     assert not any(p.endswith("org/plain/resolve/main/model.safetensors") for _, p, _ in hub.state.requests)
 
 
+def test_model_arguments_that_would_allocate_far_more_than_the_weights_are_refused(tmp_path, hub):
+    run = _run(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["model_args"]["embed_dim"] = 12 * 512  # ~ 2000 GB of parameters on a 3 MB file
+    hub.add_files(
+        "org/bomb",
+        {
+            "config.json": json.dumps(config).encode(),
+            "model.safetensors": (run / "model.safetensors").read_bytes(),
+        },
+    )
+    with pytest.raises(ValueError, match=r"build a qtunet-t of [\d.]+ GiB, but model.safetensors holds"):
+        zoo.create("hf-hub:org/bomb")
+
+
 def test_offline_loads_from_the_cache_and_says_offline_otherwise(tmp_path, hub, monkeypatch):
     publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out")
     online = zoo.create("hf-hub:org/tiny-qt")
@@ -300,6 +315,20 @@ def test_run_from_an_unidentified_local_checkpoint_names_its_sha256(tmp_path, mo
     text = (out / "README.md").read_text()
     assert f"A local checkpoint with sha256 `{file_digest(enc)}`." in text
     assert "license: apache-2.0" in text
+
+
+def test_run_from_a_hub_repo_of_non_redistributable_weights_is_refused(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv("MEDZOO_CACHE", str(tmp_path / "medzoo-cache"))
+    base = _run(tmp_path, "base")
+    _register_as_ct_ssl(base / "model.safetensors", tmp_path / "medzoo-cache")
+    publish_run(base, "org/mirror", tmp_path / "o1", permission_obtained=True)
+    (tmp_path / "medzoo-cache" / "converted" / "qtunet-t.ct-ssl.json").unlink()  # not identifiable here
+    loaded = zoo.create("hf-hub:org/mirror").pretrained_cfg["weights"]
+    assert loaded["redistributable"] is False  # from the repository's config.json
+    run = _run(tmp_path, "ft", init=loaded, seed=5)
+    # Publisher A's permission does not pass to B's derived weights.
+    with pytest.raises(PermissionError, match="org/mirror"):
+        publish_run(run, "org/derived", tmp_path / "o2", dry_run=True)
 
 
 def test_run_from_a_hub_repo_names_it_as_base_model(tmp_path, hub):

@@ -176,6 +176,30 @@ def hub_model_name(name: str) -> str:
     return str(fetch_config(name)[3]["model_name"])
 
 
+def _check_size(spec: Any, args: dict[str, Any], repo: HubRepo) -> None:
+    """Refuse model arguments that build a model far larger than the weights the repository holds.
+
+    The arguments come from someone else's ``config.json``: ``embed_dim: 100000`` must not
+    allocate 100 GB here. The model is built on the meta device (no memory) and measured.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = spec.builder(**args)
+    except Exception:  # a bad argument is reported by the real build, with its own message
+        return
+    tensors = [*probe.parameters(), *probe.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    have = repo.weights.stat().st_size
+    # An encoder-only file may be a fraction of the model; 8x plus 256 MiB leaves room for that.
+    if need > 8 * have + (256 << 20):
+        raise ValueError(
+            f"{repo.id}: config.json's model arguments {args} build a {spec.name} of {need / 2**30:.1f} GiB, "
+            f"but model.safetensors holds {have / 2**20:.1f} MiB; refusing to allocate it"
+        )
+
+
 def create_from_hub(
     hub_id: str,
     *,
@@ -216,6 +240,7 @@ def create_from_hub(
         if value is not None and key in spec.model_args:
             args.setdefault(key, tuple(value) if isinstance(value, list) else value)
     args.update({k: v for k, v in kwargs.items() if v is not None})
+    _check_size(spec, args, repo)
     model = create(spec.name, checkpoint_path=repo.weights, **args)
     cfg = model.pretrained_cfg
     for key in ("preprocessing", "sliding_window", "labels"):
@@ -225,8 +250,9 @@ def create_from_hub(
     cfg["hub"] = {"repo_id": repo.repo_id, "revision": repo.revision, "commit": repo.commit}
     record = dict(cfg["weights"] or {})
     record.update(source="hf-hub", id=repo.id, tag=repo.config.get("tag"))
-    if record.get("license") is None and repo.config.get("license"):
-        record["license"] = repo.config["license"]
+    for key in ("license", "redistributable"):  # as the publisher recorded them, when not identified here
+        if record.get(key) is None and repo.config.get(key) is not None:
+            record[key] = repo.config[key]
     # What the published weights themselves started from, as the publisher recorded it.
     record["base"] = repo.config.get("init") or repo.config.get("derived_from")
     cfg["weights"] = record

@@ -216,13 +216,10 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
     return StartingPoint(text, record, reg[0], reg[1], reg[2], reg[3], True)
 
 
-def _check_licence(start: StartingPoint, run: Path, own: str, permission_obtained: bool) -> None:
-    """Refuse weights derived from non-redistributable ones (or from what cannot be identified)."""
-    from zoo.provenance import identify_digest
-
+def _check_licence(start: StartingPoint, mine: Any, run: Path, permission_obtained: bool) -> None:
+    """Refuse weights derived from (or being) non-redistributable ones, or from what cannot be identified."""
     if permission_obtained:
         return
-    mine = identify_digest(sha256=own)
     if mine is not None and not mine.redistributable:
         raise PermissionError(
             f"{run}/model.safetensors has the sha256 of the registered weights {mine.id}, whose licence "
@@ -274,6 +271,7 @@ def publish_run(
     """
     import zoo
     from zoo.cards import is_hub_repo_id, render_run_card
+    from zoo.provenance import identify_digest
 
     if not is_hub_repo_id(repo_id):
         raise ValueError(f"--repo must be a Hub repository id ORG/NAME, got {repo_id!r}")
@@ -285,9 +283,11 @@ def publish_run(
     spec: ModelSpec = resolve(str(cfg.get("model_name")))[0]
     start = run_starting_point(cfg, run)
     own = file_digest(ckpt)
-    _check_licence(start, run, own, permission_obtained)
+    mine = identify_digest(sha256=own, gitsha1=file_digest(ckpt, "gitsha1"))  # the run's file may be one
+    _check_licence(start, mine, run, permission_obtained)
     model = zoo.create(spec.name, checkpoint_path=run)  # strict: a broken run is refused here
-    licence = license or start.license or "apache-2.0"
+    restricted = start.redistributable is False or (mine is not None and not mine.redistributable)
+    licence = license or (mine.license if mine else None) or start.license or "apache-2.0"
     out = Path(out_dir)
     with _staged(out) as tmp:
         shutil.copyfile(ckpt, tmp / "model.safetensors")
@@ -299,9 +299,11 @@ def publish_run(
                 "library_name": "medzoo",
                 "sha256": own,
                 "init": start.record,
-                "derived_from": start.registered or start.base_model,
+                "derived_from": start.registered or start.base_model or (mine.id if mine else None),
                 "license": licence,
-                "redistributable": True if permission_obtained else start.redistributable is not False,
+                # The licence's verdict, not this publisher's permission: that does not pass to derived runs.
+                "redistributable": not restricted,
+                "permission_obtained": permission_obtained,
             }
         )
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -387,7 +389,8 @@ def publish(
                 k: list(v) if isinstance(v, tuple) else v for k, v in spec.sliding_window.items()
             },
             "license": ws.license,
-            "redistributable": ws.redistributable or permission_obtained,
+            "redistributable": ws.redistributable,
+            "permission_obtained": permission_obtained,
             "source_url": ws.url,
             "source_digest": ws.upstream_digest,
             "sha256": file_digest(tmp / "model.safetensors"),

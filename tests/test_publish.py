@@ -244,6 +244,19 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+def test_an_interrupted_upload_leaves_nothing(tmp_path, monkeypatch):
+    import zoo.publish
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.publish, "_upload", interrupted)
+    out = tmp_path / "hubfolder"
+    with pytest.raises(KeyboardInterrupt):
+        publish_run(_run(tmp_path), "org/tiny-qt", out)
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
 # ------------------------------------------------------------------------- provenance by content
 
 
@@ -274,6 +287,7 @@ def test_run_from_a_renamed_non_redistributable_file_is_refused(tmp_path, monkey
     assert card.data.base_model is None  # ct-ssl is not on the Hub
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["derived_from"] == "qtunet-t.ct-ssl" and cfg["init"]["sha256"] == file_digest(enc)
+    assert cfg["init"]["upstream_digest"] == zoo.get_spec("qtunet-t").weight("ct-ssl").upstream_digest
     assert cfg["finetune"]["data"] == "datalist.json"  # no local path on the Hub
 
 

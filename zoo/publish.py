@@ -56,11 +56,10 @@ def _staged(out: Path) -> Iterator[Path]:
         if out.is_dir():
             out.rmdir()  # empty, checked above; fails (and cleans up) if something appeared meanwhile
         os.rename(tmp, out)
-    except (ValueError, PermissionError, PublishError):
+    except BaseException as e:  # Ctrl-C included: nothing half-written stays behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ValueError | PermissionError | PublishError) or not isinstance(e, Exception):
+            raise
         raise PublishError(f"could not write {out}: {type(e).__name__}: {e}; nothing was written") from e
 
 
@@ -124,8 +123,8 @@ class StartingPoint:
     known: bool  # False: the run named a file that can no longer be identified
 
 
-def _registered(name_tag: str) -> tuple[str, str, bool, str | None] | None:
-    """``(id, licence, redistributable, hub id)`` of a registered ``name.tag``, or None."""
+def _registered(name_tag: str) -> tuple[str, str, bool, str | None, str | None] | None:
+    """``(id, licence, redistributable, hub id, upstream digest)`` of a registered ``name.tag``, or None."""
     try:
         spec, tag = resolve(name_tag)
     except ValueError:
@@ -133,7 +132,7 @@ def _registered(name_tag: str) -> tuple[str, str, bool, str | None] | None:
     if tag is None:
         return None
     ws = spec.weight(tag)
-    return f"{spec.name}.{tag}", ws.license, ws.redistributable, ws.hf_hub_id
+    return f"{spec.name}.{tag}", ws.license, ws.redistributable, ws.hf_hub_id, ws.upstream_digest
 
 
 def _init_of(cfg: dict[str, Any]) -> Any:
@@ -213,6 +212,7 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
     else:
         text = f"A local checkpoint with sha256 `{sha}`: the registered weights `{reg[0]}`{how}."
     record = record or {"source": "registry", "id": reg[0], "tag": reg[0].split(".", 1)[1]}
+    record = {**record, "identified_as": reg[0], "upstream_digest": reg[4]}
     return StartingPoint(text, record, reg[0], reg[1], reg[2], reg[3], True)
 
 
@@ -280,7 +280,9 @@ def publish_run(
     if not (cfg_path.is_file() and ckpt.is_file()):
         raise FileNotFoundError(f"{run}: not a zoo run folder (needs model.safetensors and config.json)")
     cfg = json.loads(cfg_path.read_text())
-    spec: ModelSpec = resolve(str(cfg.get("model_name")))[0]
+    if not isinstance(cfg, dict) or not cfg.get("model_name"):
+        raise ValueError(f"{cfg_path} has no 'model_name': not the config of a zoo finetune / pretrain run")
+    spec: ModelSpec = resolve(str(cfg["model_name"]))[0]
     start = run_starting_point(cfg, run)
     own = file_digest(ckpt)
     mine = identify_digest(sha256=own, gitsha1=file_digest(ckpt, "gitsha1"))  # the run's file may be one

@@ -276,17 +276,15 @@ def test_run_from_a_renamed_non_redistributable_file_is_refused(tmp_path, monkey
 
     out = publish_run(run, "org/x", tmp_path / "o2", dry_run=True, permission_obtained=True)
     card = ModelCard.load(out / "README.md")
-    assert (
-        f"A local checkpoint with sha256 `{file_digest(enc)}`: the registered weights `qtunet-t.ct-ssl`"
-        in (card.text)
-    )
+    started = f"Started from: a local checkpoint with sha256 `{file_digest(enc)}`"
+    assert f"{started}: the registered weights `qtunet-t.ct-ssl`" in card.text
     assert card.data.license == "other" and card.data.license_name == "no-license"
     assert card.data.license_link == "https://github.com/AndreasHaaversen/QT-UNet"
     assert "fine-tuned" in card.data.tags and "self-supervised" not in card.data.tags
     assert card.data.pipeline_tag == "image-segmentation"
     assert card.data.base_model is None  # ct-ssl is not on the Hub
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["derived_from"] == "qtunet-t.ct-ssl" and cfg["init"]["sha256"] == file_digest(enc)
+    assert cfg["derived_from"] == "ct-ssl" and cfg["init"]["sha256"] == file_digest(enc)
     assert cfg["init"]["upstream_digest"] == zoo.get_spec("qtunet-t").weight("ct-ssl").upstream_digest
     assert cfg["finetune"]["data"] == "datalist.json"  # no local path on the Hub
 
@@ -327,7 +325,7 @@ def test_run_from_an_unidentified_local_checkpoint_names_its_sha256(tmp_path, mo
     record = zoo.create("qtunet-t", checkpoint_path=enc, **args).pretrained_cfg["weights"]
     out = publish_run(_run(tmp_path, "ft", init=record), "org/x", tmp_path / "o", dry_run=True)
     text = (out / "README.md").read_text()
-    assert f"A local checkpoint with sha256 `{file_digest(enc)}`." in text
+    assert f"Started from: a local checkpoint with sha256 `{file_digest(enc)}`." in text
     assert "license: apache-2.0" in text
 
 

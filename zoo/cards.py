@@ -360,7 +360,7 @@ def render_run_card(
         base_model: the Hub repository the run started from, if any (``ORG/NAME``).
         num_params: parameter count of the published model.
         sections: further Markdown sections about the run (e.g. a generated "Fine-tune" section),
-            inserted after "Started from" and before the architecture's card.
+            inserted after the usage and before the architecture's card.
     """
     finetuned = "finetune" in config
     task = "image-segmentation" if finetuned else "image-feature-extraction"
@@ -373,6 +373,8 @@ def render_run_card(
         front_matter(data),
         "",
         f"# {repo_id}: {spec.name}, {kind} with medzoo",
+        "",
+        f"Started from: {started_from}",
         "",
         f"Covers: {config.get('covers', 'full')}.{params}",
     ]
@@ -390,10 +392,6 @@ def render_run_card(
         "import zoo",
         f'model = zoo.create("hf-hub:{repo_id}")  # model arguments and preprocessing from config.json',
         "```",
-        "",
-        "## Started from",
-        "",
-        started_from,
         "",
     ]
     # Generated sections about the run (issue 18's "Fine-tune" section) go here, through `sections`.

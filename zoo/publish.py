@@ -156,7 +156,7 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
 
     init = _init_of(cfg)
     if init is None:
-        return StartingPoint("Random initialisation.", None, None, None, None, None, True)
+        return StartingPoint("random initialisation.", None, None, None, None, None, True)
     sha, origin, record = None, None, None
     if isinstance(init, dict):
         record = dict(init)
@@ -169,7 +169,7 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
             reg = _registered(origin.id) if origin else None
             lic = reg[1] if reg else record.get("license")
             redis = reg[2] if reg else record.get("redistributable")
-            text = f"The Hub repository `{repo_id}`" + (f" at commit `{commit}`" if commit else "")
+            text = f"the Hub repository `{repo_id}`" + (f" at commit `{commit}`" if commit else "")
             text += f" (`hf-hub:{hub}`), file sha256 `{sha}`." if sha else f" (`hf-hub:{hub}`)."
             if reg:
                 text += f" Its weights are the registered `{reg[0]}`."
@@ -185,7 +185,7 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
         path = path if path.is_absolute() or path.exists() else run / path
         if not path.is_file():
             return StartingPoint(
-                f"A local checkpoint `{Path(str(init)).name}` that is no longer there to identify.",
+                f"a local checkpoint `{Path(str(init)).name}` that is no longer there to identify.",
                 {"source": "file", "id": Path(str(init)).name, "sha256": None},
                 None,
                 None,
@@ -198,7 +198,7 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
         reg_id = origin.id if origin else None
     reg = _registered(reg_id) if reg_id else None
     if reg is None:
-        text = f"A local checkpoint with sha256 `{sha}`." if sha else "A local checkpoint."
+        text = f"a local checkpoint with sha256 `{sha}`." if sha else "a local checkpoint."
         return StartingPoint(text, record, None, None, None, None, True)
     how = f", identified by its sha256 `{sha}` ({origin.matched})" if sha and origin else ""
     if isinstance(init, str) and _registered(init):
@@ -210,10 +210,18 @@ def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
             else f"`{reg[0]}` (registered weights)."
         )
     else:
-        text = f"A local checkpoint with sha256 `{sha}`: the registered weights `{reg[0]}`{how}."
+        text = f"a local checkpoint with sha256 `{sha}`: the registered weights `{reg[0]}`{how}."
     record = record or {"source": "registry", "id": reg[0], "tag": reg[0].split(".", 1)[1]}
     record = {**record, "identified_as": reg[0], "upstream_digest": reg[4]}
     return StartingPoint(text, record, reg[0], reg[1], reg[2], reg[3], True)
+
+
+def _derived_from(start: StartingPoint, mine: Any, spec: ModelSpec) -> str | None:
+    """The short provenance field: a tag of this model (as before), else a full id or a Hub repository."""
+    ident = start.registered or start.base_model or (mine.id if mine else None)
+    if ident and ident.startswith(f"{spec.name}.") and ident.split(".", 1)[1] in spec.tags:
+        return ident.split(".", 1)[1]  # kept as the tag: what zoo finetune's consumers read
+    return ident
 
 
 def _check_licence(start: StartingPoint, mine: Any, run: Path, permission_obtained: bool) -> None:
@@ -301,7 +309,7 @@ def publish_run(
                 "library_name": "medzoo",
                 "sha256": own,
                 "init": start.record,
-                "derived_from": start.registered or start.base_model or (mine.id if mine else None),
+                "derived_from": _derived_from(start, mine, spec),
                 "license": licence,
                 # The licence's verdict, not this publisher's permission: that does not pass to derived runs.
                 "redistributable": not restricted,

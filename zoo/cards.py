@@ -378,6 +378,11 @@ def render_run_card(
         "",
         f"Covers: {config.get('covers', 'full')}.{params}",
     ]
+    if config.get("permission_obtained"):
+        lines.append(
+            f"Published with the permission of the rights holder of weights licensed {licences[0]!r}, which "
+            "by itself does not allow redistribution; that permission does not extend to derived weights."
+        )
     labels = config.get("labels") or {}
     if labels:
         lines.append("Labels: " + ", ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
@@ -399,8 +404,19 @@ def render_run_card(
         lines += [section.rstrip(), ""]
     arch = render_card(spec, bench_dir=bench_dir)
     body = arch.split("\n---\n", 1)[1] if arch.startswith("---\n") else arch
-    lines += ["## The architecture", "", "The card of the architecture follows.", body.lstrip("\n")]
+    arch_md = _demote(body.strip("\n"))
+    lines += ["## The architecture: " + arch_md[3:] if arch_md.startswith("## ") else arch_md, ""]
     return "\n".join(lines)
+
+
+def _demote(markdown: str) -> str:
+    """Every heading one level down (outside code blocks), so a card can sit under a section."""
+    out, fenced = [], False
+    for line in markdown.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        out.append("#" + line if line.startswith("#") and not fenced else line)
+    return "\n".join(out)
 
 
 def write_cards(out_dir: str | Path = CARDS_DIR) -> list[Path]:

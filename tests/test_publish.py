@@ -420,3 +420,25 @@ def test_export_takes_a_hub_id(tmp_path, hub, capsys):
     rc = main(["export", "hf-hub:org/tiny-qt", "-o", str(onnx), "--input-shape", "1", "32", "32", "32"])
     assert rc == 0 and onnx.is_file()
     assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # full-size QT-UNet-T built three times: ~25 s on a loaded 2-core machine
+def test_publish_a_registered_tag_then_load_it_by_hub_id(tmp_path, hub, capsys):
+    spec = zoo.get_spec("qtunet-t")
+    torch.manual_seed(4)
+    encoder = {k: v for k, v in zoo.create("qtunet-t").state_dict().items() if k.startswith("encoder.")}
+    src = tmp_path / "CT-SSL_pretrained.pt"
+    torch.save(encoder, src)  # the authors' format: a flat dict of encoder keys
+    argv = ["publish", "qtunet-t.ct-ssl", "--repo", "org/qt-ct", "--out", str(tmp_path / "o"), "--checkpoint"]
+    assert main([*argv, str(src)]) == 2  # no licence to redistribute
+    assert hub.state.requests == []
+    assert main([*argv, str(src), "--permission-obtained"]) == 0
+    assert hub.state.committed == [FILES]
+    model = zoo.create("hf-hub:org/qt-ct")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in encoder.items())
+    cfg = model.pretrained_cfg
+    assert cfg["tag"] == "ct-ssl" and cfg["preprocessing"] == dict(spec.weight("ct-ssl").preprocessing)
+    rec = cfg["weights"]
+    assert rec["covers"] == "encoder" and "output" in rec["newly_initialised"]
+    assert (rec["license"], rec["redistributable"]) == ("none", False)  # from the repository's config.json

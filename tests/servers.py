@@ -77,6 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, spec: dict, send_body: bool) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
+        for k, v in spec["headers"].items():
+            self.send_header(k, v)
         if spec["announce"] is not None:
             self.send_header("Content-Length", str(spec["announce"]))
         self.end_headers()
@@ -229,10 +231,17 @@ class LoopbackServer:
         return self.routes.hits[path.split("?", 1)[0]]
 
     def add_stream(
-        self, path: str, announce: int | None, count: int, byte: bytes = b"\0", delay: float = 0.0
+        self,
+        path: str,
+        announce: int | None,
+        count: int,
+        byte: bytes = b"\0",
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> str:
         """Serve ``count`` writes of ``byte`` at ``path``, ``delay`` s apart; announce ``announce`` bytes."""
-        self.routes.streams[path] = dict(announce=announce, byte=byte, count=count, delay=delay)
+        spec = dict(announce=announce, byte=byte, count=count, delay=delay, headers=dict(headers or {}))
+        self.routes.streams[path] = spec
         return self.url + path
 
     def add_page(self, path: str, body: str) -> str:

@@ -567,6 +567,15 @@ def test_hub_file_over_the_size_bound_is_refused(hub_env, tmp_path, monkeypatch,
     assert info.value.kind == "too-large" and f"announces {len(data):,} bytes" in str(info.value)
 
 
+def test_hub_file_larger_than_its_recorded_size_is_refused(hub_env, tmp_path, encoder_checkpoint):
+    data, sha = _publish_on_hub(hub_env, tmp_path, encoder_checkpoint)
+    with (
+        override_weights(NAME, TAG, hf_hub_id=HUB_REPO, hf_revision="v1", sha256=sha, size=1000, url=None),
+        pytest.raises(HubError, match=rf"announces {len(data):,} bytes, over the 1,000-byte bound"),
+    ):
+        zoo.create(NAME, pretrained=True)
+
+
 def test_hub_digest_mismatch_names_the_repo_and_what_to_do(hub_env, tmp_path, encoder_checkpoint):
     _publish_on_hub(hub_env, tmp_path, encoder_checkpoint)
     with (

@@ -21,8 +21,8 @@ Resolution for a weights tag (``zoo.create`` handles ``checkpoint_path`` before 
 
 Invariants:
 
-- Bounded transfers. Every file has a size bound: the registry's ``upstream_size`` where
-  recorded, else 16 bytes per parameter of the architecture + 64 MiB (float32 weights
+- Bounded transfers. Every file has a size bound: the registry's ``upstream_size`` (``size``
+  for a Hub file) where recorded, else 16 bytes per parameter of the architecture + 64 MiB (float32 weights
   plus two Adam moments, with room to spare). A transfer is aborted past the bound, after
   ``stall`` seconds without a byte, and past an overall deadline scaled to the bound.
   Environment: ``MEDZOO_DOWNLOAD_MAX_BYTES`` (replaces the bound),
@@ -194,9 +194,10 @@ def _env_number(name: str, default: float) -> float:
     return value
 
 
-def size_bound(spec: ModelSpec, ws: WeightSpec) -> tuple[int, bool]:
-    """The most bytes a download of ``ws`` may bring, and whether that is its exact recorded size."""
-    exact = getattr(ws, "upstream_size", None)  # recorded by `zoo download --print-digest`
+def size_bound(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> tuple[int, bool]:
+    """The most bytes a download of ``ws`` (its Hub file if ``hub``) may bring, and whether that is exact."""
+    # Recorded sizes: the Hub file's ``size``; ``upstream_size`` as `zoo download --print-digest` prints it.
+    exact = ws.size if hub else getattr(ws, "upstream_size", None)
     if exact:
         return int(exact), True
     params = spec.meta.get("num_params")
@@ -206,14 +207,14 @@ def size_bound(spec: ModelSpec, ws: WeightSpec) -> tuple[int, bool]:
     return 4 << 30, False
 
 
-def download_limits(spec: ModelSpec, ws: WeightSpec) -> DownloadLimits:
+def download_limits(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> DownloadLimits:
     """The size bound, stall timeout and deadline for a download of ``ws`` (environment applied).
 
     Returns:
         ``MEDZOO_DOWNLOAD_MAX_BYTES`` or :func:`size_bound`; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT``
         or 60 s; ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
     """
-    max_bytes = int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(size_bound(spec, ws)[0])))
+    max_bytes = int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(size_bound(spec, ws, hub)[0])))
     stall = _env_number("MEDZOO_DOWNLOAD_STALL_TIMEOUT", 60.0)
     deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", 120.0 + max_bytes / (256 * 1024))
     return DownloadLimits(max_bytes=max_bytes, stall_s=stall, deadline_s=deadline)
@@ -397,7 +398,7 @@ def _hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    limits = download_limits(spec, ws)
+    limits = download_limits(spec, ws, hub=True)
     endpoint = os.environ.get("HF_ENDPOINT") or None
     offline = is_offline()
     constants.HF_HUB_OFFLINE = offline  # the client reads the variable once, at import; we read it per call

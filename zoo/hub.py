@@ -576,7 +576,7 @@ def _install_drive_seam() -> None:
             return sess, cookies_file
 
         _get_session._medzoo_seam = True  # type: ignore[attr-defined]
-        # Seam: gdown opens every Drive session in gdown.download._get_session (download_folder imports it).
+        # Seam: gdown hard-codes Drive's https hosts, and opens every session in this one function.
         gd._get_session = gf._get_session = _get_session
 
 

@@ -90,7 +90,7 @@ def cmd_info(a: argparse.Namespace) -> int:
             )
         if w["url"]:
             print(f"  upstream: {w['url']}")
-            print(f"  upstream digest: {w['upstream_digest'] or 'none published'}")
+            print(f"  upstream digest: {w['upstream_digest'] or 'unpinned (none published)'}")
         if w["preprocessing"]:
             print(f"  preprocessing: {json.dumps(w['preprocessing'])}")
     return 0
@@ -98,24 +98,39 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_download(a: argparse.Namespace) -> int:
-    from zoo.hub import fetch_weights, file_digest
+    from zoo.convert import CheckpointFormatError
+    from zoo.hub import (
+        DigestMismatchError,
+        WeightsUnavailableError,
+        fetch_weights,
+        file_digest,
+        registry_digest_line,
+    )
 
     spec, tag = resolve(a.name)
     tag = tag or spec.default_tag
     if tag is None:
         print(f"{spec.name} has no weights. {spec.no_weights_reason or ''}", file=sys.stderr)
         return 2
-    path = fetch_weights(spec, spec.weight(tag), progress=not a.quiet)
+    ws = spec.weight(tag)
+    try:
+        path = fetch_weights(spec, ws, progress=not a.quiet)
+    except (WeightsUnavailableError, DigestMismatchError, CheckpointFormatError, OSError) as e:
+        # Network and content failures are one line for the user, never a traceback.
+        print(f"zoo download: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    if a.print_digest:
+        print(registry_digest_line(spec, ws, path))
+        return 0
     print(f"{spec.name}.{tag}: {path} (sha256 {file_digest(path)})")
     return 0
 
 
 @_command
 def cmd_convert(a: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
     from zoo._factory import load_weights
     from zoo.convert import convert_checkpoint, read_checkpoint
+    from zoo.hub import save_safetensors
 
     spec, _ = resolve(a.model)
     sd = convert_checkpoint(read_checkpoint(a.checkpoint), spec)
@@ -128,9 +143,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     report = load_weights(spec.builder(**args), sd, spec)
     out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"model": spec.name})
-    tmp.replace(out)
+    save_safetensors(sd, out, metadata={"model": spec.name})  # a unique temporary name per writer
     extra = f"; not in checkpoint: {len(report.newly_initialised)} (covers {report.covers})"
     print(f"wrote {out}: {len(sd)} tensors for {spec.name}{extra if report.newly_initialised else ''}")
     return 0
@@ -531,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("download", help="fetch, verify, convert and cache weights")
     s.add_argument("name", help="name.tag (or a name: its default tag)")
     s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument(
+        "--print-digest",
+        action="store_true",
+        help="print the registry fields (sha256 and size) that pin the downloaded file, to paste",
+    )
 
     s = sub.add_parser("convert", help="convert an authors' checkpoint to safetensors")
     s.add_argument("checkpoint")

@@ -32,6 +32,7 @@ from zoo.finetune import make_mni_task
 QT_SMALL = {"embed_dim": 12}
 PCT_SMALL = {"feature_chns": [4, 8, 16, 32, 64], "num_heads": [1, 2, 4]}
 FMU_SMALL = {"feature_chns": [4, 8, 16, 32, 64]}
+VF_SMALL = {"roi": [16, 32, 32], "size_min": [2, 4, 4], "size_max": [8, 16, 16]}
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +196,8 @@ def test_pretrain_from_a_tag_then_finetune_from_the_pretrain_run(hub_env, mni, t
     with served:
         rc = main(["pretrain", "volume-fusion", "--model", "fmunet", "--init", "fmunet.vf1k",
                    "--data", str(images), "--out", str(pre), "--steps", "2", "--batch-size", "2",
-                   "--model-kwargs", json.dumps(FMU_SMALL), "--spacing", "4", "4", "4", "--intensity", "zscore-nonzero",
-                   "--recipe-kwargs", json.dumps({"roi": [16, 32, 32], "size_min": [2, 4, 4], "size_max": [8, 16, 16]}),
+                   "--model-kwargs", json.dumps(FMU_SMALL), "--spacing", "4", "4", "4",
+                   "--intensity", "zscore-nonzero", "--recipe-kwargs", json.dumps(VF_SMALL),
                    "-q"])  # fmt: skip
     assert rc == 0
     init = json.loads((pre / "config.json").read_text())["pretraining"]["init"]
@@ -226,8 +227,9 @@ def test_unreachable_weights_stop_the_run_before_training(hub_env, mni, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot obtain weights qtunet-t.ct-ssl" in err[0]
     assert not step0 and not run.exists()
-    assert main(["pretrain", "volume-fusion", "--model", "fmunet", "--init", "fmunet.vf1k", "--data", str(mni),
-                 "--out", str(tmp_path / "pre"), "--steps", "1", "-q"]) == 2  # fmt: skip
+    argv = ["pretrain", "volume-fusion", "--model", "fmunet", "--init", "fmunet.vf1k", "--data", str(mni),
+            "--out", str(tmp_path / "pre"), "--steps", "1", "-q"]  # fmt: skip
+    assert main(argv) == 2
     assert "fmunet.vf1k" in capsys.readouterr().err and not (tmp_path / "pre").exists()
 
 

@@ -269,3 +269,40 @@ def test_a_rerun_uses_the_saved_settings_refuses_changed_ones_and_may_extend(mni
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["step"], cfg["optim"]["lr"], cfg["finetune"]["lr"]) == (3, 3e-3, 3e-3)
     assert cfg["init"] is None and cfg["tag"] is None  # random initialisation, recorded as such
+
+
+def test_the_card_section_teaches_fine_tuning_with_the_measured_result(tmp_path):
+    import subprocess
+    import sys
+
+    from zoo.presets import finetune_card_section
+
+    record = {
+        "model": "fmunet",
+        "model_args": {"feature_chns": [8, 16, 32, 64, 128]},
+        "command": "python benchmarks/finetune_mni.py --seeds 3",
+        "pretraining": {"method": "volume-fusion"},
+        "finetune": {"steps": 60},
+        "summary": {
+            "pretrained": {
+                "1": {"mean": 0.5, "std": 0.1, "n": 3},
+                "4": {"mean": 0.812, "std": 0.011, "n": 3},
+            },
+            "random": {"1": {"mean": 0.4, "std": 0.1, "n": 3}, "4": {"mean": 0.777, "std": 0.023, "n": 3}},
+        },
+    }
+    (tmp_path / "r.json").write_text(json.dumps(record))
+    text = finetune_card_section(zoo.get_spec("pctnet"), results=tmp_path / "r.json")
+    assert text.startswith("## Fine-tune\n") and "Preset `pctnet`" in text
+    assert "zoo finetune pctnet.vf110k --data datalist.json --out runs/pctnet-vf110k" in text
+    assert "| crop | 64×128×128" in text and "| learning rate | 0.001 (adam, step" in text
+    assert "0.812 ± 0.011" in text and "0.777 ± 0.023" in text and "4 labelled volume(s)" in text
+    assert "`fmunet`, not this model," in text and "python benchmarks/finetune_mni.py --seeds 3" in text
+    qt = finetune_card_section("qtunet-t", results=tmp_path / "missing.json")
+    assert "Preset `qtunet-btcv`" in qt and "covers the encoder" in qt and "| learning rate | 0.0004" in qt
+    assert "none recorded yet" in qt
+    fmu = finetune_card_section("fmunet", results=tmp_path / "r.json")
+    assert "(MNI152 grey/white-matter sample task, this model at reduced widths" in fmu
+    # Importable where only the card generator runs: no MONAI, no nibabel.
+    code = "import sys, zoo.presets; sys.exit(int('monai' in sys.modules or 'nibabel' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -236,3 +236,21 @@ def test_unreachable_weights_stop_the_run_before_training(hub_env, mni, tmp_path
 def test_a_tag_and_a_checkpoint_together_are_refused(mni, tmp_path, capsys):
     assert _finetune("fmunet.vf1k", mni, tmp_path / "run", "--checkpoint", str(tmp_path)) == 2
     assert "start from one" in capsys.readouterr().err
+
+
+def test_a_run_never_writes_over_its_own_starting_checkpoint(mni, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = zoo.create("fmunet", num_classes=3, **FMU_SMALL)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "start.safetensors"))
+    before = (run / "start.safetensors").read_bytes()
+    assert _finetune("fmunet", mni, run, "--checkpoint", str(run / "start.safetensors")) == 2
+    assert "overwrite the weights it starts from" in capsys.readouterr().err
+    argv = ["pretrain", "volume-fusion", "--model", "fmunet", "--init", str(run), "--data", str(mni),
+            "--out", str(run), "--steps", "1", "-q"]  # fmt: skip
+    assert main(argv) == 2 and "choose another --out" in capsys.readouterr().err
+    assert (run / "start.safetensors").read_bytes() == before and sorted(p.name for p in run.iterdir()) == [
+        "start.safetensors"
+    ]

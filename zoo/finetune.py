@@ -54,6 +54,7 @@ __all__ = [
     "ModelStart",
     "resolve_start",
     "create_model",
+    "check_output_spares_input",
     "describe_load",
     "read_saved_settings",
     "resolve_settings",
@@ -566,6 +567,22 @@ def resolve_start(
     return ModelStart(spec.name, tag, None)
 
 
+def check_output_spares_input(start: ModelStart, out_dir: str | Path) -> None:
+    """Refuse a run folder that holds (or is) its own starting checkpoint: saving would overwrite it.
+
+    Raises:
+        ValueError: naming both paths.
+    """
+    if start.checkpoint is None:
+        return
+    ckpt, out = Path(start.checkpoint).resolve(), Path(out_dir).resolve()
+    if ckpt == out or out in ckpt.parents:
+        raise ValueError(
+            f"the checkpoint {start.checkpoint} lies in the output folder {out_dir}: the run would overwrite "
+            "the weights it starts from; choose another --out"
+        )
+
+
 def create_model(start: ModelStart, **kwargs: Any) -> nn.Module:
     """The model of ``start`` through ``zoo.create`` (the one weights path), in train mode.
 
@@ -918,6 +935,7 @@ def finetune(
 
     # 1. settings, resolved once: preset ← the saved run's ← the caller's
     start = resolve_start(name, pretrained, checkpoint_path)
+    check_output_spares_input(start, out_dir)
     _check_segmenter(resolve(start.name)[0])
     dl = read_datalist(data)
     if not dl["validation"]:

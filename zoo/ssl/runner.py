@@ -356,7 +356,7 @@ def pretrain(
     import shutil
 
     from zoo._registry import resolve
-    from zoo.finetune import create_model, describe_load
+    from zoo.finetune import check_output_spares_input, create_model, describe_load
     from zoo.ssl.slice_swav import PIPELINES
 
     stages = PIPELINES.get(method, (method,))
@@ -369,6 +369,7 @@ def pretrain(
                 f"{spec.name} is a {spec.family} model"
             )
     start = resolve_init(model, init, pretrained)
+    check_output_spares_input(start, out)
     net = create_model(start, **dict(model_args or {}))
     args = dict(net.pretrained_cfg["model_args"])
     log.info("pretraining %s from %s", spec.name, describe_load(net.pretrained_cfg["weights"]))

@@ -93,7 +93,7 @@ def finetune_once(datalist: Path, out: Path, init: Path | None, seed: int, args:
     )  # fmt: skip
     m = r.metrics
     return {"dice_gm": m["dice_1"], "dice_wm": m["dice_2"], "dice_mean": m["dice_mean"], "seconds": r.seconds,
-            "init": (r.init or {}).get("sha256")}  # fmt: skip
+            "init_sha256": (r.init or {}).get("sha256")}  # fmt: skip
 
 
 def subset(datalist: Path, k: int, out: Path) -> Path:
@@ -143,7 +143,7 @@ def plot(summary: dict, path: Path) -> None:
             s = runs[str(k)]
             d.line([(px, y(s["mean"] - s["std"])), (px, y(s["mean"] + s["std"]))], fill=c, width=1)
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
-        d.text((w - m - 150, m + 10 + 16 * i), f"— {name} init", fill=c)
+        d.text((w - m - 150, m + 10 + 16 * i), f"- {name} init", fill=c)
     img.save(path)
 
 
@@ -182,8 +182,35 @@ def main() -> int:
                 print(f"{name:10s} k={k} seed={seed}: Dice {res['dice_mean']:.3f} ({res['seconds']:.0f} s)",
                       flush=True)  # fmt: skip
     total = time.perf_counter() - started
-    load_end = loadavg()
+    record, text = report(runs, ssl, args, command, total, load_start, loadavg())
+    print(text)
+    if args.write:
+        (HERE / "finetune_mni.json").write_text(json.dumps(record, indent=1) + "\n")
+        (HERE / "finetune_mni.md").write_text(text + "\n")
+        plot(record["summary"], HERE / "finetune_mni.png")
+    return 0
 
+
+def verdict(summary: dict) -> str:
+    """One sentence on the outcome: which differences exceed the spread over seeds."""
+    parts, beyond = [], 0
+    for k in LABELLED:
+        pre, rnd = summary["pretrained"][str(k)], summary["random"][str(k)]
+        diff, spread = pre["mean"] - rnd["mean"], max(pre["std"], rnd["std"])
+        beyond += abs(diff) > spread
+        parts.append(f"{diff:+.3f} with {k} (seed spread ±{spread:.3f})")
+    head = (
+        "Outcome: no difference beyond the spread over seeds"
+        if not beyond
+        else f"Outcome: {beyond} of {len(LABELLED)} differences exceed the spread over seeds"
+    )
+    return f"{head}: pretrained − random = {', '.join(parts)} labelled volume(s)."
+
+
+def report(
+    runs: list[dict], ssl: dict, args: argparse.Namespace, command: str, total: float, load_start, load_end
+) -> tuple[dict, str]:
+    """The record (``finetune_mni.json``) and the Markdown of a finished benchmark."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for name in ("pretrained", "random"):
         summary[name] = {}
@@ -252,6 +279,8 @@ def main() -> int:
             "|---|---|---|---|",
             *rows,
             "",
+            verdict(summary),
+            "",
             "![Dice against labelled volumes](finetune_mni.png)",
             "",
             "Every run (Dice per class, seconds) is in `finetune_mni.json`. This is one small model, a few "
@@ -259,12 +288,7 @@ def main() -> int:
             "transfers something, not what the published weights are worth.",
         ]
     )
-    print(text)
-    if args.write:
-        (HERE / "finetune_mni.json").write_text(json.dumps(record, indent=1) + "\n")
-        (HERE / "finetune_mni.md").write_text(text + "\n")
-        plot(summary, HERE / "finetune_mni.png")
-    return 0
+    return record, text
 
 
 if __name__ == "__main__":

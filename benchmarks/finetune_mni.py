@@ -165,7 +165,13 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     from zoo.finetune import make_mni_task
 
-    command = "python benchmarks/finetune_mni.py " + shlex.join(a for a in sys.argv[1:] if a != "--write")
+    # The command as others would rerun it: no --write, and no local --work folder in the record.
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if not skip and a not in ("--write", "--work") and not a.startswith("--work="):
+            argv.append(a)
+        skip = a == "--work"
+    command = ("python benchmarks/finetune_mni.py " + shlex.join(argv)).strip()
     work = Path(args.work or tempfile.mkdtemp(prefix="zoo-finetune-mni-"))
     started = time.perf_counter()
     load_start = loadavg()

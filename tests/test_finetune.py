@@ -306,3 +306,14 @@ def test_the_card_section_teaches_fine_tuning_with_the_measured_result(tmp_path)
     # Importable where only the card generator runs: no MONAI, no nibabel.
     code = "import sys, zoo.presets; sys.exit(int('monai' in sys.modules or 'nibabel' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(str(out / ".train.lock")), pytest.raises(RuntimeError, match="another process is training"):
+        _tiny_run(out, total=2)
+    assert not (out / "trainer_state.pt").exists()
+    assert _tiny_run(out, total=2).step == 2  # the lock is free again

@@ -78,6 +78,7 @@ LORA_FILE = "lora_state.safetensors"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
+LOCK_FILE = ".train.lock"
 
 
 # ---------------------------------------------------------------------------------------
@@ -600,7 +601,58 @@ def train(
             (Ctrl-C or SIGTERM; the message names the signal); rerunning with
             ``resume=True`` continues from there.
         RunSettingsChangedError: resuming with other settings than the run's.
+        RuntimeError: another process is training in ``out_dir``.
     """
+    args = dict(locals())
+    with _run_lock(Path(out_dir), distributed_context(device)):
+        return _train(**args)
+
+
+@contextmanager
+def _run_lock(out: Path, info: DistInfo) -> Iterator[None]:
+    # Two runs writing one folder would interleave checkpoints and resume from each other's state.
+    if not info.is_main:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(
+            f"another process is training in {out} (it holds {LOCK_FILE}); wait for it to finish or "
+            "choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    train_loader: DataLoader,
+    out_dir: str | Path,
+    optim: OptimConfig,
+    total_steps: int,
+    *,
+    val_fn: Callable[[nn.Module], Mapping[str, float]] | None,
+    val_every: int | None,
+    monitor: str | None,
+    save_every: int | None,
+    grad_accum_steps: int,
+    resume: bool,
+    config: Mapping[str, Any] | None,
+    progress: bool,
+    log_every: int,
+    device: str | torch.device | None,
+    amp: bool,
+    find_unused_parameters: bool,
+    settings: Mapping[str, Any] | None,
+) -> TrainResult:
     if total_steps < 1 or grad_accum_steps < 1:
         raise ValueError(
             f"need total_steps >= 1 and grad_accum_steps >= 1, got {total_steps}, {grad_accum_steps}"

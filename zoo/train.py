@@ -628,6 +628,8 @@ def _run_lock(out: Path, info: DistInfo) -> Iterator[None]:
     try:
         yield
     finally:
+        # Removed while still held, so the run folder keeps only the run's files.
+        (out / LOCK_FILE).unlink(missing_ok=True)
         lock.release()
 
 

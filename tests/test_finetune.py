@@ -317,3 +317,23 @@ def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
         _tiny_run(out, total=2)
     assert not (out / "trainer_state.pt").exists()
     assert _tiny_run(out, total=2).step == 2  # the lock is free again
+
+
+def test_what_a_run_starts_from_is_resolved_once_for_finetune_and_pretrain(tmp_path):
+    from zoo.finetune import ModelStart, resolve_start
+    from zoo.ssl.runner import resolve_init
+
+    assert resolve_start("qtunet-t.ct-ssl") == ModelStart("qtunet-t", "ct-ssl", None)
+    assert resolve_start("fmunet", pretrained=True) == ModelStart("fmunet", "vf1k", None)
+    assert resolve_start("fmunet") == ModelStart("fmunet", None, None)
+    assert resolve_init("fmunet", "fmunet.vf1k") == ModelStart("fmunet", "vf1k", None)
+    assert resolve_init("fmunet", None, pretrained=True) == ModelStart("fmunet", "vf1k", None)
+    assert resolve_init("fmunet", tmp_path) == ModelStart("fmunet", None, str(tmp_path))
+    with pytest.raises(ValueError, match="holds pctnet weights"):
+        resolve_init("fmunet", "pctnet.vf110k")
+    with pytest.raises(FileNotFoundError, match="nor a registered NAME.TAG"):
+        resolve_init("fmunet", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="start from one"):
+        resolve_start("fmunet", pretrained=True, checkpoint_path=tmp_path)
+    with pytest.raises(zoo.NoPretrainedWeightsError):
+        resolve_start("ulkanet", pretrained=True)

@@ -127,7 +127,7 @@ def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run
         zoo.create("fmunet", checkpoint_path=tmp_path)
 
 
-def _tiny_run(out, total, stop_at_call=None):
+def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None):
     # The loop is model-agnostic: a two-layer net with dropout (its RNG state must be restored too).
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -147,9 +147,11 @@ def _tiny_run(out, total, stop_at_call=None):
         calls["n"] += 1
         if calls["n"] == stop_at_call:
             raise KeyboardInterrupt
+        if on_call is not None:
+            on_call(calls["n"])
         return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
 
-    optim = OptimConfig(lr=1e-2, warmup_steps=2)
+    optim = OptimConfig(lr=lr, warmup_steps=2)
     return train(model, loss_fn, make_loader(data, 2), out, optim, total, progress=False)
 
 
@@ -214,3 +216,124 @@ def test_a_run_derived_from_weights_without_a_redistribution_licence_is_refused(
     argv = ["publish", str(run), "--repo", "me/x", "--dry-run", "--out", str(out), "--permission-obtained"]
     assert main(argv) == 0
     assert json.loads((out / "config.json").read_text())["derived_from"] == "ct-ssl"
+
+
+def test_the_interruption_message_names_the_signal(tmp_path, capsys):
+    import os
+    import signal
+
+    def sigterm(call):
+        if call == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        _tiny_run(tmp_path / "term", total=6, on_call=sigterm)
+    assert "interrupted by SIGTERM: step 2 is saved" in capsys.readouterr().out
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        _tiny_run(tmp_path / "int", total=6, stop_at_call=2)
+    assert "interrupted by SIGINT: step 1 is saved" in capsys.readouterr().out
+
+
+def test_train_refuses_to_resume_with_other_settings_and_says_when_a_run_is_complete(tmp_path, capsys):
+    from zoo.train import RunSettingsChangedError
+
+    _tiny_run(tmp_path / "run", total=3)
+    capsys.readouterr()
+    with pytest.raises(RunSettingsChangedError, match=r"optim\.lr 0\.01 → 0\.5.*--restart"):
+        _tiny_run(tmp_path / "run", total=4, lr=0.5)
+    done = _tiny_run(tmp_path / "run", total=3)
+    assert done.already_complete and done.losses == []
+    assert "already complete (step 3 of 3)" in capsys.readouterr().out
+    longer = _tiny_run(tmp_path / "run", total=4)  # the run's length may change: the schedule follows it
+    assert [s for s, _ in longer.losses] == [4] and "total_steps 3 → 4" in capsys.readouterr().out
+
+
+def test_a_rerun_uses_the_saved_settings_refuses_changed_ones_and_may_extend(mni_task, tmp_path, capsys):
+    from zoo.cli import main
+
+    out = tmp_path / "run"
+    base = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(out), "--roi", "32", "32", "32",
+            "--batch-size", "1", "--num-samples", "1", "--val-every", "2", "--preset", "default",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main([*base, "--steps", "2", "--lr", "3e-3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--steps", "2", "--lr", "1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "lr 0.003 → 0.0001" in err and "--restart" in err and len(err.strip().splitlines()) == 1
+    assert main([*base, "--steps", "2", "--lr", "3e-3"]) == 0
+    assert "already complete (step 2 of 2)" in capsys.readouterr().out
+    # No --lr: the saved run's 3e-3, not the preset's 1e-4; more steps are applied and said.
+    assert main([*base, "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "total_steps 2 → 3" in printed and "lr 0.003" in printed
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["step"], cfg["optim"]["lr"], cfg["finetune"]["lr"]) == (3, 3e-3, 3e-3)
+    assert cfg["init"] is None and cfg["tag"] is None  # random initialisation, recorded as such
+
+
+def test_the_card_section_teaches_fine_tuning_with_the_measured_result(tmp_path):
+    import subprocess
+    import sys
+
+    from zoo.presets import finetune_card_section
+
+    record = {
+        "model": "fmunet",
+        "model_args": {"feature_chns": [8, 16, 32, 64, 128]},
+        "command": "python benchmarks/finetune_mni.py --seeds 3",
+        "pretraining": {"method": "volume-fusion"},
+        "finetune": {"steps": 60},
+        "summary": {
+            "pretrained": {
+                "1": {"mean": 0.5, "std": 0.1, "n": 3},
+                "4": {"mean": 0.812, "std": 0.011, "n": 3},
+            },
+            "random": {"1": {"mean": 0.4, "std": 0.1, "n": 3}, "4": {"mean": 0.777, "std": 0.023, "n": 3}},
+        },
+    }
+    (tmp_path / "r.json").write_text(json.dumps(record))
+    text = finetune_card_section(zoo.get_spec("pctnet"), results=tmp_path / "r.json")
+    assert text.startswith("## Fine-tune\n") and "Preset `pctnet`" in text
+    assert "zoo finetune pctnet.vf110k --data datalist.json --out runs/pctnet-vf110k" in text
+    assert "| crop | 64×128×128" in text and "| learning rate | 0.001 (adam, step" in text
+    assert "0.812 ± 0.011" in text and "0.777 ± 0.023" in text and "4 labelled volume(s)" in text
+    assert "`fmunet`, not this model," in text and "python benchmarks/finetune_mni.py --seeds 3" in text
+    qt = finetune_card_section("qtunet-t", results=tmp_path / "missing.json")
+    assert "Preset `qtunet-btcv`" in qt and "covers the encoder" in qt and "| learning rate | 0.0004" in qt
+    assert "none recorded yet" in qt
+    fmu = finetune_card_section("fmunet", results=tmp_path / "r.json")
+    assert "(MNI152 grey/white-matter sample task, this model at reduced widths" in fmu
+    # Importable where only the card generator runs: no MONAI, no nibabel.
+    code = "import sys, zoo.presets; sys.exit(int('monai' in sys.modules or 'nibabel' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(str(out / ".train.lock")), pytest.raises(RuntimeError, match="another process is training"):
+        _tiny_run(out, total=2)
+    assert not (out / "trainer_state.pt").exists()
+    assert _tiny_run(out, total=2).step == 2  # the lock is free again
+
+
+def test_what_a_run_starts_from_is_resolved_once_for_finetune_and_pretrain(tmp_path):
+    from zoo.finetune import ModelStart, resolve_start
+    from zoo.ssl.runner import resolve_init
+
+    assert resolve_start("qtunet-t.ct-ssl") == ModelStart("qtunet-t", "ct-ssl", None)
+    assert resolve_start("fmunet", pretrained=True) == ModelStart("fmunet", "vf1k", None)
+    assert resolve_start("fmunet") == ModelStart("fmunet", None, None)
+    assert resolve_init("fmunet", "fmunet.vf1k") == ModelStart("fmunet", "vf1k", None)
+    assert resolve_init("fmunet", None, pretrained=True) == ModelStart("fmunet", "vf1k", None)
+    assert resolve_init("fmunet", tmp_path) == ModelStart("fmunet", None, str(tmp_path))
+    with pytest.raises(ValueError, match="holds pctnet weights"):
+        resolve_init("fmunet", "pctnet.vf110k")
+    with pytest.raises(FileNotFoundError, match="nor a registered NAME.TAG"):
+        resolve_init("fmunet", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="start from one"):
+        resolve_start("fmunet", pretrained=True, checkpoint_path=tmp_path)
+    with pytest.raises(zoo.NoPretrainedWeightsError):
+        resolve_start("ulkanet", pretrained=True)

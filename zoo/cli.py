@@ -469,8 +469,9 @@ def cmd_finetune(a: argparse.Namespace) -> int:
             progress=not a.quiet,
             model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None,
         )
-    except KeyboardInterrupt:
-        print(f"zoo finetune: interrupted; rerun the same command to resume from {a.out}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"zoo finetune: interrupted by {e or 'SIGINT'}; rerun the same command to resume {a.out}",
+              file=sys.stderr)  # fmt: skip
         return 130
     return 0
 
@@ -515,11 +516,16 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
             device=a.device,
             resume=not a.restart,
             progress=not a.quiet,
+            pretrained=a.pretrained or None,
         )
-    except KeyboardInterrupt:
-        print(f"zoo pretrain: interrupted; rerun the same command to resume from {a.out}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"zoo pretrain: interrupted by {e or 'SIGINT'}; rerun the same command to resume {a.out}",
+              file=sys.stderr)  # fmt: skip
         return 130
     cfg = json.loads(r.config.read_text())
+    from zoo.finetune import describe_load
+
+    print(describe_load((cfg.get("pretraining") or {}).get("init")))
     print(
         f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
         f"load with zoo.create({cfg['model_name']!r}, checkpoint_path={str(r.checkpoint)!r}, **model_args "
@@ -640,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=None, help="recipe (default: the family's; see --list-presets)")
     s.add_argument("--list-presets", action="store_true", help="print every preset's values and exit")
     s.add_argument("--pretrained", action="store_true", help="load the default weights when NAME has no tag")
-    s.add_argument("--checkpoint", default=None, help="start from this checkpoint file")
+    s.add_argument("--checkpoint", default=None, help="start from this checkpoint file or run folder")
     s.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the preset's recipe)")
     s.add_argument("--epochs", type=int, default=None, help="epochs over the training cases (not --steps)")
     s.add_argument("--batch-size", type=int, default=None, help="cases per step and process")
@@ -676,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="datalist JSON of unlabelled images (a list, or MONAI's 'training')")
     s.add_argument("--out", help="run folder (model.safetensors, config.json, trainer/); resumes a run")
     s.add_argument("--steps", default="1000", help="optimiser steps (pipelines: a total, or a,b,c per stage)")
-    s.add_argument("--init", default=None, help="start from this checkpoint file")
+    s.add_argument("--init", default=None, help="start from a checkpoint file, a run folder or NAME.TAG")
+    s.add_argument("--pretrained", action="store_true", help="start from the model's default weights")
     s.add_argument("--batch-size", type=int, default=None, help="per process (default: the paper's)")
     s.add_argument("--lr", type=float, default=None, help="default: the paper's")
     s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")

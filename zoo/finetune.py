@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -50,6 +51,18 @@ __all__ = [
     "resolve_intensity",
     "build_transforms",
     "evaluate_dice",
+    "ModelStart",
+    "resolve_start",
+    "create_model",
+    "check_output_spares_input",
+    "describe_load",
+    "read_saved_settings",
+    "resolve_settings",
+    "merge_saved",
+    "build_model",
+    "adapt_model",
+    "build_datasets",
+    "run_config",
     "finetune",
     "load_finetuned",
 ]
@@ -274,10 +287,17 @@ class FinetuneSettings:
     lr: float
     model_args: dict[str, Any] = field(default_factory=dict)
     adapters: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
 
     def describe(self) -> str:
         names = ", ".join(f"{k} {v}" for k, v in sorted(self.label_names.items()))
-        mode = f"weights {self.model}.{self.tag}" if self.tag else "from scratch (random initialisation)"
+        mode = (
+            f"weights {self.model}.{self.tag}"
+            if self.tag
+            else f"checkpoint {self.checkpoint}"
+            if self.checkpoint
+            else "from scratch (random initialisation)"
+        )
         return "\n".join(
             [
                 f"model: {self.model}, {mode}; {self.in_chans} channel(s) in, "
@@ -474,7 +494,7 @@ def evaluate_dice(
 
 
 # ---------------------------------------------------------------------------------------
-# the pipeline
+# the pipeline: start → settings → model → data → train, each step a function of its own
 
 
 @dataclass
@@ -488,6 +508,111 @@ class FinetuneResult:
     metrics: dict[str, float]
     best: float | None
     seconds: float
+    init: dict[str, Any] | None = None
+    already_complete: bool = False
+
+
+@dataclass(frozen=True)
+class ModelStart:
+    """Which model a run builds and what it starts from (shared by ``zoo finetune`` and ``zoo pretrain``).
+
+    Attributes:
+        name: the registry name.
+        tag: registered weights to load (None: none).
+        checkpoint: a checkpoint file or run folder to load instead (None: none).
+    """
+
+    name: str
+    tag: str | None = None
+    checkpoint: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}.{self.tag}" if self.tag else self.name
+
+    def describe(self) -> str:
+        if self.tag:
+            return f"weights {self.model_id}"
+        if self.checkpoint:
+            return f"checkpoint {self.checkpoint}"
+        return "random initialisation"
+
+
+def resolve_start(
+    name: str, pretrained: bool | None = None, checkpoint_path: str | Path | None = None
+) -> ModelStart:
+    """What a run starts from: ``NAME.TAG`` (or ``pretrained`` → the default tag), a checkpoint, or nothing.
+
+    Raises:
+        ValueError: both a tag and a checkpoint, or an unknown name or tag.
+        zoo.NoPretrainedWeightsError: ``pretrained`` for a model without weights.
+    """
+    from zoo._factory import NoPretrainedWeightsError
+
+    spec, tag = resolve(name)
+    if checkpoint_path is not None:
+        if tag is not None or pretrained:
+            # One start only: loading a tag and then a file over it would record the wrong origin.
+            raise ValueError(
+                f"{name} names registered weights and a checkpoint ({checkpoint_path}) is given too; "
+                f"start from one: {spec.name} with the checkpoint, or {spec.name}.TAG alone"
+            )
+        return ModelStart(spec.name, None, str(checkpoint_path))
+    if tag is None and pretrained:
+        tag = spec.default_tag
+        if tag is None:
+            raise NoPretrainedWeightsError(f"{spec.name} has no pretrained weights: {spec.no_weights_reason}")
+    if tag is not None:
+        spec.weight(tag)
+    return ModelStart(spec.name, tag, None)
+
+
+def check_output_spares_input(start: ModelStart, out_dir: str | Path) -> None:
+    """Refuse a run folder that holds (or is) its own starting checkpoint: saving would overwrite it.
+
+    Raises:
+        ValueError: naming both paths.
+    """
+    if start.checkpoint is None:
+        return
+    ckpt, out = Path(start.checkpoint).resolve(), Path(out_dir).resolve()
+    if ckpt == out or out in ckpt.parents:
+        raise ValueError(
+            f"the checkpoint {start.checkpoint} lies in the output folder {out_dir}: the run would overwrite "
+            "the weights it starts from; choose another --out"
+        )
+
+
+def create_model(start: ModelStart, **kwargs: Any) -> nn.Module:
+    """The model of ``start`` through ``zoo.create`` (the one weights path), in train mode.
+
+    Weights that are asked for load or the call fails: unreachable weights raise
+    ``zoo.hub.WeightsUnavailableError`` before any training.
+
+    Returns:
+        The model; ``model.pretrained_cfg["weights"]`` records what was loaded (None: random).
+    """
+    import zoo
+
+    model = zoo.create(
+        start.model_id, pretrained=start.tag is not None, checkpoint_path=start.checkpoint, **kwargs
+    )
+    record = model.pretrained_cfg.get("weights")
+    if (start.tag or start.checkpoint) and record is None:
+        raise RuntimeError(f"{start.describe()} was asked for but zoo.create loaded nothing")
+    return model.train()
+
+
+def describe_load(record: Mapping[str, Any] | None) -> str:
+    """One line on what a model was initialised from (``pretrained_cfg["weights"]``)."""
+    if record is None:
+        return "initialised: random (no weights loaded)"
+    line = f"loaded {record['id']} ({record['covers']}, sha256 {str(record['sha256'])[:12]}…)"
+    if record.get("identified_as") and record["identified_as"] != record["id"]:
+        line += f", identified as {record['identified_as']}"
+    if record.get("newly_initialised"):
+        line += f"; newly initialised: {', '.join(record['newly_initialised'])}"
+    return line
 
 
 def _labels_in(cases: Sequence[Mapping[str, str]]) -> int:
@@ -514,6 +639,218 @@ def _check_segmenter(spec: ModelSpec) -> None:
             f"{spec.name} is not a 3D segmentation model (input {spec.input_size}); zoo finetune trains "
             "3D segmenters on NIfTI volumes. Use zoo.train.train with your own loss for other tasks."
         )
+
+
+# The caller's overrides → the settings field each one sets.
+_OVERRIDE_FIELDS = {
+    "steps": "total_steps",
+    "epochs": "total_steps",
+    "batch_size": "batch_size",
+    "num_samples": "num_samples",
+    "lr": "lr",
+    "roi_size": "roi_size",
+    "spacing_mm": "spacing_mm",
+    "intensity": "intensity",
+    "crop": "crop",
+    "num_classes": "num_classes",
+    "in_chans": "in_chans",
+    "val_every": "val_every",
+    "freeze": "adapters",
+    "lora_rank": "adapters",
+    "layer_decay": "adapters",
+    "preset": "preset",
+}
+
+
+def read_saved_settings(out_dir: str | Path) -> dict[str, Any] | None:
+    """The settings of a resumable ``zoo finetune`` run in ``out_dir`` (None: no run to resume)."""
+    from zoo.train import CONFIG_FILE, STATE_FILE
+
+    out = Path(out_dir)
+    if not (out / STATE_FILE).is_file() or not (out / CONFIG_FILE).is_file():
+        return None
+    try:
+        saved = json.loads((out / CONFIG_FILE).read_text()).get("finetune")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{out / CONFIG_FILE}: unreadable run record ({e}); use another --out") from e
+    return saved if isinstance(saved, dict) else None
+
+
+def resolve_settings(
+    start: ModelStart,
+    datalist: Mapping[str, Any],
+    preset: Preset,
+    overrides: Mapping[str, Any],
+    world_size: int = 1,
+) -> FinetuneSettings:
+    """The settings of a new run: the preset and the weights' preprocessing, then the caller's overrides.
+
+    Args:
+        start: the model and its weights.
+        datalist: :func:`read_datalist`'s result.
+        preset: the recipe.
+        overrides: the caller's values (keys of :data:`_OVERRIDE_FIELDS`; None = not given).
+        world_size: processes (an epoch is shared between them).
+    """
+    spec = resolve(start.name)[0]
+    o = {k: v for k, v in overrides.items() if v is not None}
+    ws = spec.weight(start.tag) if start.tag else None
+    prep = dict(ws.preprocessing) if ws else {}
+    n_cls = o.get("num_classes") or (
+        len(datalist["labels"]) if datalist["labels"] else _labels_in(datalist["training"])
+    )
+    n_in = o.get("in_chans") or datalist["num_modalities"] or _channels_of(datalist["training"][0]["image"])
+    names = datalist["labels"] or {i: ("background" if i == 0 else f"class {i}") for i in range(n_cls)}
+    roi = tuple(int(r) for r in o["roi_size"]) if "roi_size" in o else tuple(spec.input_size[1:])
+    spacing = o.get("spacing_mm") or (
+        prep.get("spacing_mm") if isinstance(prep.get("spacing_mm"), list | tuple) else None
+    )
+    spacing = tuple(float(v) for v in spacing) if spacing else (preset.spacing_mm if not ws else None)
+    bs = o.get("batch_size") or preset.batch_size
+    per_epoch = max(len(datalist["training"]) // (bs * world_size), 1)
+    total = o.get("steps") or (
+        o["epochs"] * per_epoch
+        if o.get("epochs")
+        else preset.total_steps(len(datalist["training"]), world_size)
+    )
+    return FinetuneSettings(
+        model=spec.name,
+        tag=start.tag,
+        preset=preset.name,
+        in_chans=n_in,
+        num_classes=n_cls,
+        label_names=names,
+        roi_size=roi,
+        spacing_mm=spacing,
+        orientation=None if "native" in str(prep.get("orientation", "")) else "RAS",
+        slice_axis_first=prep.get("axis_order") == "zyx",
+        intensity=resolve_intensity(prep, preset, o.get("intensity")),
+        batch_size=bs,
+        num_samples=o.get("num_samples") or preset.num_samples,
+        crop=o.get("crop") or preset.crop,
+        total_steps=total,
+        val_every=o.get("val_every") or max(int(round(preset.val_every_fraction * total)), 1),
+        lr=o.get("lr") or preset.optim.lr,
+        adapters={k: o[k] for k in ("freeze", "lora_rank", "layer_decay") if o.get(k)},
+        checkpoint=start.checkpoint,
+    )
+
+
+def _settings_from_record(rec: Mapping[str, Any]) -> FinetuneSettings:
+    fields = {k: rec[k] for k in FinetuneSettings.__dataclass_fields__ if k in rec}
+    for key in ("roi_size", "spacing_mm"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    fields["label_names"] = {int(k): v for k, v in (fields.get("label_names") or {}).items()}
+    return FinetuneSettings(**fields)
+
+
+def merge_saved(
+    new: FinetuneSettings, saved: Mapping[str, Any], given: set[str], out_dir: str | Path = "the run folder"
+) -> tuple[FinetuneSettings, list[str]]:
+    """A rerun's settings: the saved run's, with the caller's overrides checked against them.
+
+    Settings the caller did not give are the saved run's (not the preset's). A given value
+    that differs is refused, except the run's length, which is applied.
+
+    Returns:
+        The settings to resume with, and the applied changes (``"total_steps 8 → 12"``).
+
+    Raises:
+        zoo.train.RunSettingsChangedError: naming the changed settings and how to start anew.
+    """
+    from zoo.train import check_resume
+
+    old = _settings_from_record(saved)
+    fixed = {"model", "tag", "checkpoint"} | {_OVERRIDE_FIELDS[k] for k in given if k in _OVERRIDE_FIELDS}
+    pick = lambda s: {f: getattr(s, f) for f in sorted(fixed)}  # noqa: E731
+    applied = check_resume(out_dir, pick(old), pick(new))
+    merged = old
+    if "total_steps" in fixed and new.total_steps != old.total_steps:
+        merged = dataclasses.replace(old, total_steps=new.total_steps)
+    return merged, applied
+
+
+def build_model(
+    settings: FinetuneSettings, start: ModelStart, preset: Preset, model_kwargs: Mapping[str, Any] | None
+) -> tuple[nn.Module, bool]:
+    """The model to train, through :func:`create_model`; returns it and whether it has deep supervision."""
+    spec = resolve(start.name)[0]
+    kwargs: dict[str, Any] = dict(model_kwargs or {})
+    if "img_size" in spec.model_args:  # a model built for one input size is built for the crop
+        kwargs["img_size"] = settings.roi_size
+    create = dict(in_chans=settings.in_chans, num_classes=settings.num_classes, **kwargs)
+    deep = preset.deep_supervision
+    try:
+        model = create_model(start, **create, **({"deep_supervision": True} if deep else {}))
+    except ValueError as e:
+        if not deep or "deep_supervision" not in str(e):
+            raise
+        deep = False  # the preset asks for it, this architecture has none
+        model = create_model(start, **create)
+    settings.model_args = {
+        k: v for k, v in model.pretrained_cfg["model_args"].items() if k != "deep_supervision"
+    }
+    return model, deep
+
+
+def adapt_model(model: nn.Module, settings: FinetuneSettings) -> nn.Module:
+    """Freeze a part and/or add LoRA, as ``settings.adapters`` says."""
+    from zoo import adapt
+
+    if settings.adapters.get("freeze"):
+        adapt.freeze(model, settings.adapters["freeze"])
+    if settings.adapters.get("lora_rank"):
+        adapt.add_lora(model, r=settings.adapters["lora_rank"])
+    return model
+
+
+def build_datasets(settings: FinetuneSettings, preset: Preset, datalist: Mapping[str, Any], cache: bool):
+    """Training and validation datasets through the preprocessing of :func:`build_transforms`."""
+    from monai.data import CacheDataset, Dataset
+
+    train_tf = build_transforms(settings, preset, train=True)
+    val_tf = build_transforms(settings, preset, train=False)
+    if cache:
+        kw = dict(cache_rate=1.0, num_workers=0, progress=False)
+        return CacheDataset(datalist["training"], train_tf, **kw), CacheDataset(
+            datalist["validation"], val_tf, **kw
+        )
+    return Dataset(datalist["training"], train_tf), Dataset(datalist["validation"], val_tf)
+
+
+def run_config(
+    settings: FinetuneSettings, preset: Preset, model: nn.Module, data: str | Path
+) -> dict[str, Any]:
+    """The run's ``config.json``: enough for ``zoo.create(name, checkpoint_path=run)`` and for publishing.
+
+    ``init`` (and ``tag``) record what was actually loaded (``pretrained_cfg["weights"]``),
+    never what was asked for.
+    """
+    spec = resolve(settings.model)[0]
+    record = model.pretrained_cfg.get("weights")
+    s = settings
+    return {
+        "library_name": "medzoo",
+        "model_name": spec.name,
+        "tag": record.get("tag") if record else None,
+        "init": record,
+        "family": spec.family,
+        "model_args": s.model_args,
+        "in_chans": s.in_chans,
+        "num_classes": s.num_classes,
+        "img_size": list(s.roi_size) if "img_size" in spec.model_args else None,
+        "covers": "full",
+        "labels": {str(k): v for k, v in s.label_names.items()},
+        "preprocessing": {
+            "orientation": s.orientation or "native",
+            "axis_order": "zyx" if s.slice_axis_first else "xyz",
+            "spacing_mm": list(s.spacing_mm) if s.spacing_mm else "native",
+            "intensity_transform": s.intensity,
+        },
+        "sliding_window": {"roi_size": list(s.roi_size), "overlap": preset.overlap, "mode": preset.sw_mode},
+        "finetune": {"data": str(Path(data).resolve()), **asdict(s)},
+    }
 
 
 def finetune(
@@ -550,14 +887,22 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune a zoo segmentation model on a MONAI datalist; see the module docstring.
 
+    The flow reads in one direction: :func:`resolve_start` → settings (preset ← the saved
+    run's ← these arguments: :func:`resolve_settings`, :func:`merge_saved`) →
+    :func:`build_model` (``zoo.create``, the one weights path) → :func:`build_datasets`
+    → ``zoo.train.train``.
+
     Args:
-        name: ``NAME`` (from scratch unless ``pretrained``) or ``NAME.TAG`` (those weights).
+        name: ``NAME`` (from scratch unless ``pretrained``) or ``NAME.TAG`` (those weights,
+            loaded or the call fails before training).
         data: the datalist JSON.
         out_dir: run folder: ``model.safetensors``, ``best.safetensors``, ``config.json``,
-            ``trainer_state.pt``, ``log.jsonl``. An existing run there is resumed.
-        preset: recipe name (default: the family's, see :mod:`zoo.presets`).
+            ``trainer_state.pt``, ``log.jsonl``. An existing run there is resumed with its
+            saved settings; a given setting that differs from them is refused (only
+            ``steps``/``epochs`` may change).
+        preset: recipe name (default: the saved run's, else the family's; :mod:`zoo.presets`).
         pretrained: load the default weights tag when ``name`` names none.
-        checkpoint_path: start from this checkpoint instead (any format ``zoo.create`` reads).
+        checkpoint_path: start from this checkpoint file or run folder instead.
         steps / epochs: run length (default: the preset's full recipe).
         batch_size / num_samples / lr / crop: override the preset.
         roi_size: crop and sliding-window size (default: the model's input size).
@@ -570,7 +915,7 @@ def finetune(
         val_every: validation period in steps (default: the preset's fraction of the run).
         num_workers: data-loading processes.
         cache: cache the deterministic part of the transforms in memory.
-        resume: continue a run found in ``out_dir``.
+        resume: continue a run found in ``out_dir`` (False: start over there).
         seed: seed of weights, shuffles and augmentations.
         model_kwargs: further architecture arguments (e.g. smaller widths for a quick check).
         device: ``cpu`` / ``cuda`` (default: CUDA if present).
@@ -580,112 +925,54 @@ def finetune(
     Returns:
         A :class:`FinetuneResult`.
     """
-    from monai.data import CacheDataset, Dataset, list_data_collate
+    from monai.data import list_data_collate
     from monai.utils import set_determinism
 
-    import zoo
-    from zoo import adapt
     from zoo.train import distributed_context, make_loader, train
 
     info = distributed_context(device)
     say = print_fn if info.is_main else (lambda _msg: None)
-    spec, tag = resolve(name)
-    _check_segmenter(spec)
-    if tag is None and pretrained and checkpoint_path is None:
-        tag = spec.default_tag
-        if tag is None:
-            raise zoo.NoPretrainedWeightsError(
-                f"{spec.name} has no pretrained weights: {spec.no_weights_reason}"
-            )
-    ws = spec.weight(tag) if tag else None
-    p = get_preset(preset or default_preset_for(spec.family))
+
+    # 1. settings, resolved once: preset ← the saved run's ← the caller's
+    start = resolve_start(name, pretrained, checkpoint_path)
+    check_output_spares_input(start, out_dir)
+    _check_segmenter(resolve(start.name)[0])
     dl = read_datalist(data)
     if not dl["validation"]:
         raise ValueError(f"{data}: the datalist has no 'validation' cases (needed for the Dice report)")
-
-    n_cls = num_classes or (len(dl["labels"]) if dl["labels"] else _labels_in(dl["training"]))
-    n_in = in_chans or dl["num_modalities"] or _channels_of(dl["training"][0]["image"])
-    names = dl["labels"] or {i: ("background" if i == 0 else f"class {i}") for i in range(n_cls)}
-    prep = dict(ws.preprocessing) if ws else {}
-    fixed_size = "img_size" in spec.model_args
-    roi = tuple(int(r) for r in roi_size) if roi_size else tuple(spec.input_size[1:])
-    spacing = spacing_mm or (
-        prep.get("spacing_mm") if isinstance(prep.get("spacing_mm"), list | tuple) else None
-    )
-    spacing = tuple(float(v) for v in spacing) if spacing else (p.spacing_mm if not ws else None)
-    orientation = None if "native" in str(prep.get("orientation", "")) else "RAS"
-    bs = batch_size or p.batch_size
-    per_epoch = max(len(dl["training"]) // (bs * info.world_size), 1)
-    total = steps or (epochs * per_epoch if epochs else p.total_steps(len(dl["training"]), info.world_size))
-    settings = FinetuneSettings(
-        model=spec.name,
-        tag=tag,
-        preset=p.name,
-        in_chans=n_in,
-        num_classes=n_cls,
-        label_names=names,
-        roi_size=roi,
-        spacing_mm=spacing,
-        orientation=orientation,
-        slice_axis_first=prep.get("axis_order") == "zyx",
-        intensity=resolve_intensity(prep, p, intensity),
-        batch_size=bs,
-        num_samples=num_samples or p.num_samples,
-        crop=crop or p.crop,
-        total_steps=total,
-        val_every=val_every or max(int(round(p.val_every_fraction * total)), 1),
-        lr=lr or p.optim.lr,
-        adapters={
-            k: v for k, v in (("freeze", freeze), ("lora_rank", lora_rank), ("layer_decay", layer_decay)) if v
-        },
-    )
+    overrides = dict(
+        steps=steps, epochs=epochs, batch_size=batch_size, num_samples=num_samples, lr=lr, roi_size=roi_size,
+        spacing_mm=spacing_mm, intensity=intensity, crop=crop, num_classes=num_classes, in_chans=in_chans,
+        val_every=val_every, freeze=freeze, lora_rank=lora_rank, layer_decay=layer_decay, preset=preset,
+    )  # fmt: skip
+    saved = read_saved_settings(out_dir) if resume else None
+    p = get_preset(preset or (saved or {}).get("preset") or default_preset_for(resolve(start.name)[0].family))
+    settings = resolve_settings(start, dl, p, overrides, info.world_size)
+    if saved is not None:
+        given = {k for k, v in overrides.items() if v is not None}
+        settings, applied = merge_saved(settings, saved, given, out_dir)
+        say(
+            f"resuming the run in {out_dir} with its saved settings"
+            + (f"; applied {applied}" if applied else "")
+        )
     say(p.describe())
     say(settings.describe())
 
+    # 2. the model, through the one weights path
     set_determinism(seed)
-    kwargs: dict[str, Any] = dict(model_kwargs or {})
-    if fixed_size:
-        kwargs["img_size"] = roi
-    deep = p.deep_supervision
-    if deep:
-        kwargs["deep_supervision"] = True
-    create = dict(in_chans=n_in, num_classes=n_cls, checkpoint_path=checkpoint_path, **kwargs)
-    try:
-        model = zoo.create(f"{spec.name}.{tag}" if tag else spec.name, **create)
-    except ValueError as e:
-        if not deep or "deep_supervision" not in str(e):
-            raise
-        deep = False
-        create.pop("deep_supervision")
-        model = zoo.create(f"{spec.name}.{tag}" if tag else spec.name, **create)
-    settings.model_args = {
-        k: v for k, v in model.pretrained_cfg["model_args"].items() if k != "deep_supervision"
-    }
-    if freeze:
-        adapt.freeze(model, freeze)
-    if lora_rank:
-        adapt.add_lora(model, r=lora_rank)
-    optim = p.optim_for(total, lr)
-    if layer_decay:
-        optim.layer_decay = layer_decay
+    model, deep = build_model(settings, start, p, model_kwargs)
+    record = model.pretrained_cfg.get("weights")
+    say(describe_load(record))
+    adapt_model(model, settings)
 
-    train_tf = build_transforms(settings, p, train=True)
-    val_tf = build_transforms(settings, p, train=False)
-    if cache:
-        train_ds = CacheDataset(dl["training"], train_tf, cache_rate=1.0, num_workers=0, progress=False)
-        val_ds = CacheDataset(dl["validation"], val_tf, cache_rate=1.0, num_workers=0, progress=False)
-    else:
-        train_ds, val_ds = Dataset(dl["training"], train_tf), Dataset(dl["validation"], val_tf)
+    # 3. data and objective
+    train_ds, val_ds = build_datasets(settings, p, dl, cache)
     per_rank = -(-len(train_ds) // info.world_size)
     loader = make_loader(
-        train_ds,
-        bs,
-        seed=seed,
-        num_workers=num_workers,
-        collate_fn=list_data_collate,
-        drop_last=per_rank >= bs,
-        dist_info=info,
-    )
+        train_ds, settings.batch_size, seed=seed, num_workers=num_workers, collate_fn=list_data_collate,
+        drop_last=per_rank >= settings.batch_size, dist_info=info,
+    )  # fmt: skip
+    n_cls, roi = settings.num_classes, settings.roi_size
     criterion = SegmentationLoss(
         n_cls, p.dice_weight, p.ce_weight, p.squared_pred, p.include_background, deep
     )
@@ -696,33 +983,21 @@ def finetune(
     def val_fn(net: nn.Module) -> dict[str, float]:
         return evaluate_dice(net, val_ds, n_cls, roi, p.overlap, p.sw_mode, device=info.device)
 
-    config = {
-        "library_name": "medzoo",
-        "model_name": spec.name,
-        "tag": tag,
-        "family": spec.family,
-        "model_args": settings.model_args,
-        "in_chans": n_in,
-        "num_classes": n_cls,
-        "img_size": list(roi) if fixed_size else None,
-        "covers": "full",
-        "labels": {str(k): v for k, v in names.items()},
-        "preprocessing": {
-            "orientation": orientation or "native",
-            "axis_order": "zyx" if settings.slice_axis_first else "xyz",
-            "spacing_mm": list(spacing) if spacing else "native",
-            "intensity_transform": settings.intensity,
-        },
-        "sliding_window": {"roi_size": list(roi), "overlap": p.overlap, "mode": p.sw_mode},
-        "finetune": {"preset": p.name, "data": str(Path(data).resolve()), **asdict(settings)},
-    }
+    # 4. train
+    optim = p.optim_for(settings.total_steps, settings.lr)
+    if settings.adapters.get("layer_decay"):
+        optim.layer_decay = settings.adapters["layer_decay"]
+    config = run_config(settings, p, model, data)
+    fixed = {k: v for k, v in config["finetune"].items() if k not in ("total_steps", "val_every")}
     started = time.perf_counter()
     res = train(
-        model, loss_fn, loader, out_dir, optim, total,
+        model, loss_fn, loader, out_dir, optim, settings.total_steps,
         val_fn=val_fn, val_every=settings.val_every, monitor="dice_mean", config=config,
         resume=resume, progress=progress, device=info.device,
+        settings={"finetune": fixed, "init": record and {k: record[k] for k in ("id", "sha256", "covers")}},
     )  # fmt: skip
     metrics = res.metrics[-1] if res.metrics else {}
+    names = settings.label_names
     if info.is_main and metrics:
         rows = [f"  {names.get(c, c)}: {metrics[f'dice_{c}']:.4f}" for c in range(1, n_cls)]
         say("validation Dice (sliding window, background excluded):\n" + "\n".join(rows))
@@ -737,6 +1012,8 @@ def finetune(
         metrics=metrics,
         best=res.best,
         seconds=time.perf_counter() - started,
+        init=record,
+        already_complete=res.already_complete,
     )
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zoo.train import OptimConfig
 
-__all__ = ["Preset", "PRESETS", "get_preset", "default_preset_for", "list_presets"]
+__all__ = ["Preset", "PRESETS", "get_preset", "default_preset_for", "list_presets", "finetune_card_section"]
 
 
 @dataclass(frozen=True)
@@ -318,3 +319,100 @@ def get_preset(name: str) -> Preset:
 def list_presets() -> list[str]:
     """Names of the presets."""
     return list(PRESETS)
+
+
+# ---------------------------------------------------------------------------------------
+# model cards
+
+# Written by benchmarks/finetune_mni.py --write; read here for the cards' measured result.
+MNI_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "finetune_mni.json"
+
+
+def _fmt_size(size: Any) -> str:
+    return "×".join(str(int(v)) for v in size)
+
+
+def finetune_card_section(spec: Any, tag: str | None = None, results: str | Path | None = None) -> str:
+    """The "Fine-tune" section of a model card: preset, command, crop, spacing, lr, a measured result.
+
+    Args:
+        spec: the model's :class:`~zoo._registry.ModelSpec` (or its registry name).
+        tag: the weights the command starts from (default: the model's default tag).
+        results: the benchmark record (default: ``benchmarks/finetune_mni.json`` of this
+            checkout; the measured part is left out, saying so, when it is absent).
+
+    Returns:
+        Markdown starting with ``## Fine-tune``.
+    """
+    if isinstance(spec, str):
+        from zoo._registry import get_spec
+
+        spec = get_spec(spec)
+    tag = tag or spec.default_tag
+    ws = spec.weight(tag) if tag else None
+    preset = get_preset(default_preset_for(spec.family))
+    target = f"{spec.name}.{tag}" if tag else spec.name
+    crop = spec.input_size[1:] if spec.input_size else preset.roi_size
+    prep = dict(ws.preprocessing) if ws else {}
+    # The same rule as zoo.finetune.resolve_settings: the weights' spacing, else native for weights.
+    spacing = prep.get("spacing_mm") if isinstance(prep.get("spacing_mm"), list | tuple) else None
+    if spacing:
+        spacing_text = f"{_fmt_size(spacing) if all(float(v).is_integer() for v in spacing) else spacing} mm"
+    elif ws is None and preset.spacing_mm:
+        spacing_text = f"{preset.spacing_mm} mm (the preset's)"
+    else:
+        spacing_text = "native (the weights state none; set one with `--spacing`)"
+    o = preset.optim
+    length = f"{preset.epochs} epochs" if preset.epochs is not None else f"{preset.iterations} iterations"
+    start = (
+        f"Starts from `{target}`"
+        + (f" (covers the {ws.covers}; the rest is initialised anew)" if ws and ws.covers != "full" else "")
+        + ("; the output head is re-initialised for your classes." if ws else ".")
+    )
+    lines = [
+        "## Fine-tune",
+        "",
+        f"Preset `{preset.name}` ({preset.source}); `zoo finetune --list-presets` prints every value.",
+        "",
+        "```bash",
+        f"zoo finetune {target} --data datalist.json --out runs/{target.replace('.', '-')}",
+        "```",
+        "",
+        start + " `datalist.json` is a MONAI datalist of NIfTI image/label pairs (`training`, `validation`).",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| crop | {_fmt_size(crop)} (the model's input; `--roi`) |",
+        f"| spacing | {spacing_text} |",
+        f"| learning rate | {o.lr:g} ({o.optimizer}, {o.schedule} schedule; `--lr`) |",
+        f"| batch | {preset.batch_size} case(s) × {preset.num_samples} {preset.crop} crop(s) |",
+        f"| run length | {length} (`--steps`) |",
+        "",
+    ]
+    lines += _measured_lines(spec.name, Path(results) if results else MNI_RESULTS)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _measured_lines(name: str, path: Path) -> list[str]:
+    import json
+
+    try:
+        rec = json.loads(path.read_text())
+        summary, model, command = rec["summary"], rec["model"], rec["command"]
+        k = max(summary["pretrained"], key=int)
+        pre, rnd = summary["pretrained"][k], summary["random"][k]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["Measured result: none recorded yet (`python benchmarks/finetune_mni.py --write`)."]
+    which = "this model" if model == name else f"`{model}`, not this model,"
+    ft = rec.get("finetune", {})
+    return [
+        f"Measured result (MNI152 grey/white-matter sample task, {which} at reduced widths "
+        f"`{rec.get('model_args')}`): mean validation Dice {pre['mean']:.3f} ± {pre['std']:.3f} after "
+        f"{rec.get('pretraining', {}).get('method', 'self-supervised')} pretraining vs "
+        f"{rnd['mean']:.3f} ± {rnd['std']:.3f} from random initialisation, {k} labelled volume(s), "
+        f"{ft.get('steps', '?')} fine-tuning steps, {pre.get('n', '?')} seeds. Produced by:",
+        "",
+        "```bash",
+        command,
+        "```",
+    ]

@@ -67,6 +67,9 @@ __all__ = [
     "lr_factor",
     "read_log",
     "seed_everything",
+    "settings_changes",
+    "check_resume",
+    "RunSettingsChangedError",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -75,6 +78,7 @@ LORA_FILE = "lora_state.safetensors"
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
+LOCK_FILE = ".train.lock"
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,6 +443,64 @@ def _load_checkpoint(out: Path, model: nn.Module) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# resuming
+
+
+# Settings that set only the run's length: a rerun may change them (the schedule follows the new
+# length); every other setting is fixed for the life of a run.
+LENGTH_SETTINGS = ("total_steps", "optim.warmup_steps", "optim.step_size")
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def settings_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """What differs between a saved run's settings and a rerun's.
+
+    Args:
+        saved / current: nested settings (JSON-like); compared key by dotted key.
+
+    Returns:
+        ``(refused, applied)``: ``"key: saved → current"`` lines; ``applied`` holds the
+        run-length settings (:data:`LENGTH_SETTINGS`), ``refused`` every other difference.
+    """
+    a, b = _flat(json.loads(json.dumps(_jsonable(saved)))), _flat(json.loads(json.dumps(_jsonable(current))))
+    refused, applied = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "(unset)") != b.get(key, "(unset)"):
+            line = f"{key} {a.get(key, '(unset)')} → {b.get(key, '(unset)')}"
+            (applied if key in LENGTH_SETTINGS else refused).append(line)
+    return refused, applied
+
+
+class RunSettingsChangedError(ValueError):
+    """A rerun asked to resume a run with other settings than the run was started with."""
+
+
+def check_resume(out_dir: str | Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Refuse a resume whose settings differ from the saved run's; return the length changes applied.
+
+    Raises:
+        RunSettingsChangedError: naming every changed setting and how to start a new run.
+    """
+    refused, applied = settings_changes(saved, current)
+    if refused:
+        # The optimiser state, schedule and data order were built from the saved settings: resuming
+        # them under other values would give a run that matches neither, so a change starts a new run.
+        raise RunSettingsChangedError(
+            f"the run in {out_dir} was started with other settings ({'; '.join(refused)}); rerun with "
+            "the saved settings to resume it, or start a new run: --restart (replaces it) or another --out"
+        )
+    return applied
+
+
+# ---------------------------------------------------------------------------------------
 # the loop
 
 
@@ -453,6 +515,7 @@ class TrainResult:
     metrics: list[dict[str, float]] = field(default_factory=list)
     best: float | None = None
     seconds: float = 0.0
+    already_complete: bool = False
 
 
 class _Interrupted(Exception):
@@ -463,7 +526,7 @@ class _Interrupted(Exception):
 def _sigterm_as_interrupt() -> Iterator[None]:
     # torchrun and job schedulers stop workers with SIGTERM: save like on Ctrl-C.
     def handler(signum: int, frame: Any) -> None:
-        raise _Interrupted(f"signal {signum}")
+        raise _Interrupted(signal.Signals(signum).name)
 
     try:
         old = signal.signal(signal.SIGTERM, handler)
@@ -496,6 +559,7 @@ def train(
     device: str | torch.device | None = None,
     amp: bool = False,
     find_unused_parameters: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``total_steps`` optimiser steps, saving and resuming in ``out_dir``.
 
@@ -525,14 +589,72 @@ def train(
         amp: bf16 autocast on CUDA.
         find_unused_parameters: passed to DDP (models with parts that do not run, such as
             PCT-Net's other resolution modes, need it).
+        settings: what the run is defined by besides ``optim`` and ``total_steps`` (model,
+            data, batch …); saved with the run. A resumed run must match them
+            (:func:`check_resume`); only the run's length may change.
 
     Returns:
         A :class:`TrainResult` (losses and metrics as seen by rank 0).
 
     Raises:
         KeyboardInterrupt: after saving the last completed step, when interrupted
-            (Ctrl-C or SIGTERM); rerunning with ``resume=True`` continues from there.
+            (Ctrl-C or SIGTERM; the message names the signal); rerunning with
+            ``resume=True`` continues from there.
+        RunSettingsChangedError: resuming with other settings than the run's.
+        RuntimeError: another process is training in ``out_dir``.
     """
+    args = dict(locals())
+    with _run_lock(Path(out_dir), distributed_context(device)):
+        return _train(**args)
+
+
+@contextmanager
+def _run_lock(out: Path, info: DistInfo) -> Iterator[None]:
+    # Two runs writing one folder would interleave checkpoints and resume from each other's state.
+    if not info.is_main:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(
+            f"another process is training in {out} (it holds {LOCK_FILE}); wait for it to finish or "
+            "choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        # Removed while still held, so the run folder keeps only the run's files.
+        (out / LOCK_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def _train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    train_loader: DataLoader,
+    out_dir: str | Path,
+    optim: OptimConfig,
+    total_steps: int,
+    *,
+    val_fn: Callable[[nn.Module], Mapping[str, float]] | None,
+    val_every: int | None,
+    monitor: str | None,
+    save_every: int | None,
+    grad_accum_steps: int,
+    resume: bool,
+    config: Mapping[str, Any] | None,
+    progress: bool,
+    log_every: int,
+    device: str | torch.device | None,
+    amp: bool,
+    find_unused_parameters: bool,
+    settings: Mapping[str, Any] | None,
+) -> TrainResult:
     if total_steps < 1 or grad_accum_steps < 1:
         raise ValueError(
             f"need total_steps >= 1 and grad_accum_steps >= 1, got {total_steps}, {grad_accum_steps}"
@@ -550,18 +672,35 @@ def train(
     config.setdefault("optim", asdict(optim))
     config.setdefault("total_steps", total_steps)
 
+    say = print if info.is_main else (lambda *_a, **_k: None)
+    run_settings = json.dumps(
+        _jsonable({"optim": asdict(optim), "total_steps": total_steps, **dict(settings or {})}),
+        sort_keys=True,
+    )
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "rng": _rng_state()}
+    state["settings"] = run_settings
     if resume and (out / STATE_FILE).is_file():
+        saved_state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+        if "settings" in saved_state:  # runs saved before settings were recorded resume unchecked
+            applied = check_resume(out, json.loads(saved_state["settings"]), json.loads(run_settings))
+            if applied and saved_state["step"] < total_steps:
+                say(f"resuming {out} with a new length: {'; '.join(applied)}")
         saved = _load_checkpoint(out, base)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in ("step", "epoch", "batch_in_epoch", "best", "rng")}
+        state["settings"] = run_settings
         _set_rng_state(state["rng"])
         if info.is_main:
             log.info("resuming %s at step %d", out, state["step"])
     start_step = state["step"]
     result = TrainResult(out_dir=out, step=start_step, start_step=start_step, best=state["best"])
     if start_step >= total_steps:
+        result.already_complete = True
+        say(
+            f"the run in {out} is already complete (step {start_step} of {total_steps}); nothing to train. "
+            "Give more --steps to extend it, or --restart / another --out for a new run."
+        )
         return result
 
     net: nn.Module = base
@@ -687,15 +826,18 @@ def train(
             save(dict(state))
             last_saved = state["step"]
     except (KeyboardInterrupt, _Interrupted) as e:
+        # Ctrl-C arrives as KeyboardInterrupt (SIGINT); SIGTERM through the handler above.
+        sig = str(e) if isinstance(e, _Interrupted) else "SIGINT"
         # Save the last completed step: a half-done step is redone on resume.
         if completed["step"] > last_saved:
             save(completed)
-            if info.is_main:
-                msg = (
-                    f"interrupted ({e or 'Ctrl-C'}): saved step {completed['step']} in {out}; rerun to resume"
-                )
-                (bar.write if bar is not None else print)(msg)
-        raise KeyboardInterrupt(str(e)) from None
+            last_saved = completed["step"]
+        if info.is_main:
+            msg = (
+                f"interrupted by {sig}: step {last_saved} is saved in {out}; rerun the same command to resume"
+            )
+            (bar.write if bar is not None else print)(msg)
+        raise KeyboardInterrupt(sig) from None
     finally:
         if bar is not None:
             bar.close()

@@ -34,7 +34,7 @@ from zoo.ssl.recipe import Export, Recipe, get_recipe
 
 log = logging.getLogger("zoo")
 
-__all__ = ["PretrainResult", "pretrain", "run_recipe", "write_checkpoint", "optim_config"]
+__all__ = ["PretrainResult", "pretrain", "resolve_init", "run_recipe", "write_checkpoint", "optim_config"]
 
 TRAINER_DIR = "trainer"
 
@@ -229,6 +229,7 @@ def run_recipe(
         progress=progress,
         log_every=log_every,
         device=dist_info.device,
+        settings=_fixed_settings(recipe.method, model_name, model_args, batch_size, accum, info or {}),
     )
     if dist_info.is_main and not (out / "model.safetensors").is_file():
         export(recipe)  # a run resumed after its last step: the loop had nothing left to do
@@ -241,6 +242,62 @@ def run_recipe(
         result.start_step,
         result.seconds,
     )
+
+
+def _fixed_settings(
+    method: str,
+    model_name: str,
+    model_args: Mapping[str, Any],
+    batch_size: int,
+    accum: int,
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What a pretraining run is defined by besides its optimiser and length (checked on resume)."""
+    init = info.get("init")
+    if isinstance(init, Mapping):  # the load record: its identity, not the descriptive fields
+        init = {k: init.get(k) for k in ("id", "sha256", "covers")}
+    return {
+        "method": method,
+        "model_name": model_name,
+        "model_args": _jsonable(dict(model_args)),
+        "batch_size": batch_size,
+        "grad_accum_steps": accum,
+        "init": init,
+        "data": _jsonable(info.get("data")),
+        "preprocessing": _jsonable(info.get("preprocessing")),
+    }
+
+
+def resolve_init(model: str, init: str | Path | None = None, pretrained: bool | None = None):
+    """What a pretraining run starts from: ``model``'s tag, ``init`` (a file, a run folder or
+    ``NAME.TAG``), ``pretrained`` (the default tag), or nothing.
+
+    Returns:
+        A :class:`zoo.finetune.ModelStart`.
+
+    Raises:
+        FileNotFoundError: ``init`` is neither an existing path nor a registered ``NAME.TAG``.
+        ValueError: ``init`` names weights of another model, or two starts are given.
+    """
+    from zoo._registry import resolve
+    from zoo.finetune import resolve_start
+
+    if init is None or Path(init).exists():
+        return resolve_start(model, pretrained, init)
+    spec, tag = resolve(model)
+    try:
+        init_spec, init_tag = resolve(str(init))
+    except ValueError:
+        init_spec, init_tag = None, None
+    if init_spec is None or init_tag is None:
+        raise FileNotFoundError(
+            f"--init {init}: not an existing checkpoint file or run folder, nor a registered NAME.TAG"
+        )
+    if init_spec.name != spec.name:
+        raise ValueError(f"--init {init} holds {init_spec.name} weights; the run pretrains {spec.name}")
+    if tag is not None and tag != init_tag:
+        raise ValueError(f"{model} and --init {init} name two different weights; give one")
+    return resolve_start(f"{spec.name}.{init_tag}")
 
 
 def _split_steps(steps: int | Sequence[int], n: int) -> list[int]:
@@ -262,6 +319,7 @@ def pretrain(
     recipe_args: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    pretrained: bool | None = None,
     **run_args: Any,
 ) -> PretrainResult:
     """Continue pretraining ``model`` with ``method`` on unlabelled scans.
@@ -275,13 +333,16 @@ def pretrain(
         out: run folder (created; an existing run in it is resumed). A pipeline writes each
             stage into ``out/stage<i>-<method>`` and the last stage's checkpoint into ``out``.
         steps: optimiser steps; for a pipeline, a total split evenly or one count per stage.
-        init: a checkpoint to start from (any format ``zoo.create(checkpoint_path=)`` reads).
+        init: what to start from: a checkpoint (any format ``zoo.create(checkpoint_path=)``
+            reads), a run folder, or ``NAME.TAG`` (registered weights, loaded through
+            ``zoo.create(..., pretrained=True)`` or the call fails before training).
         model_args: constructor overrides (``img_size``, ``in_chans`` …).
         recipe_args: recipe settings (see each recipe's docstring); per stage for a pipeline.
         preprocessing: overrides of the recipe's paper preprocessing (a :class:`Preprocessing`
             or a dict of its fields).
         settings: optimiser/schedule/batch overrides (``lr``, ``batch_size`` …); per stage
             for a pipeline.
+        pretrained: start from the model's default weights tag.
         **run_args: further :func:`run_recipe` arguments (``save_every``, ``seed``, ``device`` …).
 
     Returns:
@@ -294,21 +355,24 @@ def pretrain(
     """
     import shutil
 
-    import zoo
     from zoo._registry import resolve
+    from zoo.finetune import check_output_spares_input, create_model, describe_load
     from zoo.ssl.slice_swav import PIPELINES
 
     stages = PIPELINES.get(method, (method,))
     classes = [get_recipe(m) for m in stages]
-    spec, tag = resolve(model)
+    spec, _ = resolve(model)
     for cls in classes:
         if cls.families and spec.family not in cls.families:
             raise ValueError(
                 f"{cls.method} pretrains {', '.join(cls.families)} models; "
                 f"{spec.name} is a {spec.family} model"
             )
-    net = zoo.create(model, pretrained=tag is not None, checkpoint_path=init, **dict(model_args or {}))
+    start = resolve_init(model, init, pretrained)
+    check_output_spares_input(start, out)
+    net = create_model(start, **dict(model_args or {}))
     args = dict(net.pretrained_cfg["model_args"])
+    log.info("pretraining %s from %s", spec.name, describe_load(net.pretrained_cfg["weights"]))
     prep = classes[0].default_preprocessing
     if isinstance(preprocessing, Preprocessing):
         prep = preprocessing
@@ -317,7 +381,8 @@ def pretrain(
     paths = [Path(p) for p in data] if isinstance(data, list | tuple) else read_datalist(data)
     volumes = load_volumes(paths, prep)
     info = {
-        "init": str(init) if init else (f"{spec.name}.{tag}" if tag else "random"),
+        # What was loaded (zoo.provenance's record; None: random), never merely what was asked for.
+        "init": net.pretrained_cfg["weights"],
         "data": {"volumes": len(paths), "files": [p.name for p in paths][:20]},
         "preprocessing": prep.as_dict(),
     }

@@ -308,7 +308,7 @@ def create(
         report = _load_into(model, spec, None, path, converted=False, new_head=num_classes is not None)
         record = load_record(
             source="run" if run_cfg else "file",
-            ident=str(path.parent if run_cfg else path.name),
+            ident=path.parent.name if run_cfg else path.name,  # names only: records are published
             tag=None,
             path=path,
             covers=report.covers,

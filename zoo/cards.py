@@ -326,6 +326,10 @@ def render_card(
         _cost_section(spec),
         _bench_section(spec, bench_dir),
     ]
+    if spec.weights:  # how to fine-tune these weights: preset, command, crop, lr, a measured result
+        from zoo.presets import finetune_card_section
+
+        parts += [finetune_card_section(spec, tag=hub_tag).rstrip(), ""]
     if spec.results_md:
         parts += ["## Results reported in the paper", "", spec.results_md.strip(), ""]
     if spec.notes:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_alias, register_model
+from zoo.layers import DropPath, trunc_normal_
 from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,

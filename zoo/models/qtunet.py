@@ -25,10 +25,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_model
+from zoo.layers import DropPath, Mlp
 from zoo.layers.tracing import is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,

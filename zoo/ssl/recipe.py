@@ -75,8 +75,14 @@ class Recipe(nn.Module):
     paper: ClassVar[str] = ""
     default_preprocessing: ClassVar[Preprocessing] = Preprocessing()
     optim_defaults: ClassVar[dict[str, Any]] = {}
+    # Optional packages the recipe needs (all in the [train] extra), checked before anything is built.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, max_steps: int = 1000, grad_accum_steps: int = 1) -> None:
+        if self.requires:
+            from zoo._optional import require
+
+            require(*self.requires, extra="train", feature=f"the {self.method or 'pretraining'} recipe")
         super().__init__()
         self.model = model
         self.max_steps = int(max_steps)

@@ -1,0 +1,128 @@
+"""Argument and input checks shared by every model family.
+
+Each helper raises one ``ValueError`` naming the argument, what was expected and what was
+found, instead of the ``TypeError`` / ``ZeroDivisionError`` a bad value would cause deep
+inside a constructor.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = ["as_int", "as_float", "int_tuple", "check_input"]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but in_chans=True is a mistake, not 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def as_int(value: Any, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` within ``[minimum, maximum]``, or a ``ValueError`` naming ``name``.
+
+    Strings (``"96"``), floats (``2.0``) and bools are refused: a config typo should not
+    become a silently different model.
+
+    Args:
+        value: the argument's value.
+        name: the argument's name, for the message.
+        minimum: smallest allowed value (None: no bound).
+        maximum: largest allowed value (None: no bound).
+
+    Returns:
+        The value as a Python ``int``.
+    """
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an int, found {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int ≥ {minimum}, found {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int ≤ {maximum}, found {value}")
+    return value
+
+
+def as_float(value: Any, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
+    """``value`` as a ``float`` within ``[minimum, maximum]`` (ints accepted), or a ``ValueError``.
+
+    Args:
+        value: the argument's value.
+        name: the argument's name, for the message.
+        minimum: smallest allowed value (None: no bound).
+        maximum: largest allowed value (None: no bound).
+
+    Returns:
+        The value as a Python ``float``.
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, found {type(value).__name__} {value!r}")
+    value = float(value)
+    if value != value:  # NaN compares unequal to itself and would pass both range checks
+        raise ValueError(f"{name} must be a number, found nan")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be ≥ {minimum}, found {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be ≤ {maximum}, found {value}")
+    return value
+
+
+def int_tuple(value: Any, n: int, name: str, minimum: int | None = 1) -> tuple[int, ...]:
+    """An int repeated ``n`` times, or a sequence of ``n`` ints, checked (like MONAI's ``ensure_tuple_rep``).
+
+    Args:
+        value: one int, or a sequence (list, tuple) of ``n`` ints.
+        n: the number of entries wanted (2 for in-plane sizes, 3 for volumes).
+        name: the argument's name, for the message.
+        minimum: smallest allowed entry (None: no bound).
+
+    Returns:
+        A tuple of ``n`` Python ints.
+    """
+    if _is_int(value):
+        return (as_int(value, name, minimum),) * n
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | torch.Size):
+        raise ValueError(f"{name} must be an int or {n} ints, found {type(value).__name__} {value!r}")
+    if len(value) != n:
+        raise ValueError(f"{name} must be an int or {n} ints, found {len(value)}: {tuple(value)!r}")
+    return tuple(as_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(value))
+
+
+def check_input(
+    x: Any,
+    in_chans: int,
+    model: str,
+    spatial_dims: int = 3,
+    multiple: int | Sequence[int] = 1,
+    why: str = "",
+) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a ``(B, in_chans, *spatial)`` tensor a model accepts.
+
+    Args:
+        x: the model's input.
+        in_chans: the channels the model was built for.
+        model: the model's name, for the message.
+        spatial_dims: 3 for volumes (B, C, D, H, W), 2 for slices (B, C, H, W).
+        multiple: every spatial side (or each side, given per axis) must divide by this.
+        why: the reason for ``multiple``, appended to the message.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{model} expects a torch.Tensor, found {type(x).__name__}")
+    axes = "(B, C, D, H, W)" if spatial_dims == 3 else "(B, C, H, W)"
+    if x.ndim != spatial_dims + 2:
+        raise ValueError(f"{model} expects a {spatial_dims + 2}D input {axes}, found shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"{model} expects {in_chans} input channel(s), found {x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    spatial = tuple(x.shape[2:])
+    mult = (multiple,) * spatial_dims if isinstance(multiple, int) else tuple(multiple)
+    if min(spatial) < 1 or any(s % m for s, m in zip(spatial, mult, strict=True)):
+        need = mult[0] if len(set(mult)) == 1 else mult
+        raise ValueError(
+            f"{model} needs every spatial side divisible by {need}{f' ({why})' if why else ''}, "
+            f"found {spatial}"
+        )

@@ -16,9 +16,10 @@ import fnmatch
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PaperInfo",
@@ -31,7 +32,12 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "override_weights",
+    "UnknownModelError",
 ]
+
+
+class UnknownModelError(ValueError):
+    """A model name, alias or weights tag that is not registered (the message suggests the nearest)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,7 @@ class ModelSpec:
         near = difflib.get_close_matches(tag, self.tags, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         have = ", ".join(self.tags) or "none"
-        raise ValueError(f"unknown weights tag {tag!r} for {self.name} (tags: {have}).{hint}")
+        raise UnknownModelError(f"unknown weights tag {tag!r} for {self.name} (tags: {have}).{hint}")
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -247,7 +253,7 @@ def resolve(name: str) -> tuple[ModelSpec, str | None]:
     """
     _ensure_loaded()
     if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
     key = name.strip().lower().replace("_", "-")
     if key in _ALIASES:
         base, tag = _ALIASES[key]
@@ -264,7 +270,7 @@ def resolve(name: str) -> tuple[ModelSpec, str | None]:
     candidates = _all_names() + [f"{s.name}.{t}" for s in _MODELS.values() for t in s.tags]
     near = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(near)}?" if near else " See zoo.list_models()."
-    raise ValueError(f"unknown model {name!r}.{hint}")
+    raise UnknownModelError(f"unknown model {name!r}.{hint}")
 
 
 def get_spec(name: str) -> ModelSpec:

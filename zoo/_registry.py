@@ -32,11 +32,16 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "override_weights",
+    "UnknownNameError",
     "UnknownModelError",
 ]
 
 
-class UnknownModelError(ValueError):
+class UnknownNameError(ValueError):
+    """A name that is not registered: a model, a weights tag, a recipe (the CLI's usage error, exit 2)."""
+
+
+class UnknownModelError(UnknownNameError):
     """A model name, alias or weights tag that is not registered (the message suggests the nearest)."""
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from zoo._registry import UnknownModelError, aliases_of, get_spec, list_models, resolve
+from zoo._registry import UnknownNameError, aliases_of, get_spec, list_models, resolve
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -748,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return EXIT_INTERRUPTED
-    except (UsageError, UnknownModelError) as e:
+    except (UsageError, UnknownNameError) as e:
         _error(args.command, str(e))
         return EXIT_USAGE
     except MissingExtraError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,10 +221,32 @@ _MODELS: dict[str, ModelSpec] = {}
 _ALIASES: dict[str, tuple[str, str | None]] = {}
 
 
+def _checked(builder: Callable[..., Any], name: str, defaults: Mapping[str, Any]) -> Callable[..., Any]:
+    """``builder`` that first checks its arguments' types and ranges against ``defaults``."""
+    if getattr(builder, "__wrapped_by_zoo__", False):
+        return builder
+
+    @functools.wraps(builder)
+    def build(**kwargs: Any) -> Any:
+        from zoo.layers.checks import check_args
+
+        check_args(kwargs, defaults, name)
+        return builder(**kwargs)
+
+    build.__wrapped_by_zoo__ = True  # type: ignore[attr-defined]
+    return build
+
+
 def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add a model configuration to the registry (at import time of its model file)."""
+    """Add a model configuration to the registry (at import time of its model file).
+
+    The registered ``spec.builder`` checks the type and range of every argument that the
+    configuration has (``zoo.layers.checks.check_args``) before building, so a direct
+    ``spec.builder(embed_dim=0)`` fails as clearly as ``zoo.create``.
+    """
     if spec.name in _MODELS or spec.name in _ALIASES:
         raise ValueError(f"model name {spec.name!r} is already registered")
+    spec = dataclasses.replace(spec, builder=_checked(spec.builder, spec.name, dict(spec.model_args)))
     _MODELS[spec.name] = spec
     return spec
 

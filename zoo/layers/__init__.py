@@ -1,39 +1,40 @@
 """Building blocks shared by several model families.
 
-timm's layers are re-exported as factories that import timm when a model is *built*:
-importing timm pulls in torchvision (about a second), which the registry, ``zoo list``
-and ``zoo info`` must not pay for.
+* :mod:`zoo.layers.checks`: argument and input checks (``as_int``, ``int_tuple``, ``check_input``,
+  ``check_args``), one place for the messages "<argument> must be …, found …".
+* :mod:`zoo.layers.mlp`: the transformer ``Mlp`` and ``DropPath`` (timm's keys and maths).
+* :mod:`zoo.layers.window_attention_3d`: 3D (shifted) window attention.
+* :mod:`zoo.layers.tracing`: tracing / channels-last helpers for export.
+
+Nothing here imports timm, torchvision or MONAI's networks at import time: the registry,
+``zoo list`` and ``zoo info`` load this package.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zoo.layers.checks import as_float, as_int, check_input, int_tuple
+from zoo.layers.checks import as_float, as_int, check_args, check_input, int_tuple
+from zoo.layers.mlp import DropPath, Mlp, drop_path
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-__all__ = ["DropPath", "Mlp", "trunc_normal_", "as_int", "as_float", "int_tuple", "check_input"]
-
-
-def DropPath(drop_prob: float = 0.0) -> nn.Module:  # noqa: N802 - stands in for the timm class
-    """timm's ``DropPath`` (stochastic depth), imported on first use."""
-    from timm.layers import DropPath as _DropPath
-
-    return _DropPath(drop_prob)
-
-
-def Mlp(*args: Any, **kwargs: Any) -> nn.Module:  # noqa: N802 - stands in for the timm class
-    """timm's ``Mlp`` (fc1 → act → drop → fc2 → drop; keys ``fc1``/``fc2``), imported on first use."""
-    from timm.layers import Mlp as _Mlp
-
-    return _Mlp(*args, **kwargs)
+__all__ = [
+    "DropPath",
+    "Mlp",
+    "drop_path",
+    "trunc_normal_",
+    "as_int",
+    "as_float",
+    "int_tuple",
+    "check_input",
+    "check_args",
+]
 
 
 def trunc_normal_(tensor: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """timm's ``trunc_normal_`` initialiser, imported on first use."""
+    """timm's ``trunc_normal_`` initialiser, imported on first use (timm imports torchvision)."""
     from timm.layers import trunc_normal_ as _trunc_normal_
 
     return _trunc_normal_(tensor, **kwargs)

@@ -7,13 +7,14 @@ inside a constructor.
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["as_int", "as_float", "int_tuple", "check_input"]
+__all__ = ["as_int", "as_float", "int_tuple", "check_input", "check_args"]
 
 
 def _is_int(value: Any) -> bool:
@@ -126,3 +127,70 @@ def check_input(
             f"{model} needs every spatial side divisible by {need}{f' ({why})' if why else ''}, "
             f"found {spatial}"
         )
+
+
+def _int_minimum(name: str, default: int) -> int:
+    # Mode switches (res_mode=0) may be 0; widths, depths, heads, sizes and counts may not.
+    return 0 if name.endswith("_mode") or default == 0 else 1
+
+
+def _check_number(value: Any, name: str) -> None:
+    lo, hi = (0.0, 1.0) if "drop" in name else (None, None)  # dropout and drop-path are probabilities
+    v = as_float(value, name, lo, hi)
+    if math.isinf(v):
+        raise ValueError(f"{name} must be finite, found {v}")
+
+
+def check_args(args: Mapping[str, Any], defaults: Mapping[str, Any], model: str) -> None:
+    """Check each argument in ``args`` against the type of its value in ``defaults``.
+
+    The rule follows the default: a bool stays a bool; an int must be an int ≥ 1 (≥ 0 for a
+    ``*_mode`` switch or a default of 0), never a string or a float; a float is a number
+    (a probability for ``*drop*`` names); a tuple keeps its element types (a single int is
+    accepted for ``*size*`` tuples, as for ``img_size=96``); a string stays a string.
+    Arguments without a default, and ``None`` values (the builder's own default), pass
+    unchecked: the builder owns them.
+
+    Args:
+        args: the arguments about to be passed to a model builder.
+        defaults: a registered configuration (``ModelSpec.model_args``).
+        model: the model's name, for the message.
+
+    Raises:
+        ValueError: ``"qtunet-t: embed_dim must be an int ≥ 1, found 0"``.
+    """
+    for name, value in args.items():
+        if name not in defaults or value is None:
+            continue
+        default = defaults[name]
+        try:
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name} must be True or False, found {type(value).__name__} {value!r}")
+            elif isinstance(default, numbers.Integral):
+                as_int(value, name, _int_minimum(name, int(default)))
+            elif isinstance(default, numbers.Real):
+                _check_number(value, name)
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string such as {default!r}, found {value!r}")
+            elif isinstance(default, tuple | list) and default:
+                _check_sequence(value, default, name)
+        except ValueError as e:
+            raise ValueError(f"{model}: {e}") from None
+
+
+def _check_sequence(value: Any, default: Sequence[Any], name: str) -> None:
+    if all(_is_int(d) for d in default):
+        if "size" in name:  # img_size=96 means (96, 96, 96): the length is the model's dimensionality
+            int_tuple(value, len(default), name)
+            return
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise ValueError(f"{name} must be a sequence of ints like {tuple(default)}, found {value!r}")
+        for i, v in enumerate(value):
+            as_int(v, f"{name}[{i}]", 1)
+    elif all(isinstance(d, numbers.Real) and not isinstance(d, bool) for d in default):
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise ValueError(f"{name} must be a sequence of numbers like {tuple(default)}, found {value!r}")
+        for i, v in enumerate(value):
+            _check_number(v, f"{name}[{i}]")

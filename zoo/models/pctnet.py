@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_alias, register_model
-from zoo.layers import DropPath, trunc_normal_
+from zoo.layers import DropPath, Mlp, trunc_normal_
 from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
@@ -275,20 +275,6 @@ class WindowAttention3D(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Mlp(nn.Module):
-    """fc1 → GELU → dropout → fc2 → dropout."""
-
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class SwinBlock3D(nn.Module):
     """Pre-norm 3D Swin block on a fixed resolution; operates on (B, D, H, W, C).
 
@@ -330,7 +316,7 @@ class SwinBlock3D(nn.Module):
         self.attn = WindowAttention3D(dim, window, num_heads, attn_drop=drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)  # the shared Mlp: same keys and maths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = window_plan(self.resolution, (self.window,) * 3, (self.shift,) * 3, x.device)

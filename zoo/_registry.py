@@ -17,7 +17,7 @@ import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "override_weights",
+    "ModelMeta",
     "UnknownNameError",
     "UnknownModelError",
 ]
@@ -120,6 +121,32 @@ class WeightSpec:
         return bool(self.hf_hub_id or self.url)
 
 
+class ModelMeta(TypedDict, total=False):
+    """``ModelSpec.meta``: measured numbers (asserted by ``tests/test_meta.py``) and the paper's.
+
+    Every key is optional; a model file writes ``meta=dict(num_params=..., gmacs=...)``.
+    """
+
+    num_params: int  # trainable parameters of the registered configuration (measured)
+    gmacs: float  # multiply-accumulates of one batch-1 forward at ``input_size``, in G (measured)
+    gmacs_convention: str  # how gmacs was counted when not FlopCounterMode's default
+    flops_convention: str  # how the paper counted its FLOPs
+    paper_params: int  # the paper's reported parameter count
+    paper_gmacs: float  # the paper's reported GMACs
+    paper_inference_s: float  # the paper's reported inference time (s)
+    paper_setting: dict[str, Any]  # model_args / input the paper's cost table was measured at
+    paper_setting_params: int  # parameters at paper_setting (measured)
+    paper_setting_gmacs: float  # GMACs at paper_setting (measured)
+    calibrated_to_paper: str  # what was adjusted to match the paper, and why
+    params_brats: int  # a second configuration's numbers (QT-UNet's BraTS input)
+    gmacs_brats: float
+    reference_params_demo: int  # numbers of the authors' demo configuration
+    reference_gmacs_fvcore: float
+    reference_note: str
+    preprocessing: dict[str, Any]  # the input pipeline of models without weights tags
+    pretraining_recipe: dict[str, Any]  # how the paper pretrained (models without weights)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """An architecture configuration and everything the zoo knows about it.
@@ -171,7 +198,7 @@ class ModelSpec:
     param_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     feature_info: tuple[Mapping[str, Any], ...] = ()
     no_weights_reason: str | None = None
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: ModelMeta = field(default_factory=lambda: ModelMeta())
     description: str = ""
     results_md: str = ""
     notes: tuple[str, ...] = ()

@@ -84,28 +84,43 @@ def main() -> None:
     ap.add_argument("--env", action="store_true", help="also measure fresh venvs (core and [all])")
     a = ap.parse_args()
 
+    lines: list[str] = []
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     load0 = _load()
     times = time_commands(a.repeats)
     load1 = _load()
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["import torch"]
-    print(f"load average before/after: {load0} / {load1}; {a.repeats} rounds, 1 thread, medians")
-    print("| command | median s | min s | × import torch |")
-    print("|---|---|---|---|")
+    emit(f"Load average before / after the timing: {load0} / {load1}; {a.repeats} rounds, 1 thread.")
+    emit()
+    emit("| command | median s | min s | × import torch |")
+    emit("|---|---|---|---|")
     for k, v in times.items():
-        print(f"| `{k}` | {med[k]:.2f} | {min(v):.2f} | {med[k] / base:.2f} |", flush=True)
+        emit(f"| `{k}` | {med[k]:.2f} | {min(v):.2f} | {med[k] / base:.2f} |")
 
     if a.env:
         with tempfile.TemporaryDirectory(prefix="medzoo-venv-") as tmp:
-            print(f"\nload average before the installs: {_load()}")
-            print("| install | packages added | site-packages MB | install s |")
-            print("|---|---|---|---|")
+            emit()
+            emit(f"Fresh venvs (`python -m venv`), load average before the installs: {_load()}.")
+            emit()
+            emit("| install | packages added | site-packages MB | install s |")
+            emit("|---|---|---|---|")
             for spec in (".", ".[all]"):
                 r = venv_size(spec, Path(tmp))
                 cells = [f"`pip install '{r['spec']}'`", r["packages"], f"{r['mb']:.0f}"]
                 cells.append(f"{r['install_s']:.0f}")
-                print("| " + " | ".join(map(str, cells)) + " |", flush=True)
-            print(f"load average after: {_load()}")
+                emit("| " + " | ".join(map(str, cells)) + " |")
+            emit()
+            emit(f"Load average after the installs: {_load()}.")
+    # run_all.py appends this file to RESULTS.md, so a regenerated RESULTS.md keeps it.
+    out = REPO / "benchmarks" / "results" / "startup.md"
+    out.write_text(
+        "## Start-up and install size\n\nFrom `benchmarks/startup.py`.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The ``zoo`` command line.
 
 Exit status, as Unix tools: 0 success, 1 runtime failure (a download, a checkpoint, a
-missing extra), 2 usage error (a bad option, an unknown model name), 130 interrupted; a
+missing extra), 2 usage error (a bad option, an unknown model name, a model argument or input
+size the model cannot take), 130 interrupted; a
 reader that closes the pipe early (``zoo list | head -1``) ends it quietly with 141.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo._registry import UnknownNameError, aliases_of, get_spec, list_models, resolve
+from zoo.layers.checks import InvalidArgumentError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -748,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return EXIT_INTERRUPTED
-    except (UsageError, UnknownNameError) as e:
+    except (UsageError, UnknownNameError, InvalidArgumentError) as e:
         _error(args.command, str(e))
         return EXIT_USAGE
     except MissingExtraError as e:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zoo.layers.checks import as_float, as_int, check_args, check_input, int_tuple
+from zoo.layers.checks import InvalidArgumentError, as_float, as_int, check_args, check_input, int_tuple
 from zoo.layers.mlp import DropPath, Mlp, drop_path
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "InvalidArgumentError",
     "DropPath",
     "Mlp",
     "drop_path",

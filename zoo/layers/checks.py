@@ -14,7 +14,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["as_int", "as_float", "int_tuple", "check_input", "check_args"]
+__all__ = ["InvalidArgumentError", "as_int", "as_float", "int_tuple", "check_input", "check_args"]
+
+
+class InvalidArgumentError(ValueError):
+    """An argument or input a model cannot take (the CLI's usage error, exit status 2)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -38,12 +42,12 @@ def as_int(value: Any, name: str, minimum: int | None = 1, maximum: int | None =
         The value as a Python ``int``.
     """
     if not _is_int(value):
-        raise ValueError(f"{name} must be an int, found {type(value).__name__} {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int, found {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an int ≥ {minimum}, found {value}")
+        raise InvalidArgumentError(f"{name} must be an int ≥ {minimum}, found {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an int ≤ {maximum}, found {value}")
+        raise InvalidArgumentError(f"{name} must be an int ≤ {maximum}, found {value}")
     return value
 
 
@@ -60,14 +64,14 @@ def as_float(value: Any, name: str, minimum: float | None = None, maximum: float
         The value as a Python ``float``.
     """
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, found {type(value).__name__} {value!r}")
+        raise InvalidArgumentError(f"{name} must be a number, found {type(value).__name__} {value!r}")
     value = float(value)
     if value != value:  # NaN compares unequal to itself and would pass both range checks
-        raise ValueError(f"{name} must be a number, found nan")
+        raise InvalidArgumentError(f"{name} must be a number, found nan")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be ≥ {minimum}, found {value}")
+        raise InvalidArgumentError(f"{name} must be ≥ {minimum}, found {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be ≤ {maximum}, found {value}")
+        raise InvalidArgumentError(f"{name} must be ≤ {maximum}, found {value}")
     return value
 
 
@@ -86,9 +90,11 @@ def int_tuple(value: Any, n: int, name: str, minimum: int | None = 1) -> tuple[i
     if _is_int(value):
         return (as_int(value, name, minimum),) * n
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | torch.Size):
-        raise ValueError(f"{name} must be an int or {n} ints, found {type(value).__name__} {value!r}")
+        raise InvalidArgumentError(
+            f"{name} must be an int or {n} ints, found {type(value).__name__} {value!r}"
+        )
     if len(value) != n:
-        raise ValueError(f"{name} must be an int or {n} ints, found {len(value)}: {tuple(value)!r}")
+        raise InvalidArgumentError(f"{name} must be an int or {n} ints, found {len(value)}: {tuple(value)!r}")
     return tuple(as_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(value))
 
 
@@ -111,19 +117,21 @@ def check_input(
         why: the reason for ``multiple``, appended to the message.
     """
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{model} expects a torch.Tensor, found {type(x).__name__}")
+        raise InvalidArgumentError(f"{model} expects a torch.Tensor, found {type(x).__name__}")
     axes = "(B, C, D, H, W)" if spatial_dims == 3 else "(B, C, H, W)"
     if x.ndim != spatial_dims + 2:
-        raise ValueError(f"{model} expects a {spatial_dims + 2}D input {axes}, found shape {tuple(x.shape)}")
+        raise InvalidArgumentError(
+            f"{model} expects a {spatial_dims + 2}D input {axes}, found shape {tuple(x.shape)}"
+        )
     if x.shape[1] != in_chans:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{model} expects {in_chans} input channel(s), found {x.shape[1]} (shape {tuple(x.shape)})"
         )
     spatial = tuple(x.shape[2:])
     mult = (multiple,) * spatial_dims if isinstance(multiple, int) else tuple(multiple)
     if min(spatial) < 1 or any(s % m for s, m in zip(spatial, mult, strict=True)):
         need = mult[0] if len(set(mult)) == 1 else mult
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{model} needs every spatial side divisible by {need}{f' ({why})' if why else ''}, "
             f"found {spatial}"
         )
@@ -138,7 +146,7 @@ def _check_number(value: Any, name: str) -> None:
     lo, hi = (0.0, 1.0) if "drop" in name else (None, None)  # dropout and drop-path are probabilities
     v = as_float(value, name, lo, hi)
     if math.isinf(v):
-        raise ValueError(f"{name} must be finite, found {v}")
+        raise InvalidArgumentError(f"{name} must be finite, found {v}")
 
 
 def check_args(args: Mapping[str, Any], defaults: Mapping[str, Any], model: str) -> None:
@@ -166,18 +174,22 @@ def check_args(args: Mapping[str, Any], defaults: Mapping[str, Any], model: str)
         try:
             if isinstance(default, bool):
                 if not isinstance(value, bool):
-                    raise ValueError(f"{name} must be True or False, found {type(value).__name__} {value!r}")
+                    raise InvalidArgumentError(
+                        f"{name} must be True or False, found {type(value).__name__} {value!r}"
+                    )
             elif isinstance(default, numbers.Integral):
                 as_int(value, name, _int_minimum(name, int(default)))
             elif isinstance(default, numbers.Real):
                 _check_number(value, name)
             elif isinstance(default, str):
                 if not isinstance(value, str):
-                    raise ValueError(f"{name} must be a string such as {default!r}, found {value!r}")
+                    raise InvalidArgumentError(
+                        f"{name} must be a string such as {default!r}, found {value!r}"
+                    )
             elif isinstance(default, tuple | list) and default:
                 _check_sequence(value, default, name)
         except ValueError as e:
-            raise ValueError(f"{model}: {e}") from None
+            raise InvalidArgumentError(f"{model}: {e}") from None
 
 
 def _check_sequence(value: Any, default: Sequence[Any], name: str) -> None:
@@ -186,11 +198,15 @@ def _check_sequence(value: Any, default: Sequence[Any], name: str) -> None:
             int_tuple(value, len(default), name)
             return
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise ValueError(f"{name} must be a sequence of ints like {tuple(default)}, found {value!r}")
+            raise InvalidArgumentError(
+                f"{name} must be a sequence of ints like {tuple(default)}, found {value!r}"
+            )
         for i, v in enumerate(value):
             as_int(v, f"{name}[{i}]", 1)
     elif all(isinstance(d, numbers.Real) and not isinstance(d, bool) for d in default):
         if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise ValueError(f"{name} must be a sequence of numbers like {tuple(default)}, found {value!r}")
+            raise InvalidArgumentError(
+                f"{name} must be a sequence of numbers like {tuple(default)}, found {value!r}"
+            )
         for i, v in enumerate(value):
             _check_number(v, f"{name}[{i}]")

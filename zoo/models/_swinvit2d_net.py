@@ -15,14 +15,13 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
+from zoo.layers import check_input, int_tuple
+
 __all__ = ["SimSiamHead", "SwinViT2d", "SwinViT2dSimSiam", "SwinUNETR2d"]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    out = (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != 2 or min(out) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair of them for a 2D model, got {value!r}")
-    return out  # type: ignore[return-value]
+# Why a Swin-UNETR input side must divide by 32, for the error message.
+_WHY_DIVISOR = "the patch embedding and 4 patch mergings each halve it"
 
 
 @contextmanager
@@ -37,26 +36,6 @@ def _off_meta_device() -> Iterator[bool]:
         return
     with torch.device("cpu"):
         yield True
-
-
-def _check_input(x: torch.Tensor, in_chans: int, model: str, divisor: int = 1) -> None:
-    """Raise ``ValueError`` unless ``x`` is (B, in_chans, H, W) with H, W multiples of ``divisor``."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{model}: expected a torch.Tensor, found {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(
-            f"{model}: expected a 4D input (B, {in_chans}, H, W) of 2D slices, found shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"{model}: expected {in_chans} input channel(s), found {x.shape[1]} (shape {tuple(x.shape)})"
-        )
-    spatial = tuple(x.shape[2:])
-    if min(spatial) < 1 or any(s % divisor for s in spatial):
-        raise ValueError(
-            f"{model}: expected H and W divisible by {divisor} (the patch embedding and 4 patch "
-            f"mergings each halve them), found spatial size {spatial}"
-        )
 
 
 class SimSiamHead(nn.Module):
@@ -144,15 +123,15 @@ class SwinViT2d(nn.Module):
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"expected 4 stages, got depths={depths!r}, num_heads={num_heads!r}")
         self.in_chans = in_chans
-        self.img_size = _pair(img_size, "img_size")
+        self.img_size = int_tuple(img_size, 2, "img_size")
         self.normalize = normalize
         self.num_features = embed_dim * 2 ** len(depths)
         with _off_meta_device() as on_meta:
             self.model = SwinTransformer(
                 in_chans=in_chans,
                 embed_dim=embed_dim,
-                window_size=_pair(window_size, "window_size"),
-                patch_size=_pair(patch_size, "patch_size"),
+                window_size=int_tuple(window_size, 2, "window_size"),
+                patch_size=int_tuple(patch_size, 2, "patch_size"),
                 depths=tuple(depths),
                 num_heads=tuple(num_heads),
                 mlp_ratio=mlp_ratio,
@@ -171,7 +150,7 @@ class SwinViT2d(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The patch embedding and the 4 stage outputs, (B, C·2^i, H/2^(i+1), W/2^(i+1)), i = 0..4."""
-        _check_input(x, self.in_chans, type(self).__name__)
+        check_input(x, self.in_chans, type(self).__name__, spatial_dims=2)
         return self.model(x, self.normalize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,7 +234,7 @@ class SwinUNETR2d(SwinUNETR):
         normalize: bool = True,
         img_size: int | Sequence[int] = (96, 96),
     ) -> None:
-        roi = _pair(img_size, "img_size")
+        roi = int_tuple(img_size, 2, "img_size")
         # MONAI's rule: the patch embedding and four mergings divide each side by patch_size**5.
         divisor = patch_size**5
         if any(s % divisor for s in roi):
@@ -289,5 +268,7 @@ class SwinUNETR2d(SwinUNETR):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) → logits (B, num_classes, H, W)."""
-        _check_input(x, self.in_chans, type(self).__name__, divisor=self.divisor)
+        check_input(
+            x, self.in_chans, type(self).__name__, spatial_dims=2, multiple=self.divisor, why=_WHY_DIVISOR
+        )
         return super().forward(x)

@@ -4,15 +4,30 @@ The Hub server speaks the part of the Hugging Face Hub protocol that
 ``huggingface_hub.hf_hub_download`` uses: ``HEAD``/``GET`` on
 ``/{repo_id}/resolve/{revision}/{filename}`` answered with ``X-Repo-Commit``, ``ETag``
 (the file's sha256, as the Hub sends for LFS files) and ``Content-Length``, and 404s
-carrying ``X-Error-Code: RepoNotFound`` / ``EntryNotFound``. The file server serves
-plain paths, and can be told to cut a response short (a truncated download).
+carrying ``X-Error-Code: RepoNotFound`` / ``EntryNotFound``; a repository can be made to
+answer 401. The file server serves plain paths, and can be told to cut a response short (a
+truncated download), to announce a huge size and stream zeros, to drip bytes slowly, or to
+answer with an HTML page.
+
+The Google Drive imitation answers the requests ``gdown`` makes (its hosts reach it through
+``MEDZOO_UPSTREAM_ENDPOINT``, which keeps paths and queries): ``/uc?id=ID`` gives either the
+file with ``Content-Disposition`` or, for a "large" file, the "cannot scan for viruses" page
+whose one-line ``<form id="download-form">`` points at ``drive.usercontent.google.com/download``
+with hidden ``id``/``export``/``confirm``/``uuid`` fields; ``/download?…&confirm=t&uuid=…``
+gives the file; ``/embeddedfolderview?id=FOLDER`` lists a folder as ``<title>`` plus
+``<a href="https://drive.google.com/file/d/ID/view…">name</a>`` entries.
+
+:class:`SilentServer` accepts connections and never answers (a hanging endpoint).
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import io
+import socket
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +42,15 @@ class _Routes:
     truncate: dict[str, int] = field(default_factory=dict)  # path -> bytes actually sent
     hub: dict[tuple[str, str], dict[str, bytes]] = field(default_factory=dict)  # (repo, rev) -> files
     commits: dict[tuple[str, str], str] = field(default_factory=dict)
+    hub_status: dict[str, int] = field(default_factory=dict)  # repo -> forced HTTP status (401)
+    streams: dict[str, dict] = field(default_factory=dict)  # path -> {announce, byte, delay, count}
+    pages: dict[str, bytes] = field(default_factory=dict)  # path -> HTML body
+    drive_files: dict[str, tuple[str, bytes, bool]] = field(
+        default_factory=dict
+    )  # id -> (name, data, confirm)
+    drive_folders: dict[str, tuple[str, dict[str, str]]] = field(
+        default_factory=dict
+    )  # id -> (title, name->id)
     hits: Counter = field(default_factory=Counter)
 
 
@@ -50,11 +74,84 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_found(self, code: str, send_body: bool):
         self._send(404, b"not found", {"X-Error-Code": code, "X-Error-Message": code}, send_body)
 
+    def _stream(self, spec: dict, send_body: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        for k, v in spec["headers"].items():
+            self.send_header(k, v)
+        if spec["announce"] is not None:
+            self.send_header("Content-Length", str(spec["announce"]))
+        self.end_headers()
+        self.close_connection = True
+        if not send_body:
+            return
+        try:
+            for _ in range(spec["count"]):
+                self.wfile.write(spec["byte"])
+                self.wfile.flush()
+                if spec["delay"]:
+                    time.sleep(spec["delay"])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+
+    def _drive(self, path: str, query: dict[str, list[str]], send_body: bool) -> bool:
+        file_id = (query.get("id") or [""])[0]
+        if path == "/embeddedfolderview" and file_id in self.routes.drive_folders:
+            title, entries = self.routes.drive_folders[file_id]
+            links = "".join(
+                f'<div class="flip-entry"><a href="https://drive.google.com/file/d/{fid}/view?usp=drive_web">'
+                f'<div class="flip-entry-title">{html.escape(name)}</div></a></div>'
+                for name, fid in entries.items()
+            )
+            page = f"<html><head><title>{html.escape(title)}</title></head><body>{links}</body></html>"
+            self._send(200, page.encode(), {"Content-Type": "text/html; charset=utf-8"}, send_body)
+            return True
+        if path not in ("/uc", "/download") or file_id not in self.routes.drive_files:
+            return False
+        name, data, confirm = self.routes.drive_files[file_id]
+        if path == "/uc" and confirm:
+            form = (
+                '<form id="download-form" action="https://drive.usercontent.google.com/download" '
+                'method="get"><input type="submit" value="Download anyway"/>'
+                f'<input type="hidden" name="id" value="{file_id}">'
+                '<input type="hidden" name="export" value="download"><input type="hidden" name="confirm" '
+                'value="t"><input type="hidden" name="uuid" value="0b9c-loopback"></form>'
+            )
+            page = (
+                "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>\n"
+                f'<p class="uc-warning-caption">Google Drive can\'t scan {html.escape(name)} '
+                "for viruses.</p>\n"
+                f"{form}\n</body></html>"
+            )
+            self._send(200, page.encode(), {"Content-Type": "text/html; charset=utf-8"}, send_body)
+            return True
+        if path == "/download" and (query.get("confirm") != ["t"] or not query.get("uuid")):
+            self._send(400, b"bad confirmation", {"Content-Type": "text/plain"}, send_body)
+            return True
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{name}"',
+        }
+        self._send(200, data, headers, send_body)
+        return True
+
     def _serve(self, send_body: bool) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         self.routes.hits[path] += 1
+        if self._drive(path, urllib.parse.parse_qs(query), send_body):
+            return None
+        if path in self.routes.streams:
+            return self._stream(self.routes.streams[path], send_body)
+        if path in self.routes.pages:
+            headers = {"Content-Type": "text/html; charset=utf-8"}
+            return self._send(200, self.routes.pages[path], headers, send_body)
         if "/resolve/" in path:
             repo, _, rest = path.lstrip("/").partition("/resolve/")
+            if repo in self.routes.hub_status:
+                code = self.routes.hub_status[repo]
+                return self._send(
+                    code, b"unauthorised", {"X-Error-Message": "Invalid credentials"}, send_body
+                )
             rev, _, filename = rest.partition("/")
             files = self.routes.hub.get((repo, rev))
             if files is None:
@@ -132,6 +229,54 @@ class LoopbackServer:
 
     def hits(self, path: str) -> int:
         return self.routes.hits[path.split("?", 1)[0]]
+
+    def add_stream(
+        self,
+        path: str,
+        announce: int | None,
+        count: int,
+        byte: bytes = b"\0",
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Serve ``count`` writes of ``byte`` at ``path``, ``delay`` s apart; announce ``announce`` bytes."""
+        spec = dict(announce=announce, byte=byte, count=count, delay=delay, headers=dict(headers or {}))
+        self.routes.streams[path] = spec
+        return self.url + path
+
+    def add_page(self, path: str, body: str) -> str:
+        """Answer ``path`` with an HTML page (a login wall, an error page)."""
+        self.routes.pages[path] = body.encode()
+        return self.url + path
+
+    def deny_hub_repo(self, repo_id: str, status: int = 401) -> None:
+        """Make every file of ``repo_id`` answer ``status``."""
+        self.routes.hub_status[repo_id] = status
+
+    def add_drive_file(self, file_id: str, name: str, data: bytes, confirm: bool = True) -> None:
+        """A Drive file; ``confirm`` puts it behind the "cannot scan for viruses" page (files > ~100 MB)."""
+        self.routes.drive_files[file_id] = (name, data, confirm)
+
+    def add_drive_folder(self, folder_id: str, title: str, entries: dict[str, str]) -> None:
+        """A shared Drive folder listing ``entries`` (file name -> file id)."""
+        self.routes.drive_folders[folder_id] = (title, dict(entries))
+
+
+class SilentServer:
+    """A loopback port that accepts connections (the kernel's backlog) and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        host, port = self._sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sock.close()
 
 
 def url_path(url: str) -> str:

@@ -66,7 +66,9 @@ def test_convert_of_a_broken_checkpoint_writes_nothing(tmp_path, capsys, ct_ssl_
     src = tmp_path / "bad.pt"
     torch.save(sd, src)
     out = tmp_path / "out.safetensors"
-    assert main(["convert", str(src), "--model", "qtunet-t", "-o", str(out)]) == 1  # runtime failure
+    assert (
+        main(["convert", str(src), "--model", "qtunet-t", "-o", str(out)]) == 2
+    )  # a checkpoint that cannot fit
     assert "encoder.norm.weight" in capsys.readouterr().err
     assert not list(tmp_path.glob("out.safetensors*"))
 
@@ -84,7 +86,7 @@ def test_download_fetches_verifies_and_caches(hub_env, capsys, ct_ssl_encoder):
 def test_publish_refuses_weights_without_a_redistribution_licence(tmp_path, capsys):
     assert (
         main(["publish", "qtunet-t.ct-ssl", "--repo", "org/x", "--dry-run", "--out", str(tmp_path / "o")])
-        == 1  # a refusal at run time, not a malformed command line
+        == 2  # refused as given: it needs --permission-obtained
     )
     assert "does not allow redistribution" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -113,7 +115,10 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_name"] == "qtunet-t" and cfg["tag"] == "ct-ssl" and cfg["covers"] == "encoder"
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: medzoo") and "base_model: qtunet-t" in card
+    # The registered weights themselves: no base_model (only a Hub ORG/NAME may be one), licence named.
+    assert card.startswith("---\nlibrary_name: medzoo") and "base_model" not in card
+    assert "license_name: no-license" in card
+    assert cfg["redistributable"] is False and cfg["permission_obtained"] is True
     assert set(load_file(str(out / "model.safetensors"))) == set(ct_ssl_encoder)
 
 

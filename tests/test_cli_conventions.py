@@ -68,7 +68,7 @@ def test_version_and_python_dash_m_zoo():
     assert zoo.__version__ == meta["version"]
 
 
-def test_usage_errors_exit_2_and_runtime_failures_exit_1(tmp_path, capsys):
+def test_usage_errors_exit_2_and_runtime_failures_exit_1(tmp_path, capsys, hub_env):
     with pytest.raises(SystemExit) as e:
         main(["no-such-command"])
     assert e.value.code == 2
@@ -78,12 +78,17 @@ def test_usage_errors_exit_2_and_runtime_failures_exit_1(tmp_path, capsys):
     assert main(["info", "qtunet-q"]) == 2  # an unknown name is a usage error
     assert "Did you mean" in capsys.readouterr().err
     assert main(["info", "qtunet-t.no-such-tag"]) == 2
-    assert main(["list", "nothing-like-this*"]) == 1
-    # A file that is not a checkpoint is a runtime failure.
+    # A file that is not a checkpoint cannot work as given: 2, and nothing is written.
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["convert", str(bad), "--model", "qtunet-t", "-o", str(tmp_path / "o.safetensors")]) == 1
+    assert main(["convert", str(bad), "--model", "qtunet-t", "-o", str(tmp_path / "o.safetensors")]) == 2
     assert not list(tmp_path.glob("o.safetensors*"))
+    # Runtime failures: nothing matches, a missing file, a server that answers 404.
+    assert main(["list", "nothing-like-this*"]) == 1
+    missing = tmp_path / "missing.pt"
+    assert main(["convert", str(missing), "--model", "qtunet-t", "-o", str(tmp_path / "o.safetensors")]) == 1
+    assert main(["download", "qtunet-t.ct-ssl", "-q"]) == 1  # the loopback server has no such file
+    assert "error" in capsys.readouterr().err
 
 
 def test_convert_of_a_folder_says_it_is_a_folder(tmp_path, capsys):

@@ -168,7 +168,7 @@ def test_aliases_resolve_to_their_weights_tag(alias, name, tag, filename):
     assert weights.num_classes == 5 and weights.covers == "full" and weights.in_chans == 1
     assert weights.hf_hub_id == f"medzoo/{alias}"
     assert weights.upstream_digest is None
-    # Only the 2023 file has a per-file Drive id; the others name their folder in the notes.
+    # One Drive link each: the 2023 file by id, the 2024/25 files by name in their shared folder.
     assert (weights.url or weights.notes).count("https://drive.google.com/") == 1
 
 

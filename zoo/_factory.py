@@ -244,14 +244,15 @@ def create(
     """Build a registered model, optionally with pretrained weights.
 
     Args:
-        name: model name, ``name.tag``, or an alias (``pctnet-vf110k``).
+        name: model name, ``name.tag``, an alias (``pctnet-vf110k``), or the Hub id of a
+            repository written by ``zoo publish``: ``hf-hub:ORG/NAME[@REVISION]``.
         pretrained: load the weights of the tag in ``name`` or ``weights``, else the
             model's default tag.
         weights: weights tag (``"brats-ssl"``) or full id; implies ``pretrained=True``.
         checkpoint_path: a local checkpoint (safetensors, or an upstream-format file that
             the family's converter recognises), or the folder of a ``zoo finetune`` /
             ``zoo pretrain`` run (its ``config.json`` gives the model arguments and the
-            preprocessing); takes precedence over the Hub.
+            preprocessing), or ``hf-hub:ORG/NAME[@REVISION]``; takes precedence over the Hub.
         in_chans: input channels; the first convolution is adapted if the weights differ.
         num_classes: output classes; only the output head is re-initialised if it differs.
         img_size: spatial input size for models built for one size.
@@ -268,6 +269,24 @@ def create(
         >>> model(torch.randn(1, 1, 96, 96, 96)).shape
         torch.Size([1, 14, 96, 96, 96])
     """
+    from zoo.hub_repo import create_from_hub, is_hub_id
+
+    if is_hub_id(name) or is_hub_id(checkpoint_path):  # a published repository: zoo.hub_repo
+        if is_hub_id(name) and checkpoint_path is not None:
+            raise ValueError(
+                f"{name!r} names its weights already; checkpoint_path= cannot be combined with it"
+            )
+        return create_from_hub(
+            name if is_hub_id(name) else str(checkpoint_path),
+            name=None if is_hub_id(name) else name,
+            weights=weights,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            img_size=img_size,
+            features_only=features_only,
+            out_indices=out_indices,
+            **kwargs,
+        )
     spec, tag = resolve(name)
     run_cfg: dict[str, Any] = {}
     if checkpoint_path is not None and Path(checkpoint_path).is_dir():

@@ -74,6 +74,8 @@ class WeightSpec:
         url: the upstream (authors') file.
         upstream_digest: ``"<algo>:<hex>"`` of the upstream file, algo one of
             ``sha256`` or ``gitsha1`` (git blob SHA-1); None when upstream publishes none.
+        upstream_size: byte size of the upstream file, when recorded (else a bound from the
+            parameter count).
         upstream_format: free text describing the container, shown in cards.
         license: SPDX id or ``"none"`` when the upstream has no licence file.
         redistributable: whether the licence lets us republish converted weights.
@@ -97,6 +99,7 @@ class WeightSpec:
     size: int | None = None
     url: str | None = None
     upstream_digest: str | None = None
+    upstream_size: int | None = None
     upstream_format: str | None = None
     redistributable: bool = False
     in_chans: int | None = None

@@ -8,15 +8,27 @@ asserted against the real models by the tests), so a card cannot drift from the 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
+from typing import Any
 
 from zoo._registry import ModelSpec, aliases_of, iter_specs, resolve
 
-__all__ = ["render_card", "write_cards", "stale_cards", "bench_rows"]
+__all__ = [
+    "render_card",
+    "render_run_card",
+    "card_data",
+    "front_matter",
+    "pipeline_tag",
+    "write_cards",
+    "stale_cards",
+    "bench_rows",
+]
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 # `benchmarks/run_all.py` writes one CSV per machine here; cards quote those rows.
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+_HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _fmt_params(n: float | None) -> str:
@@ -33,29 +45,86 @@ def _ratio(ours: float | None, paper: float | None) -> str:
     return f"{ours / paper:.3f}"
 
 
-def _yaml_list(items: list[str]) -> str:
-    return "".join(f"\n- {i}" for i in items) if items else " []"
+def pipeline_tag(spec: ModelSpec) -> str:
+    """The Hub task: ``image-segmentation`` for models that segment whole volumes, else feature extraction."""
+    if spec.meta.get("pipeline_tag"):
+        return str(spec.meta["pipeline_tag"])
+    return "image-segmentation" if spec.sliding_window else "image-feature-extraction"
+
+
+def licence_fields(licences: list[str], link: str | None) -> dict[str, str]:
+    """``license`` (+ ``license_name``/``license_link`` when ``other``), as the Hub reads them.
+
+    Args:
+        licences: the licence ids of the weights (``"none"`` when upstream has no licence file).
+        link: where the licence (or its absence) can be checked: the upstream repository.
+    """
+    ids = sorted({lic.lower() for lic in licences}) or ["apache-2.0"]
+    if len(ids) == 1 and ids[0] != "none":
+        return {"license": ids[0]}
+    # The Hub requires a name and a link for "other"; "none" means no licence file upstream.
+    name = "no-license" if ids == ["none"] else "mixed"
+    return {
+        "license": "other",
+        "license_name": name,
+        "license_link": link or "https://choosealicense.com/no-permission/",
+    }
+
+
+def card_data(
+    spec: ModelSpec,
+    *,
+    licences: list[str] | None = None,
+    tags: list[str] | None = None,
+    task: str | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+) -> Any:
+    """The card metadata as a ``huggingface_hub.ModelCardData`` (no empty lists, no ``None`` values).
+
+    Args:
+        spec: the model.
+        licences: licence ids (default: those of the model's weights).
+        tags: the card's tags (default: the architecture's).
+        task: the Hub ``pipeline_tag`` (default: :func:`pipeline_tag`).
+        base_model: the Hub repository the weights derive from; only an ``ORG/NAME`` id is kept.
+        datasets: Hub dataset ids (default: the registry's, if any).
+    """
+    from huggingface_hub import ModelCardData
+
+    if licences is None:
+        licences = [w.license for w in spec.weights]
+    if tags is None:
+        tags = ["medzoo", "medical-imaging", "self-supervised", spec.family, "pytorch"]
+    fields: dict[str, Any] = {"library_name": "medzoo", **licence_fields(licences, spec.paper.code_url)}
+    fields["pipeline_tag"] = task or pipeline_tag(spec)
+    fields["tags"] = list(dict.fromkeys(tags))
+    ds = list(datasets if datasets is not None else spec.meta.get("datasets", ()))
+    if ds:
+        fields["datasets"] = ds
+    metrics = list(
+        spec.meta.get("metrics", ["dice"] if fields["pipeline_tag"] == "image-segmentation" else [])
+    )
+    if metrics:
+        fields["metrics"] = metrics
+    if base_model and is_hub_repo_id(base_model):
+        fields["base_model"] = base_model
+    return ModelCardData(**fields)
+
+
+def is_hub_repo_id(value: str) -> bool:
+    """Whether ``value`` is a Hub repository id ``ORG/NAME`` (what ``base_model`` must be)."""
+    return bool(_HUB_REPO.match(value or ""))
+
+
+def front_matter(data: Any) -> str:
+    """The YAML front matter block of a card from its ``ModelCardData``."""
+    return "---\n" + data.to_yaml() + "\n---"
 
 
 def _front_matter(spec: ModelSpec, hub_tag: str | None) -> str:
-    licences = sorted({w.license for w in spec.weights}) or ["apache-2.0"]
-    licence = licences[0].lower() if len(licences) == 1 and licences[0] != "none" else "other"
-    tags = ["medzoo", "medical-imaging", "self-supervised", spec.family, "pytorch"]
-    datasets = list(spec.meta.get("datasets", ()))
-    lines = [
-        "---",
-        "library_name: medzoo",
-        f"license: {licence}",
-        f"tags:{_yaml_list(tags)}",
-        f"datasets:{_yaml_list(datasets)}",
-        f"metrics:{_yaml_list(list(spec.meta.get('metrics', ['dice'])))}",
-    ]
-    if spec.meta.get("pipeline_tag"):
-        lines.append(f"pipeline_tag: {spec.meta['pipeline_tag']}")
-    if hub_tag is not None:
-        lines.append(f"base_model: {spec.name}")
-    lines.append("---")
-    return "\n".join(lines)
+    licences = [spec.weight(hub_tag).license] if hub_tag else None
+    return front_matter(card_data(spec, licences=licences))
 
 
 def _weights_section(spec: ModelSpec) -> str:
@@ -71,13 +140,17 @@ def _weights_section(spec: ModelSpec) -> str:
             f"{w.in_chans if w.in_chans is not None else '—'} | {w.pretraining} | {w.license} | "
             f"{'yes' if w.redistributable else 'no'} |"
         )
-    prov = ["", "Provenance (every file is checked against its digest when downloaded and when loaded):", ""]
+    prov = [
+        "",
+        "Provenance (a file with a recorded digest is checked against it when downloaded and loaded):",
+        "",
+    ]
     for w in spec.weights:
         src = []
         if w.hf_hub_id:
             src.append(
                 f"Hub `{w.hf_hub_id}` (`{w.hf_filename}`, revision `{w.hf_revision or 'main'}`"
-                + (f", sha256 `{w.sha256}`" if w.sha256 else "")
+                + (f", sha256 `{w.sha256}`" if w.sha256 else ", unpinned: no commit and sha256 recorded yet")
                 + ")"
             )
         if w.url:
@@ -262,6 +335,88 @@ def render_card(
         parts += ["## Limitations", ""] + [f"- {n}" for n in spec.limitations] + [""]
     parts += ["## Citation", "", "```bibtex", p.bibtex.strip(), "```", ""]
     return "\n".join(parts)
+
+
+def render_run_card(
+    spec: ModelSpec,
+    config: dict[str, Any],
+    *,
+    repo_id: str,
+    started_from: str,
+    licences: list[str],
+    base_model: str | None = None,
+    num_params: int | None = None,
+    sections: list[str] | None = None,
+    bench_dir: str | Path | None = BENCH_DIR,
+) -> str:
+    """The card of a published ``zoo finetune`` / ``zoo pretrain`` run, followed by the architecture's.
+
+    Args:
+        spec: the run's model.
+        config: the run's (public) ``config.json``.
+        repo_id: the Hub repository it is published as.
+        started_from: what the run started from, in words (tag, Hub id, or a local checkpoint's sha256).
+        licences: licence ids the weights carry (those of what the run started from).
+        base_model: the Hub repository the run started from, if any (``ORG/NAME``).
+        num_params: parameter count of the published model.
+        sections: further Markdown sections about the run (e.g. a generated "Fine-tune" section),
+            inserted after the usage and before the architecture's card.
+    """
+    finetuned = "finetune" in config
+    task = "image-segmentation" if finetuned else "image-feature-extraction"
+    training = ["fine-tuned", "medical-image-segmentation"] if finetuned else ["self-supervised"]
+    tags = ["medzoo", "medical-imaging", *training, spec.family, "pytorch"]
+    data = card_data(spec, licences=licences, tags=tags, task=task, base_model=base_model, datasets=[])
+    kind = "fine-tuned" if finetuned else "self-supervised pretraining"
+    params = f" Parameters: {num_params:,}." if num_params else ""
+    lines = [
+        front_matter(data),
+        "",
+        f"# {repo_id}: {spec.name}, {kind} with medzoo",
+        "",
+        f"Started from: {started_from}",
+        "",
+        f"Covers: {config.get('covers', 'full')}.{params}",
+    ]
+    if config.get("permission_obtained"):
+        lines.append(
+            f"Published with the permission of the rights holder of weights licensed {licences[0]!r}, which "
+            "by itself does not allow redistribution; that permission does not extend to derived weights."
+        )
+    labels = config.get("labels") or {}
+    if labels:
+        lines.append("Labels: " + ", ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
+    if config.get("preprocessing"):
+        prep = config["preprocessing"]
+        lines.append("Preprocessing: " + "; ".join(f"{k}: {v}" for k, v in prep.items()) + ".")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import zoo",
+        f'model = zoo.create("hf-hub:{repo_id}")  # model arguments and preprocessing from config.json',
+        "```",
+        "",
+    ]
+    # Generated sections about the run (issue 18's "Fine-tune" section) go here, through `sections`.
+    for section in sections or []:
+        lines += [section.rstrip(), ""]
+    arch = render_card(spec, bench_dir=bench_dir)
+    body = arch.split("\n---\n", 1)[1] if arch.startswith("---\n") else arch
+    arch_md = _demote(body.strip("\n"))
+    lines += ["## The architecture: " + arch_md[3:] if arch_md.startswith("## ") else arch_md, ""]
+    return "\n".join(lines)
+
+
+def _demote(markdown: str) -> str:
+    """Every heading one level down (outside code blocks), so a card can sit under a section."""
+    out, fenced = [], False
+    for line in markdown.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        out.append("#" + line if line.startswith("#") and not fenced else line)
+    return "\n".join(out)
 
 
 def write_cards(out_dir: str | Path = CARDS_DIR) -> list[Path]:

@@ -1,8 +1,10 @@
 """The ``zoo`` command line.
 
-Exit status, as Unix tools: 0 success, 1 runtime failure (a download, a checkpoint, a
-missing extra), 2 usage error (a bad option, an unknown model name, a model argument or input
-size the model cannot take), 130 interrupted; a
+Exit status, as Unix tools: 0 success; 2 usage error: the request cannot work as given (a bad
+option, an unknown model name, an argument, input or checkpoint the model cannot take: a
+``ValueError``; a licence refusal that needs ``--permission-obtained``: a ``PermissionError``);
+1 runtime failure: the environment failed (network, disk, a missing file, a missing extra:
+``OSError``, ``RuntimeError``, ``ImportError``); 130 interrupted; a
 reader that closes the pipe early (``zoo list | head -1``) ends it quietly with 141.
 """
 
@@ -81,6 +83,13 @@ def cmd_list(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     from zoo.info import model_info
 
+    if a.name.startswith("hf-hub:"):  # a published repository: what it holds, then its model's info
+        from zoo.hub_repo import fetch_config
+
+        repo_id, _, commit, hub_cfg = fetch_config(a.name)
+        keys = ("model_name", "tag", "covers", "license", "redistributable", "derived_from", "sha256")
+        print(f"{a.name}: commit {commit}; " + "; ".join(f"{k}: {hub_cfg.get(k)}" for k in keys))
+        a.name = str(hub_cfg["model_name"])
     info = model_info(a.name)
     if a.json:
         print(json.dumps(info, indent=2))
@@ -117,7 +126,7 @@ def cmd_info(a: argparse.Namespace) -> int:
             )
         if w["url"]:
             print(f"  upstream: {w['url']}")
-            print(f"  upstream digest: {w['upstream_digest'] or 'none published'}")
+            print(f"  upstream digest: {w['upstream_digest'] or 'unpinned (none published)'}")
         if w["preprocessing"]:
             print(f"  preprocessing: {json.dumps(w['preprocessing'])}")
     return 0
@@ -125,24 +134,39 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_download(a: argparse.Namespace) -> int:
-    from zoo.hub import fetch_weights, file_digest
+    from zoo.convert import CheckpointFormatError
+    from zoo.hub import (
+        DigestMismatchError,
+        WeightsUnavailableError,
+        fetch_weights,
+        file_digest,
+        registry_digest_line,
+    )
 
     spec, tag = resolve(a.name)
     tag = tag or spec.default_tag
     if tag is None:
         print(f"{spec.name} has no weights. {spec.no_weights_reason or ''}", file=sys.stderr)
         return 2
-    path = fetch_weights(spec, spec.weight(tag), progress=not a.quiet)
+    ws = spec.weight(tag)
+    try:
+        path = fetch_weights(spec, ws, progress=not a.quiet)
+    except (WeightsUnavailableError, DigestMismatchError, CheckpointFormatError, OSError) as e:
+        # Network and content failures are one line for the user, never a traceback.
+        print(f"zoo download: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    if a.print_digest:
+        print(registry_digest_line(spec, ws, path))
+        return 0
     print(f"{spec.name}.{tag}: {path} (sha256 {file_digest(path)})")
     return 0
 
 
 @_command
 def cmd_convert(a: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
     from zoo._factory import load_weights
     from zoo.convert import convert_checkpoint, read_checkpoint
+    from zoo.hub import save_safetensors
 
     src, out = Path(a.checkpoint), Path(a.output)
     spec, _ = resolve(a.model)
@@ -163,9 +187,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
             args["in_chans"] = w.shape[1]
     report = load_weights(spec.builder(**args), sd, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"model": spec.name})
-    tmp.replace(out)
+    save_safetensors(sd, out, metadata={"model": spec.name})  # a unique temporary name per writer
     extra = f"; not in checkpoint: {len(report.newly_initialised)} (covers {report.covers})"
     print(f"wrote {out}: {len(sd)} tensors for {spec.name}{extra if report.newly_initialised else ''}")
     return 0
@@ -173,7 +195,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_publish(a: argparse.Namespace) -> int:
-    from zoo.hub import publish, publish_run
+    from zoo.publish import publish, publish_run
 
     out = a.out or Path(a.repo.replace("/", "__"))
     if Path(a.name).is_dir():  # a zoo finetune / pretrain run folder
@@ -181,20 +203,32 @@ def cmd_publish(a: argparse.Namespace) -> int:
             raise ValueError(
                 "--checkpoint goes with name.tag, not with a run folder (its checkpoint is in it)"
             )
-        path = publish_run(a.name, a.repo, out, dry_run=a.dry_run, permission_obtained=a.permission_obtained)
-        verb = "wrote" if a.dry_run else "uploaded"
-        print(f"{verb} {path}: " + ", ".join(sorted(p.name for p in Path(path).iterdir())))
-        return 0
-    path = publish(
-        a.name,
-        a.repo,
-        out,
-        dry_run=a.dry_run,
-        checkpoint_path=a.checkpoint,
-        permission_obtained=a.permission_obtained,
-    )
-    verb = "wrote" if a.dry_run else "uploaded"
-    print(f"{verb} {path}: " + ", ".join(sorted(p.name for p in Path(path).iterdir())))
+        path = publish_run(
+            a.name,
+            a.repo,
+            out,
+            dry_run=a.dry_run,
+            permission_obtained=a.permission_obtained,
+            revision=a.revision,
+            license=a.license,
+        )
+    else:
+        if a.license:
+            raise ValueError("--license goes with a run folder; a registered tag keeps its own licence")
+        path = publish(
+            a.name,
+            a.repo,
+            out,
+            dry_run=a.dry_run,
+            checkpoint_path=a.checkpoint,
+            permission_obtained=a.permission_obtained,
+            revision=a.revision,
+        )
+    files = ", ".join(sorted(p.name for p in Path(path).iterdir()))
+    if a.dry_run:
+        print(f"wrote {path}: {files}")
+    else:
+        print(f"uploaded {files} to {a.repo} (copy in {path}); load with zoo.create('hf-hub:{a.repo}')")
     return 0
 
 
@@ -316,7 +350,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
 @_command
 def cmd_export(a: argparse.Namespace) -> int:
     from zoo.export import to_onnx
+    from zoo.hub_repo import hub_model_name, is_hub_id
 
+    if is_hub_id(a.name):  # a published repository: its model, loaded through checkpoint_path
+        if a.checkpoint:
+            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
+        a.checkpoint, a.name = a.name, hub_model_name(a.name)
     spec, name_tag = resolve(a.name)
     if a.tag and name_tag and a.tag != name_tag:
         print(f"zoo export: {a.name!r} names weights {name_tag!r} and --tag says {a.tag!r}", file=sys.stderr)
@@ -362,6 +401,15 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     from zoo.bench import benchmark, ratio
 
+    hub_args: dict = {}
+    if a.name.startswith("hf-hub:"):  # the cost of a published configuration (model arguments from the Hub)
+        from zoo.hub_repo import fetch_config
+
+        hub_cfg = fetch_config(a.name)[3]
+        a.name = str(hub_cfg["model_name"])
+        hub_args = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in (hub_cfg.get("model_args") or {}).items()
+        }
     names = list_models(a.name) if any(ch in a.name for ch in "*?[") else [a.name]
     if not names:
         print(f"no model matches {a.name!r}", file=sys.stderr)
@@ -372,7 +420,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         r = benchmark(
             n,
             input_shape=a.input_shape,
-            model_kwargs=kwargs,
+            model_kwargs={**hub_args, **kwargs},
             warmup=a.warmup,
             repeats=a.repeats,
             threads=a.threads,
@@ -446,6 +494,12 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     if not a.name or not a.data or not a.out:
         print("zoo finetune: NAME, --data and --out are required (or --list-presets)", file=sys.stderr)
         return 2
+    if a.name.startswith("hf-hub:"):  # start from a published repository: its model, its weights
+        from zoo.hub_repo import hub_model_name
+
+        if a.checkpoint:
+            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
+        a.checkpoint, a.name = a.name, hub_model_name(a.name)
     try:
         finetune(
             a.name,
@@ -562,6 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("download", help="fetch, verify, convert and cache weights")
     s.add_argument("name", help="name.tag (or a name: its default tag)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--print-digest",
+        action="store_true",
+        help="print the registry fields (sha256 and size) that pin the downloaded file, to paste",
+    )
 
     s = sub.add_parser("convert", help="convert an authors' checkpoint to safetensors")
     s.add_argument("checkpoint", help="the authors' checkpoint file (.pt/.pth/.safetensors)")
@@ -571,9 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("publish", help="write (and upload) a Hub folder for name.tag or a run folder")
     s.add_argument("name", help="name.tag, or the folder of a zoo finetune / pretrain run")
     s.add_argument("--repo", required=True, help="Hub repository, ORG/NAME")
-    s.add_argument("--out", type=Path, default=None, help="folder to write (default: ORG__NAME)")
+    s.add_argument("--out", type=Path, default=None, help="new or empty folder to write (default: ORG__NAME)")
     s.add_argument("--checkpoint", default=None, help="publish this file instead of the registered one")
     s.add_argument("--dry-run", action="store_true", help="write the folder only")
+    s.add_argument("--revision", default=None, help="Hub branch to commit to (default: the default branch)")
+    s.add_argument(
+        "--license", default=None, help="licence of a run's weights (default: that of what it started from)"
+    )
     s.add_argument(
         "--permission-obtained",
         action="store_true",
@@ -750,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error(args.command, "interrupted")
         return EXIT_INTERRUPTED
-    except (UsageError, UnknownNameError, InvalidArgumentError) as e:
+    except (UsageError, UnknownNameError, InvalidArgumentError, ValueError, PermissionError) as e:
         _error(args.command, str(e))
         return EXIT_USAGE
     except MissingExtraError as e:
@@ -762,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(args.command, hint(e.name.split(".")[0], extra, feature=f"zoo {args.command}"))
         return EXIT_FAILURE
-    except (ValueError, RuntimeError, OSError) as e:
+    except (RuntimeError, OSError) as e:
         _error(args.command, str(e))
         return EXIT_FAILURE
 

@@ -1,4 +1,4 @@
-"""Weights: resolve → download → verify → convert → cache, and publish to the Hub.
+"""Weights: resolve → download → verify → convert → cache (publishing lives in ``zoo.publish``).
 
 This module knows nothing about any architecture: it moves files, checks digests and
 hands upstream checkpoints to the family converter named by the :class:`ModelSpec`.
@@ -8,15 +8,40 @@ Resolution for a weights tag (``zoo.create`` handles ``checkpoint_path`` before 
 1. The Hugging Face Hub, when the tag names a repository: ``hf_hub_download`` at the
    pinned revision, through its own cache; ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and
    ``HF_HUB_OFFLINE`` are read at call time. The sha256 of the file is checked on
-   every load when the registry pins it.
+   every load when the registry pins it. A 404 falls back to upstream.
 2. The upstream URL: downloaded once under a lock, checked against the published digest
    (git blob SHA-1 or sha256), converted to safetensors and cached under
-   ``$MEDZOO_CACHE`` (default ``~/.cache/medzoo``) with a sidecar recording the
-   converted file's sha256, which is checked again on every load.
-   ``MEDZOO_UPSTREAM_ENDPOINT`` replaces the scheme and host of upstream URLs (a mirror).
+   ``$MEDZOO_CACHE`` (default ``~/.cache/medzoo``) with a sidecar JSON (``name``, ``tag``,
+   ``sha256`` of the converted file, ``source_digest`` of the upstream file).
+   ``MEDZOO_UPSTREAM_ENDPOINT`` replaces the scheme and host of upstream URLs (a mirror),
+   Google Drive's hosts included. Google Drive files go through ``gdown``: a file URL
+   (``drive.google.com/uc?id=…``) past Drive's virus-scan confirmation page, or
+   ``drive.google.com/drive/folders/<id>#<file name>[,<other name>]`` for a file picked by
+   name from a shared folder.
 
-A file that fails its digest is deleted, never used; downloads go to a temporary file in
-the destination folder and are renamed into place only once complete and verified.
+Invariants:
+
+- Bounded transfers. Every file has a size bound: the registry's ``upstream_size`` (``size``
+  for a Hub file) where recorded, else 16 bytes per parameter of the architecture + 64 MiB (float32 weights
+  plus two Adam moments, with room to spare). A transfer is aborted past the bound, after
+  ``stall`` seconds without a byte, and past an overall deadline scaled to the bound.
+  Environment: ``MEDZOO_DOWNLOAD_MAX_BYTES`` (replaces the bound),
+  ``MEDZOO_DOWNLOAD_STALL_TIMEOUT`` (default 60 s; also the Hub client's etag and
+  download timeouts unless ``HF_HUB_ETAG_TIMEOUT`` / ``HF_HUB_DOWNLOAD_TIMEOUT`` are set),
+  ``MEDZOO_DOWNLOAD_DEADLINE`` (seconds; default 120 + bound / 256 KiB/s).
+- Network failures raise :class:`DownloadError` (upstream) or :class:`HubError` (Hub),
+  both :class:`WeightsUnavailableError`, with one line naming the source and what to do.
+  An HTML or text answer is reported as a web page, never handed to the unpickler.
+- Nothing partial survives: downloads and conversions write to uniquely named
+  ``<target>.*.part`` files beside the target, removed on failure; those a killed process
+  left are removed by the next process that holds the lock.
+- One lock per cache file covers the check, the download, the conversion, the sidecar and
+  the rename; the sidecar is written before the file is renamed into place, so a cache
+  file never exists without its record. A file that fails its digest is deleted, never used.
+- On every load the cached file's sha256 is checked against its sidecar, and the sidecar's
+  name, tag and source digest against the registry's pin. A tag with no pinned digest
+  loads with one WARNING per process that shows the sha256 to pin
+  (``zoo download NAME.TAG --print-digest`` prints the registry line).
 """
 
 from __future__ import annotations
@@ -25,34 +50,61 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from filelock import FileLock
 
-from zoo._registry import ModelSpec, WeightSpec, resolve
+from zoo._registry import ModelSpec, WeightSpec
 
 log = logging.getLogger("zoo.hub")
 
 __all__ = [
     "WeightsUnavailableError",
+    "DownloadError",
+    "HubError",
     "DigestMismatchError",
+    "DownloadLimits",
     "cache_dir",
+    "download_limits",
     "fetch_weights",
     "file_digest",
-    "publish",
+    "registry_digest_line",
+    "save_safetensors",
+    "web_page_excerpt",
 ]
 
 _CHUNK = 1 << 20
+_MIB = 1 << 20
+_DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 
 
 class WeightsUnavailableError(RuntimeError):
     """No source could provide the weights (offline and not cached, or every source failed)."""
+
+
+class DownloadError(WeightsUnavailableError):
+    """An upstream transfer failed: unreachable, HTTP error, too large, stalled, past its deadline,
+    truncated, or a web page instead of a checkpoint."""
+
+
+class HubError(WeightsUnavailableError):
+    """The Hugging Face Hub could not provide a file; ``kind`` is ``offline``, ``unreachable``,
+    ``not-found``, ``unauthorised``, ``too-large`` or ``http``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DigestMismatchError(ValueError):
@@ -104,25 +156,313 @@ def _check_digest(path: Path, expected: str, what: str) -> None:
         raise DigestMismatchError(f"{what}: {algo} digest {got} does not match the pinned {want}")
 
 
+_WARNED: set[tuple[str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_unpinned(what: str, sha256: str, pin: str) -> None:
+    """One WARNING per process and file: the digest of weights the registry does not pin."""
+    with _WARNED_LOCK:
+        if (what, sha256) in _WARNED:
+            return
+        _WARNED.add((what, sha256))
+    log.warning(
+        "%s is unpinned: the registry has no digest for it, so its content is not verified. "
+        "Loaded file sha256 %s; pin it in the registry as %s",
+        what,
+        sha256,
+        pin,
+    )
+
+
+# ------------------------------------------------------------------------ limits
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds of one transfer: at most ``max_bytes``, no pause over ``stall_s``, done by ``deadline_s``."""
+
+    max_bytes: int
+    stall_s: float
+    deadline_s: float
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def size_bound(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> tuple[int, bool]:
+    """The most bytes a download of ``ws`` (its Hub file if ``hub``) may bring, and whether that is exact."""
+    # Recorded sizes: the Hub file's ``size``; ``upstream_size`` as `zoo download --print-digest` prints it.
+    exact = ws.size if hub else getattr(ws, "upstream_size", None)
+    if exact:
+        return int(exact), True
+    params = spec.meta.get("num_params")
+    if params:
+        # float32 weights + Adam's two moments = 12 bytes per parameter; 16 leaves room for extras.
+        return 16 * int(params) + 64 * _MIB, False
+    return 4 << 30, False
+
+
+def download_limits(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> DownloadLimits:
+    """The size bound, stall timeout and deadline for a download of ``ws`` (environment applied).
+
+    Returns:
+        ``MEDZOO_DOWNLOAD_MAX_BYTES`` or :func:`size_bound`; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT``
+        or 60 s; ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
+    """
+    max_bytes = int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(size_bound(spec, ws, hub)[0])))
+    stall = _env_number("MEDZOO_DOWNLOAD_STALL_TIMEOUT", 60.0)
+    deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", 120.0 + max_bytes / (256 * 1024))
+    return DownloadLimits(max_bytes=max_bytes, stall_s=stall, deadline_s=deadline)
+
+
+class _Transfer:
+    """Counts the bytes and the time of one transfer; raises :class:`DownloadError` past a bound."""
+
+    def __init__(self, what: str, limits: DownloadLimits, error: type[WeightsUnavailableError]) -> None:
+        self.what, self.limits, self.error = what, limits, error
+        self.start = time.monotonic()
+        self.received = 0
+
+    def _fail(self, message: str) -> WeightsUnavailableError:
+        if self.error is HubError:
+            return HubError("too-large" if "bound" in message else "unreachable", message)
+        return self.error(message)
+
+    def announce(self, total: int | None) -> None:
+        if total is not None and total > self.limits.max_bytes:
+            raise self._fail(
+                f"{self.what}: the server announces {total:,} bytes, over the {self.limits.max_bytes:,}-byte "
+                "bound for this file; refused (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file "
+                "really grew)"
+            )
+
+    def seen(self, total_received: int) -> None:
+        self.received = total_received
+        if self.received > self.limits.max_bytes:
+            raise self._fail(
+                f"{self.what}: more than {self.limits.max_bytes:,} bytes received, over the bound for this "
+                "file; aborted (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file really grew)"
+            )
+        self.check_deadline()
+
+    def check_deadline(self) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed > self.limits.deadline_s:
+            raise self.deadline_error()
+
+    def deadline_error(self) -> WeightsUnavailableError:
+        return self._fail(
+            f"{self.what}: not complete after {self.limits.deadline_s:g} s ({self.received:,} bytes "
+            "received); aborted (MEDZOO_DOWNLOAD_DEADLINE sets the deadline)"
+        )
+
+    def stall_error(self) -> WeightsUnavailableError:
+        return self._fail(
+            f"{self.what}: no byte from the server for {self.limits.stall_s:g} s ({self.received:,} bytes "
+            "received); aborted (MEDZOO_DOWNLOAD_STALL_TIMEOUT sets the timeout)"
+        )
+
+
+# ------------------------------------------------------------------- web pages
+
+
+_BINARY_MAGIC = (b"PK\x03\x04", b"\x80")  # torch's zip container; a legacy pickle
+
+
+def web_page_excerpt(path: str | Path, limit: int = 200) -> str | None:
+    """The first ``limit`` characters of ``path`` if it is HTML or text rather than a binary checkpoint.
+
+    Returns:
+        The excerpt with whitespace collapsed, or None for a binary file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head or head.startswith(_BINARY_MAGIC):
+        return None
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the read
+            return None
+        text = head[: e.start].decode("utf-8")
+    if sum(not (c.isprintable() or c.isspace()) for c in text) > len(text) // 100:
+        return None
+    return " ".join(text.split())[:limit]
+
+
+def _page_error(what: str, url: str, excerpt: str) -> DownloadError:
+    return DownloadError(f"{what} from {url}: the server returned a web page, not a checkpoint: {excerpt}")
+
+
 # ---------------------------------------------------------------------------- Hub
 
 
-def _from_hub(ws: WeightSpec) -> Path:
-    from huggingface_hub import hf_hub_download
+def _hub_label(ws: WeightSpec) -> str:
+    return f"{ws.hf_hub_id}/{ws.hf_filename}@{ws.hf_revision or 'main'}"
 
-    kwargs: dict[str, Any] = dict(
-        repo_id=ws.hf_hub_id,
-        filename=ws.hf_filename,
-        revision=ws.hf_revision,
-        endpoint=os.environ.get("HF_ENDPOINT") or None,
-        cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-        local_files_only=is_offline(),
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Timeouts and connection failures of whichever HTTP library this huggingface_hub uses."""
+    errors: list[type[BaseException]] = [TimeoutError, ConnectionError]
+    for module, names in (
+        ("httpx2", ("TimeoutException", "NetworkError")),
+        ("httpx", ("TimeoutException", "NetworkError")),
+        ("requests", ("Timeout", "ConnectionError")),
+    ):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        errors += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    return tuple(errors)
+
+
+def _hub_error(e: BaseException, ws: WeightSpec, spec: ModelSpec, stall: float) -> HubError | None:
+    """One clear :class:`HubError` for a failure of the Hub client, or None if ``e`` is not one."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
-    path = Path(hf_hub_download(**kwargs))
-    if ws.sha256 is None:
-        return path
+
+    where, ident = _hub_label(ws), f"{spec.name}.{ws.tag}"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, GatedRepoError) or (isinstance(e, HfHubHTTPError) and status in (401, 403)):
+        return HubError(
+            "unauthorised",
+            f"Hub {where}: access refused (HTTP {status}); log in with `hf auth login` or set HF_TOKEN to a "
+            "token that may read this repository",
+        )
+    if isinstance(e, OfflineModeIsEnabled) or (isinstance(e, LocalEntryNotFoundError) and is_offline()):
+        return HubError(
+            "offline",
+            f"Hub {where}: not in the local Hub cache and offline mode is on "
+            f"(HF_HUB_OFFLINE/MEDZOO_OFFLINE); run `zoo download {ident}` once while online",
+        )
+    # LocalEntryNotFoundError is an EntryNotFoundError too: a cache miss, not a 404.
+    if isinstance(e, RepositoryNotFoundError | RevisionNotFoundError | EntryNotFoundError) and not isinstance(
+        e, LocalEntryNotFoundError
+    ):
+        return HubError(
+            "not-found",
+            f"Hub {where}: not found (HTTP 404, {type(e).__name__}) on {endpoint}; check the repository, "
+            "file and revision in the registry",
+        )
+    cause = e.__cause__ if isinstance(e, LocalEntryNotFoundError) and e.__cause__ is not None else e
+    if isinstance(cause, _network_errors()):
+        return HubError(
+            "unreachable",
+            f"Hub {where}: {endpoint} did not answer within {stall:g} s ({type(cause).__name__}); check the "
+            "network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what is cached",
+        )
+    if isinstance(e, LocalEntryNotFoundError):
+        return HubError(
+            "unreachable", f"Hub {where}: {endpoint} could not be queried ({e}); check the network"
+        )
+    if isinstance(e, HfHubHTTPError):
+        return HubError("http", f"Hub {where}: HTTP {status} from {endpoint}; retry later")
+    return None
+
+
+def _remove_hub_file(path: Path) -> None:
+    """Delete a cached Hub file: the snapshot link and the blob it points at."""
+    blob = path.resolve()
+    for p in {path, blob}:
+        p.unlink(missing_ok=True)
+
+
+def _remove_hub_incomplete(ws: WeightSpec) -> None:
+    """Delete the Hub client's partial blobs of ``ws``'s repository (an aborted transfer)."""
+    from huggingface_hub import constants
+
+    root = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+    folder = root / ("models--" + str(ws.hf_hub_id).replace("/", "--")) / "blobs"
+    for p in folder.glob("*.incomplete"):
+        p.unlink(missing_ok=True)
+
+
+def _hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
+    """``hf_hub_download`` of ``ws`` within the download limits, its failures as :class:`HubError`."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    limits = download_limits(spec, ws, hub=True)
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    offline = is_offline()
+    constants.HF_HUB_OFFLINE = offline  # the client reads the variable once, at import; we read it per call
+    if "HF_HUB_DOWNLOAD_TIMEOUT" not in os.environ:
+        # The client reads its read timeout from this module constant at each download.
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = limits.stall_s
+    etag_timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or limits.stall_s)
+    where = _hub_label(ws)
+    transfer = _Transfer(f"Hub {where}", limits, HubError)
     try:
-        _check_digest(path, f"sha256:{ws.sha256}", f"{ws.hf_hub_id}/{ws.hf_filename}")
+        if not offline and not extra.get("force_download"):
+            # One HEAD without retries first: the client alone retries an endpoint that does not
+            # answer for minutes (a 60 s timeout, 5 times), then reports it as "not cached".
+            url = hf_hub_url(ws.hf_hub_id, ws.hf_filename, revision=ws.hf_revision, endpoint=endpoint)
+            meta = get_hf_file_metadata(url, timeout=etag_timeout, endpoint=endpoint)
+            transfer.announce(meta.size)
+
+        class _Bounded(hf_tqdm):  # the client reports every chunk here: the byte bound and deadline
+            def update(self, n: float | None = 1) -> bool | None:
+                transfer.seen(transfer.received + int(n or 0))
+                return super().update(n)
+
+        path = hf_hub_download(
+            repo_id=ws.hf_hub_id,
+            filename=ws.hf_filename,
+            revision=ws.hf_revision,
+            endpoint=endpoint,
+            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+            local_files_only=offline,
+            etag_timeout=etag_timeout,
+            tqdm_class=_Bounded,
+            **extra,
+        )
+        return Path(path)
+    except HubError:
+        _remove_hub_incomplete(ws)
+        raise
+    except Exception as e:
+        err = _hub_error(e, ws, spec, limits.stall_s)
+        if err is None:
+            raise
+        _remove_hub_incomplete(ws)
+        raise err from e
+
+
+def _from_hub(spec: ModelSpec, ws: WeightSpec) -> Path:
+    path = _hub_download(spec, ws)
+    where = _hub_label(ws)
+    if ws.sha256 is None:
+        sha = file_digest(path)
+        _warn_unpinned(f"{spec.name}.{ws.tag} (Hub {where})", sha, f"sha256={sha!r}")
+        return path
+    advice = (
+        "; the copy was removed. The repository no longer holds the pinned file: report it, or pin "
+        "the new digest only if you trust the new file"
+    )
+    try:
+        _check_digest(path, f"sha256:{ws.sha256}", f"Hub {where}")
         return path
     except DigestMismatchError as e:
         _remove_hub_file(path)
@@ -131,20 +471,13 @@ def _from_hub(ws: WeightSpec) -> Path:
                 f"{e}; the cached copy was removed and offline mode forbids a new download"
             ) from e
         log.warning("%s; removed it, downloading again", e)
-    path = Path(hf_hub_download(**kwargs, force_download=True))
+    path = _hub_download(spec, ws, force_download=True)
     try:
-        _check_digest(path, f"sha256:{ws.sha256}", f"{ws.hf_hub_id}/{ws.hf_filename}")
-    except DigestMismatchError:
+        _check_digest(path, f"sha256:{ws.sha256}", f"Hub {where}")
+    except DigestMismatchError as e:
         _remove_hub_file(path)
-        raise
+        raise DigestMismatchError(f"{e}{advice}") from e
     return path
-
-
-def _remove_hub_file(path: Path) -> None:
-    """Delete a cached Hub file: the snapshot link and the blob it points at."""
-    blob = path.resolve()
-    for p in {path, blob}:
-        p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- upstream
@@ -160,44 +493,195 @@ def upstream_url(url: str) -> str:
     return base + parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-def _download(url: str, dest_dir: Path, progress: bool) -> Path:
-    """Stream ``url`` to a temporary file in ``dest_dir``; error on a short read."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        req = urllib.request.Request(url, headers={"User-Agent": "medzoo"})
-        with urllib.request.urlopen(req, timeout=60) as resp, os.fdopen(fd, "wb") as out:
-            total = resp.headers.get("Content-Length")
-            total = int(total) if total is not None else None
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
+def is_drive_url(url: str) -> bool:
+    """Whether ``url`` is a Google Drive file or folder link (fetched through gdown)."""
+    return urllib.parse.urlsplit(url).hostname in _DRIVE_HOSTS
 
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False)
-            received = 0
-            while chunk := resp.read(_CHUNK):
+
+def _download(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
+    """Stream ``url`` to ``dest`` within ``limits``; a short read, a crossed bound or a web page fails."""
+    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
+    req = urllib.request.Request(url, headers={"User-Agent": "medzoo"})
+    try:
+        resp = urllib.request.urlopen(req, timeout=limits.stall_s)
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"{what}: upstream {url} answered HTTP {e.code} {e.reason}") from e
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError | socket.timeout):
+            raise transfer.stall_error() from e
+        raise DownloadError(f"{what}: cannot reach upstream {url}: {e.reason}") from e
+    except TimeoutError as e:
+        raise transfer.stall_error() from e
+    except OSError as e:
+        raise DownloadError(f"{what}: cannot reach upstream {url}: {e}") from e
+    with resp, open(dest, "wb") as out:
+        if (resp.headers.get("Content-Type") or "").lower().startswith("text/"):  # absent is not text
+            raise _page_error(what, url, " ".join(resp.read1(4096).decode("utf-8", "replace").split())[:200])
+        total = resp.headers.get("Content-Length")
+        total = int(total) if total is not None and total.isdigit() else None
+        transfer.announce(total)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False)
+        try:
+            while True:
+                try:
+                    chunk = resp.read1(_CHUNK)  # returns what has arrived: the deadline is checked per read
+                except TimeoutError as e:
+                    raise transfer.stall_error() from e
+                except OSError as e:
+                    raise DownloadError(f"{what}: connection to {url} failed: {e}") from e
+                if not chunk:
+                    break
                 out.write(chunk)
-                received += len(chunk)
+                transfer.seen(transfer.received + len(chunk))
                 if bar is not None:
                     bar.update(len(chunk))
+        finally:
             if bar is not None:
                 bar.close()
-        if total is not None and received != total:
-            raise WeightsUnavailableError(
-                f"truncated download from {url}: received {received} of {total} bytes"
-            )
-        return tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if total is not None and transfer.received != total:
+        raise DownloadError(
+            f"{what}: truncated download from {url}: received {transfer.received} of {total} bytes"
+        )
+    return dest
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+# ------------------------------------------------------------------ Google Drive
+
+_SEAM_LOCK = threading.Lock()
+_LAST_PAGE = threading.local()
+
+
+def _install_drive_seam() -> None:
+    """Route gdown's requests to Drive's hosts through ``MEDZOO_UPSTREAM_ENDPOINT`` when it is set."""
+    import importlib
+
+    # The package re-exports functions under the module names: fetch the modules themselves.
+    gd = importlib.import_module("gdown.download")
+    gf = importlib.import_module("gdown.download_folder")
+    with _SEAM_LOCK:
+        if getattr(gd._get_session, "_medzoo_seam", False):
+            return
+        make_session = gd._get_session
+
+        def _get_session(**kwargs: Any) -> Any:
+            sess, cookies_file = make_session(**kwargs)
+            request = sess.request
+
+            def _request(method: str, url: str, *args: Any, **kw: Any) -> Any:
+                host = urllib.parse.urlsplit(url).hostname
+                resp = request(method, upstream_url(url) if host in _DRIVE_HOSTS else url, *args, **kw)
+                if resp.headers.get("Content-Type", "").startswith("text/"):
+                    _LAST_PAGE.response = resp  # the page shown when gdown cannot use it
+                return resp
+
+            sess.request = _request
+            return sess, cookies_file
+
+        _get_session._medzoo_seam = True  # type: ignore[attr-defined]
+        # Seam: gdown hard-codes Drive's https hosts, and opens every session in this one function.
+        gd._get_session = gf._get_session = _get_session
+
+
+def _last_page_excerpt() -> str:
+    resp = getattr(_LAST_PAGE, "response", None)
+    try:
+        text = resp.text if resp is not None else ""
+    except Exception:  # a streamed page that gdown closed unread
+        text = ""
+    return " ".join(text.split())[:200] or "(empty page)"
+
+
+def _drive_file_id(url: str, dest_dir: Path, limits: DownloadLimits, what: str) -> str:
+    """The Drive file id named by ``url``: its ``id``, or the folder entry named in its fragment."""
+    import gdown
+    import requests
+
+    parts = urllib.parse.urlsplit(url)
+    folder = re.match(r"^/drive/folders/([-\w]+)", parts.path)
+    if folder is None:
+        file_id, _ = gdown.parse_url.parse_url(url)
+        if not file_id:
+            raise ValueError(f"{what}: {url} names no Google Drive file id")
+        return file_id
+    names = [urllib.parse.unquote(n) for n in parts.fragment.split(",") if n]
+    if not names:
+        raise ValueError(f"{what}: Drive folder URL {url} must end with #<file name>")
+    _LAST_PAGE.response = None
+    try:
+        listing = gdown.download_folder(
+            id=folder.group(1),
+            output=str(dest_dir) + os.sep,
+            skip_download=True,
+            quiet=True,
+            use_cookies=False,
+            timeout=(limits.stall_s, limits.stall_s),
+        )
+    except requests.exceptions.RequestException as e:
+        raise DownloadError(f"{what}: cannot list Google Drive folder {folder.group(1)}: {e}") from e
+    except gdown.exceptions.DownloadError as e:
+        first = str(e).splitlines()[0]
+        raise DownloadError(f"{what}: Google Drive folder {folder.group(1)}: {first}") from e
+    found = {PurePosixPath(f.path).name: f.id for f in listing}
+    for name in names:
+        if name in found:
+            return found[name]
+    raise DownloadError(
+        f"{what}: Google Drive folder {folder.group(1)} has no file {' or '.join(names)} "
+        f"(it holds: {', '.join(sorted(found)) or 'nothing'})"
+    )
+
+
+def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
+    """Download a Google Drive file (past the virus-scan page) with gdown, within ``limits``."""
+    import gdown
+    import requests
+
+    _install_drive_seam()
+    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
+    file_id = _drive_file_id(url, dest.parent, limits, what)
+    cancel = threading.Event()
+    timer = threading.Timer(max(0.0, limits.deadline_s - (time.monotonic() - transfer.start)), cancel.set)
+    timer.daemon = True
+    timer.start()
+
+    def _progress(done: int, total: int | None) -> None:
+        transfer.announce(total)
+        transfer.seen(done)
+
+    _LAST_PAGE.response = None
+    try:
+        gdown.download(
+            id=file_id,
+            output=str(dest),
+            quiet=not progress,
+            use_cookies=False,  # never read or write ~/.cache/gdown/cookies.txt
+            timeout=(limits.stall_s, limits.stall_s),
+            progress=_progress,
+            cancel=cancel,
+        )
+    except gdown.exceptions.DownloadCancelled as e:
+        raise transfer.deadline_error() from e
+    except gdown.exceptions.FileURLRetrievalError as e:
+        raise _page_error(what, url, _last_page_excerpt()) from e
+    except requests.exceptions.HTTPError as e:
+        code = e.response.status_code if e.response is not None else "?"
+        raise DownloadError(f"{what}: Google Drive answered HTTP {code} for {url}") from e
+    except (requests.exceptions.Timeout, TimeoutError) as e:
+        raise (transfer.deadline_error() if cancel.is_set() else transfer.stall_error()) from e
+    except requests.exceptions.RequestException as e:
+        raise DownloadError(f"{what}: cannot reach Google Drive for {url}: {type(e).__name__}") from e
+    except gdown.exceptions.DownloadError as e:
+        raise DownloadError(f"{what}: Google Drive download of {url} failed: {str(e).splitlines()[0]}") from e
+    finally:
+        timer.cancel()
+    return dest
+
+
+# ------------------------------------------------------------------------- cache
 
 
 def converted_path(spec: ModelSpec, ws: WeightSpec) -> Path:
@@ -205,86 +689,171 @@ def converted_path(spec: ModelSpec, ws: WeightSpec) -> Path:
     return cache_dir() / "converted" / f"{spec.name}.{ws.tag}.safetensors"
 
 
-def _cached_converted(target: Path) -> Path | None:
-    """The cached converted file if present and intact; a bad one is removed."""
-    sidecar = target.with_suffix(".json")
+def _part_name(target: Path) -> str:
+    return f"{target.name}."
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Remove what an interrupted process left for ``target`` (call with its lock held)."""
+    for p in target.parent.glob(f"{_part_name(target)}*.part"):
+        log.info("removing %s, left by an interrupted download", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def save_safetensors(sd: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> str:
+    """Write ``sd`` to ``path`` atomically through a uniquely named temporary file.
+
+    Two writers of one path both succeed (the last rename wins); a failed write leaves nothing.
+
+    Returns:
+        The sha256 of the written file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_part_name(path), suffix=".part")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=metadata)
+        digest = file_digest(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return digest
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_part_name(path), suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_suffix(".json")
+
+
+def _source_matches(meta: dict[str, Any], pin: str) -> bool:
+    recorded = meta.get("source_digest")
+    sha = meta.get("source_sha256")
+    return recorded == pin or (sha is not None and pin == f"sha256:{sha}")
+
+
+def _cached_converted(target: Path, spec: ModelSpec, ws: WeightSpec) -> dict[str, Any] | None:
+    """The cached file's record if the file is intact and agrees with the registry; a bad one is removed."""
+    sidecar = _sidecar(target)
     if not target.exists():
+        sidecar.unlink(missing_ok=True)
         return None
     try:
         meta = json.loads(sidecar.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("its record is not a JSON object")
+        if (meta.get("name"), meta.get("tag")) != (spec.name, ws.tag):
+            raise ValueError(f"its record names {meta.get('name')}.{meta.get('tag')}")
+        if ws.upstream_digest and not _source_matches(meta, ws.upstream_digest):
+            raise DigestMismatchError(
+                f"it was converted from {meta.get('source_digest')}, "
+                f"but the registry pins {ws.upstream_digest}"
+            )
         _check_digest(target, f"sha256:{meta['sha256']}", f"cached {target.name}")
-        return target
-    except (OSError, ValueError, KeyError) as e:
+        stamp = _safetensors_metadata(target)
+        if (stamp.get("name"), stamp.get("tag"), stamp.get("source_digest")) != (
+            spec.name,
+            ws.tag,
+            meta.get("source_digest"),
+        ):
+            raise DigestMismatchError(
+                "the file is not the one its record describes (the file says "
+                f"{stamp.get('name')}.{stamp.get('tag')} from {stamp.get('source_digest')})"
+            )
+        return meta
+    except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("cache file %s is not valid (%s); removing it", target, e)
         target.unlink(missing_ok=True)
         sidecar.unlink(missing_ok=True)
         return None
 
 
-def _from_upstream(
-    spec: ModelSpec,
-    ws: WeightSpec,
-    progress: bool,
-) -> Path:
-    from safetensors.torch import save_file
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
 
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error type
+        raise ValueError(f"not a readable safetensors file ({e})") from e
+
+
+def _warn_if_unpinned(spec: ModelSpec, ws: WeightSpec, meta: dict[str, Any]) -> None:
+    if ws.upstream_digest is None and meta.get("source_sha256"):
+        sha = meta["source_sha256"]
+        _warn_unpinned(f"{spec.name}.{ws.tag} (upstream {ws.url})", sha, f"upstream_digest='sha256:{sha}'")
+
+
+def _from_upstream(spec: ModelSpec, ws: WeightSpec, progress: bool) -> Path:
     from zoo.convert import convert_checkpoint, read_checkpoint
 
     target = converted_path(spec, ws)
-    if (hit := _cached_converted(target)) is not None:
-        return hit
-    if is_offline():
-        raise WeightsUnavailableError(
-            f"{spec.name}.{ws.tag} is not in the cache ({target}) and offline mode is on "
-            "(HF_HUB_OFFLINE/MEDZOO_OFFLINE). Download it once with `zoo download "
-            f"{spec.name}.{ws.tag}` while online, or pass checkpoint_path= to a local file."
-        )
+    what = f"{spec.name}.{ws.tag}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        # Another process may have finished while this one waited for the lock.
-        if (hit := _cached_converted(target)) is not None:
-            return hit
-        url = upstream_url(ws.url)
-        log.info("downloading %s.%s from %s", spec.name, ws.tag, url)
+        _remove_stale_parts(target)
+        if (meta := _cached_converted(target, spec, ws)) is not None:
+            _warn_if_unpinned(spec, ws, meta)
+            return target
+        if is_offline():
+            raise WeightsUnavailableError(
+                f"{what} is not in the cache ({target}) and offline mode is on "
+                "(HF_HUB_OFFLINE/MEDZOO_OFFLINE). Download it once with `zoo download "
+                f"{what}` while online, or pass checkpoint_path= to a local file."
+            )
+        assert ws.url is not None
+        limits = download_limits(spec, ws)
+        work = Path(tempfile.mkdtemp(dir=target.parent, prefix=_part_name(target), suffix=".part"))
         try:
-            raw = _download(url, target.parent, progress)
-        except urllib.error.HTTPError as e:
-            raise WeightsUnavailableError(f"upstream {url} answered HTTP {e.code}") from e
-        except urllib.error.URLError as e:
-            raise WeightsUnavailableError(f"cannot reach upstream {url}: {e.reason}") from e
-        try:
-            if ws.upstream_digest:
-                _check_digest(raw, ws.upstream_digest, f"upstream file {url}")
+            raw = work / "upstream"
+            if is_drive_url(ws.url):
+                url = ws.url
+                log.info("downloading %s from Google Drive %s", what, url)
+                _download_drive(url, raw, limits, progress, what)
             else:
-                log.warning(
-                    "%s.%s: upstream publishes no digest; downloaded file has sha256 %s "
-                    "(pin it in the registry as upstream_digest='sha256:%s')",
-                    spec.name,
-                    ws.tag,
-                    file_digest(raw),
-                    file_digest(raw),
-                )
+                url = upstream_url(ws.url)
+                log.info("downloading %s from %s", what, url)
+                _download(url, raw, limits, progress, what)
+            if (page := web_page_excerpt(raw)) is not None:
+                raise _page_error(what, url, page)
+            source_sha = file_digest(raw)
+            if ws.upstream_digest:
+                _check_digest(raw, ws.upstream_digest, f"{what}: upstream file {url}")
             sd = convert_checkpoint(read_checkpoint(raw), spec)
-            fd, tmp_st = tempfile.mkstemp(dir=target.parent, suffix=".safetensors.part")
-            os.close(fd)
-            try:
-                save_file(
-                    {k: v.contiguous() for k, v in sd.items()}, tmp_st, metadata={"source": ws.url or ""}
-                )
-                digest = file_digest(tmp_st)
-                os.replace(tmp_st, target)
-            finally:
-                Path(tmp_st).unlink(missing_ok=True)
-            sidecar = {
+            converted = work / "converted.safetensors"
+            source_digest = ws.upstream_digest or f"sha256:{source_sha}"
+            # Also inside the file: a file swapped in with a recomputed record still lacks these.
+            stamp = {"source": ws.url or "", "name": spec.name, "tag": ws.tag, "source_digest": source_digest}
+            digest = save_safetensors(sd, converted, metadata=stamp)
+            meta = {
                 "name": spec.name,
                 "tag": ws.tag,
                 "sha256": digest,
                 "source_url": ws.url,
-                "source_digest": ws.upstream_digest or f"sha256:{file_digest(raw)}",
+                "source_digest": source_digest,
+                "source_sha256": source_sha,
+                "source_size": raw.stat().st_size,
             }
-            _atomic_write_text(target.with_suffix(".json"), json.dumps(sidecar, indent=1))
+            # The record goes first: a cache file never exists without it.
+            _atomic_write_text(_sidecar(target), json.dumps(meta, indent=1))
+            os.replace(converted, target)
         finally:
-            raw.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
+        _warn_if_unpinned(spec, ws, meta)
     log.info("cached %s", target)
     return target
 
@@ -300,205 +869,45 @@ def fetch_weights(spec: ModelSpec, ws: WeightSpec, progress: bool = True) -> Pat
     are collected and reported together.
 
     Raises:
-        WeightsUnavailableError: when no source can provide the file.
+        HubError / DownloadError (both WeightsUnavailableError): when no source can provide the file.
         DigestMismatchError: when a downloaded file fails its pinned digest.
     """
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    tried: list[str] = []
+    errors: list[WeightsUnavailableError] = []
     if ws.hf_hub_id:
         try:
-            return _from_hub(ws)
-        except LocalEntryNotFoundError as e:
-            tried.append(f"Hub {ws.hf_hub_id}: not in the local Hub cache ({type(e).__name__})")
-        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
-            tried.append(f"Hub {ws.hf_hub_id}: {type(e).__name__}")
-            log.info("Hub has no %s/%s (%s); trying upstream", ws.hf_hub_id, ws.hf_filename, type(e).__name__)
-        except HfHubHTTPError as e:
-            tried.append(f"Hub {ws.hf_hub_id}: {e}")
-            log.warning("Hub error for %s: %s; trying upstream", ws.hf_hub_id, e)
+            return _from_hub(spec, ws)
+        except HubError as e:
+            errors.append(e)
+            if ws.url:
+                log.log(logging.INFO if e.kind == "not-found" else logging.WARNING, "%s; trying upstream", e)
     if ws.url:
         try:
             return _from_upstream(spec, ws, progress)
         except WeightsUnavailableError as e:
-            tried.append(str(e))
-    elif not tried:
-        tried.append("no Hub repository and no upstream URL registered")
-    raise WeightsUnavailableError(f"cannot obtain weights {spec.name}.{ws.tag}: " + "; ".join(tried))
+            errors.append(e)
+    if not errors:
+        raise WeightsUnavailableError(
+            f"cannot obtain weights {spec.name}.{ws.tag}: no Hub repository and no upstream URL registered"
+        )
+    last = errors[-1]
+    message = f"cannot obtain weights {spec.name}.{ws.tag}: " + "; ".join(str(e) for e in errors)
+    err = HubError(last.kind, message) if isinstance(last, HubError) else type(last)(message)
+    raise err from last
 
 
-# ---------------------------------------------------------------------- publish
+def registry_digest_line(spec: ModelSpec, ws: WeightSpec, path: Path) -> str:
+    """The registry fields that pin what ``fetch_weights`` just verified or downloaded (to paste).
 
-
-def _upload_folder(folder: Path, repo_id: str, revision: str | None) -> None:
-    """Create ``repo_id`` on the Hub (``HF_ENDPOINT``, read now) if needed and upload ``folder``."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision)
-
-
-def _public(value: Any) -> Any:
-    """``value`` with every absolute path reduced to its last component (no local paths on the Hub)."""
-    if isinstance(value, dict):
-        return {k: _public(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_public(v) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        return Path(value).name
-    return value
-
-
-def publish_run(
-    run_dir: str | Path,
-    repo_id: str,
-    out_dir: str | Path,
-    *,
-    dry_run: bool = False,
-    permission_obtained: bool = False,
-    revision: str | None = None,
-) -> Path:
-    """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
-
-    The run's checkpoint is first loaded strictly into its architecture, so a folder that
-    would not load is never written. Weights fine-tuned or pretrained from a tag whose licence
-    does not allow redistribution are refused unless ``permission_obtained``: they derive
-    from the original. Absolute paths in the run's config (its datalist, its volumes) are
-    reduced to file names.
-
-    Args:
-        run_dir: the run folder (``model.safetensors`` + ``config.json``).
-        repo_id: target Hub repository (``org/name``).
-        out_dir: folder to write; uploaded as is unless ``dry_run``.
+    Returns:
+        ``upstream_digest=…, upstream_size=…`` for a converted upstream file (from its sidecar),
+        ``sha256=…, size=…`` for a Hub file.
     """
-    import zoo
-    from zoo.cards import render_card
-
-    run = Path(run_dir)
-    cfg_path = run / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run}: not a zoo run folder (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
-    spec, _ = resolve(str(cfg.get("model_name")))
-    base = cfg.get("tag")  # zoo finetune records the tag it started from
-    init = str((cfg.get("pretraining") or {}).get("init") or "")  # zoo pretrain: "name.tag", a file, "random"
-    if not base and init.startswith(f"{spec.name}.") and init.split(".", 1)[1] in spec.tags:
-        base = init.split(".", 1)[1]
-    if base:
-        ws = spec.weight(str(base))
-        if not ws.redistributable and not permission_obtained:
-            raise PermissionError(
-                f"{run} was trained from {spec.name}.{base}, whose licence {ws.license!r} does not allow "
-                "redistribution, and weights derived from it carry that restriction. Pass "
-                "permission_obtained=True (CLI: --permission-obtained) only if the rights holder agreed."
-            )
-    model = zoo.create(spec.name, checkpoint_path=run)  # strict: a broken run is refused here
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.safetensors", out / "model.safetensors")
-    config = _public({**cfg, "sha256": file_digest(out / "model.safetensors"), "derived_from": base})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    labels = cfg.get("labels") or {}
-    about = [
-        f"# {spec.name} — {'fine-tuned' if 'finetune' in cfg else 'self-supervised pretraining'} with medzoo",
-        "",
-        f"Started from: {f'`{spec.name}.{base}`' if base else 'random initialisation'}. "
-        f"Covers: {cfg.get('covers', 'full')}. Parameters: {sum(p.numel() for p in model.parameters()):,}.",
-    ]
-    if labels:
-        about.append("Labels: " + ", ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
-    if cfg.get("preprocessing"):
-        about.append(
-            "Preprocessing: " + "; ".join(f"{k}: {v}" for k, v in cfg["preprocessing"].items()) + "."
-        )
-    about += [
-        "",
-        "```python",
-        "import zoo",
-        f'model = zoo.create("{spec.name}", checkpoint_path="<this folder>")',
-        "```",
-        "",
-        "The architecture's card follows.",
-        "",
-    ]
-    card = render_card(spec)
-    front, body = card.split("\n---\n", 1) if card.startswith("---\n") else ("", card)
-    (out / "README.md").write_text((front + "\n---\n\n" if front else "") + "\n".join(about) + body)
-    if not dry_run:
-        _upload_folder(out, repo_id, revision)
-    return out
-
-
-def publish(
-    name: str,
-    repo_id: str,
-    out_dir: str | Path,
-    *,
-    dry_run: bool = False,
-    checkpoint_path: str | Path | None = None,
-    permission_obtained: bool = False,
-    revision: str | None = None,
-) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``name.tag`` and upload.
-
-    Weights whose licence does not allow redistribution are refused unless
-    ``permission_obtained`` says the rights holder agreed.
-
-    Args:
-        name: ``name.tag`` (or an alias that names a tag).
-        repo_id: target Hub repository (``org/name``).
-        out_dir: folder to write; uploaded as is unless ``dry_run``.
-        checkpoint_path: publish this checkpoint (upstream format or safetensors)
-            instead of fetching the registered one.
-    """
-    from safetensors.torch import save_file
-
-    from zoo.cards import render_card
-    from zoo.convert import convert_checkpoint, read_checkpoint
-
-    spec, tag = resolve(name)
-    if tag is None:
-        raise ValueError(
-            f"publish needs a weights tag: {name!r} names none (tags: {', '.join(spec.tags) or 'none'})"
-        )
-    ws = spec.weight(tag)
-    if not ws.redistributable and not permission_obtained:
-        raise PermissionError(
-            f"{spec.name}.{tag} has licence {ws.license!r}, which does not allow redistribution. "
-            "Pass permission_obtained=True (CLI: --permission-obtained) only if the rights holder agreed."
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if checkpoint_path is not None:
-        sd = convert_checkpoint(read_checkpoint(checkpoint_path), spec)
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out / "model.safetensors"))
-    else:
-        shutil.copyfile(fetch_weights(spec, ws), out / "model.safetensors")
-    config = {
-        "library_name": "medzoo",
-        "model_name": spec.name,
-        "tag": tag,
-        "family": spec.family,
-        "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.model_args.items()},
-        "in_chans": ws.in_chans,
-        "num_classes": ws.num_classes,
-        "img_size": list(ws.img_size) if ws.img_size else None,
-        "covers": ws.covers,
-        "preprocessing": dict(ws.preprocessing),
-        "license": ws.license,
-        "source_url": ws.url,
-        "source_digest": ws.upstream_digest,
-        "sha256": file_digest(out / "model.safetensors"),
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "README.md").write_text(render_card(spec, hub_tag=tag))
-    if not dry_run:
-        _upload_folder(out, repo_id, revision)
-    return out
+    sidecar = _sidecar(path)
+    if path.parent == converted_path(spec, ws).parent and sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+        sha, size = meta.get("source_sha256"), meta.get("source_size")
+        if sha and size:
+            return f'upstream_digest="sha256:{sha}", upstream_size={size},  # {spec.name}.{ws.tag}'
+        return f'upstream_digest="{meta["source_digest"]}",  # {spec.name}.{ws.tag}'
+    size = path.stat().st_size
+    return f'sha256="{file_digest(path)}", size={size},  # {spec.name}.{ws.tag} ({ws.hf_hub_id})'

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,32 @@ def read_checkpoint(path: str | Path) -> Any:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from e
+    from zoo.hub import web_page_excerpt
+
+    if (page := web_page_excerpt(path)) is not None:
+        raise CheckpointFormatError(
+            f"{path}: a web page or text file, not a checkpoint (a download link that answered with a "
+            f"page?): {page}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointFormatError(
-            f"{path}: not a checkpoint torch.load(weights_only=True) can read ({type(e).__name__}: {e}). "
+            f"{path}: not a checkpoint torch.load(weights_only=True) can read ({_torch_load_reason(e)}). "
             "Files that need arbitrary code to unpickle are refused."
         ) from e
+
+
+def _torch_load_reason(e: Exception) -> str:
+    """torch's reason for refusing a file, without its advice to retry with ``weights_only=False``."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    reason = " ".join((m.group(1) if m else text.splitlines()[0] if text else "").split())
+    # Only the offending global or opcode is kept: torch's allowlisting hints are for trusted files.
+    reason = re.split(r"\. Please use|\. Re-running", reason)[0]
+    if "weights_only" in reason and "False" in reason:
+        reason = ""
+    return f"{type(e).__name__}: {reason}" if reason else type(e).__name__
 
 
 def convert_checkpoint(checkpoint: Any, spec: Any) -> dict[str, torch.Tensor]:

@@ -1062,8 +1062,8 @@ register_model(
                 ),
                 covers="full",
                 hf_hub_id="medzoo/pctnet-vf10k",
-                # Only a Drive folder is known (in notes): fetching it would return HTML, not weights.
-                url=None,
+                # A file of the shared folder, picked by name (zoo.hub fetches folders through gdown).
+                url=f"{_DRIVE_FOLDER_2024}#pctnet_ct10k_volf.pt",
                 upstream_digest=None,
                 upstream_format=f"pctnet_ct10k_volf.pt: {_PYMIC_FORMAT}",
                 redistributable=True,
@@ -1072,10 +1072,8 @@ register_model(
                 img_size=(64, 128, 128),
                 preprocessing=_CT_PREPROCESSING,
                 notes=(
-                    "2024/25 release: file pctnet_ct10k_volf.pt in the Google Drive folder "
-                    f"{_DRIVE_FOLDER_2024}. "
-                    "No per-file id is recorded: download the file by hand and pass checkpoint_path=. "
-                    "No digest is published upstream."
+                    "2024/25 release: file pctnet_ct10k_volf.pt in the shared Google Drive folder of "
+                    "the MIS-FM README. No digest is published upstream."
                 ),
             ),
         ),
@@ -1181,8 +1179,8 @@ register_model(
                 ),
                 covers="full",
                 hf_hub_id="medzoo/fmunet-vf1k",
-                # Only a Drive folder is known (in notes): fetching it would return HTML, not weights.
-                url=None,
+                # The cfg loads fmunet_abd1k_volf.pt, the README table says abk1k: the first found wins.
+                url=f"{_DRIVE_FOLDER_2024}#fmunet_abd1k_volf.pt,fmunet_abk1k_volf.pt",
                 upstream_digest=None,
                 upstream_format=f"fmunet_abd1k_volf.pt: {_PYMIC_FORMAT}",
                 redistributable=True,
@@ -1191,9 +1189,8 @@ register_model(
                 preprocessing=_CT_PREPROCESSING,
                 notes=(
                     "2024/25 release: file fmunet_abd1k_volf.pt (the README table spells it "
-                    f"fmunet_abk1k_volf.pt) in the Google Drive folder {_DRIVE_FOLDER_2024}. No per-file id "
-                    "is recorded: download the file by hand and pass checkpoint_path=. No digest is "
-                    "published upstream."
+                    "fmunet_abk1k_volf.pt) in the shared Google Drive folder of the MIS-FM README. No "
+                    "digest is published upstream."
                 ),
             ),
         ),

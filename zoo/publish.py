@@ -1,0 +1,411 @@
+"""Publish weights to the Hugging Face Hub: a registered tag (``publish``) or a run folder (``publish_run``).
+
+A published folder holds exactly ``model.safetensors``, ``config.json`` (what
+``zoo.create("hf-hub:ORG/NAME")`` needs: model name and arguments, preprocessing, labels, the
+provenance and licence of what the weights started from) and ``README.md`` (the card). It is
+written into a new temporary sibling of ``--out``, uploaded from there with exactly those
+files allowed, and renamed into place only when complete: a failure at any point leaves
+nothing behind. An existing non-empty ``--out`` is refused, so nothing that happens to lie
+in it (a ``.env``, notes) can ever be uploaded.
+
+Licences follow content (``zoo.provenance``): a run is refused without
+``permission_obtained`` when what it started from, identified by the sha256 that the run
+recorded (or by its tag), is registered as not redistributable, whatever the file was called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zoo._registry import ModelSpec, resolve
+from zoo.hub import fetch_weights, file_digest
+
+__all__ = ["PublishError", "StartingPoint", "publish", "publish_run", "run_starting_point", "PUBLISHED_FILES"]
+
+PUBLISHED_FILES = ("model.safetensors", "config.json", "README.md")
+_PERMISSION = "Pass permission_obtained=True (CLI: --permission-obtained) only if the rights holder agreed."
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; nothing was left in the output folder."""
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A new temporary sibling of ``out`` to write into; renamed to ``out`` when the block succeeds."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; publish writes a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        found = sorted(p.name for p in out.iterdir())[:8]
+        raise ValueError(
+            f"--out {out} already holds files ({', '.join(found)}); publish only writes a new or empty "
+            "folder, so that nothing else that lies there is uploaded"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        yield tmp
+        if out.is_dir():
+            out.rmdir()  # empty, checked above; fails (and cleans up) if something appeared meanwhile
+        os.rename(tmp, out)
+    except BaseException as e:  # Ctrl-C included: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ValueError | PermissionError | PublishError) or not isinstance(e, Exception):
+            raise
+        raise PublishError(f"could not write {out}: {type(e).__name__}: {e}; nothing was written") from e
+
+
+def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) -> str:
+    """Create ``repo_id`` if needed and upload exactly ``files`` of ``folder``; returns the commit id."""
+    from huggingface_hub import HfApi
+
+    import zoo
+
+    api = HfApi(
+        endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="medzoo", library_version=zoo.__version__
+    )
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            allow_patterns=files,  # exact names: fnmatch without wildcards matches only themselves
+            commit_message=f"Upload {', '.join(files)} with medzoo {zoo.__version__}",
+        )
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PublishError(f"upload to {repo_id} failed: {first}; nothing was written locally") from e
+    return str(getattr(info, "oid", "") or "")
+
+
+def _finish(
+    folder: Path, repo_id: str, revision: str | None, dry_run: bool, extra: tuple[str, ...] = ()
+) -> None:
+    """Check the folder holds exactly the files to publish, then upload them unless ``dry_run``."""
+    files = sorted(p.name for p in folder.iterdir())
+    expected = sorted((*PUBLISHED_FILES, *extra))
+    if files != expected:  # a bug here must never turn into an upload of something else
+        raise PublishError(f"the folder to publish holds {files}, expected exactly {expected}")
+    if not dry_run:
+        _upload(folder, repo_id, revision, expected)
+
+
+def _public(value: Any) -> Any:
+    """``value`` with every absolute path reduced to its last component (no local paths on the Hub)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a run started from, established by content where possible."""
+
+    text: str  # for the card
+    record: dict[str, Any] | None  # written to the published config.json as "init"
+    registered: str | None  # "name.tag" of the registered weights it is, if any
+    license: str | None
+    redistributable: bool | None  # None: unknown
+    base_model: str | None  # Hub repository id it derives from, if any
+    known: bool  # False: the run named a file that can no longer be identified
+
+
+def _registered(name_tag: str) -> tuple[str, str, bool, str | None, str | None] | None:
+    """``(id, licence, redistributable, hub id, upstream digest)`` of a registered ``name.tag``, or None."""
+    try:
+        spec, tag = resolve(name_tag)
+    except ValueError:
+        return None
+    if tag is None:
+        return None
+    ws = spec.weight(tag)
+    return f"{spec.name}.{tag}", ws.license, ws.redistributable, ws.hf_hub_id, ws.upstream_digest
+
+
+def _init_of(cfg: dict[str, Any]) -> Any:
+    """What the run's config says it started from: a load record, a ``name.tag``, a path, or None."""
+    init = cfg.get("init")  # zoo finetune: the load record of zoo.create
+    if init is None:
+        init = (cfg.get("pretraining") or {}).get("init")  # zoo pretrain: a record, "name.tag", a path
+    if init is None and cfg.get("tag"):  # older zoo finetune runs: the tag only
+        init = f"{cfg['model_name']}.{cfg['tag']}"
+    return None if init in ("random", "") else init
+
+
+def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
+    """Establish what a run started from, by digest when the run recorded one.
+
+    Args:
+        cfg: the run's ``config.json``.
+        run: the run folder (a relative init path is looked up from it too).
+    """
+    from zoo.provenance import identify_digest, identify_file
+
+    init = _init_of(cfg)
+    if init is None:
+        return StartingPoint("random initialisation.", None, None, None, None, None, True)
+    sha, origin, record = None, None, None
+    if isinstance(init, dict):
+        record = dict(init)
+        sha = record.get("sha256")
+        if sha:
+            origin = identify_digest(sha256=sha)
+        if record.get("source") == "hf-hub":
+            hub = str(record.get("id", "")).removeprefix("hf-hub:")
+            repo_id, _, commit = hub.partition("@")
+            reg = _registered(origin.id) if origin else None
+            lic = reg[1] if reg else record.get("license")
+            redis = reg[2] if reg else record.get("redistributable")
+            text = f"the Hub repository `{repo_id}`" + (f" at commit `{commit}`" if commit else "")
+            text += f" (`hf-hub:{hub}`), file sha256 `{sha}`." if sha else f" (`hf-hub:{hub}`)."
+            if reg:
+                text += f" Its weights are the registered `{reg[0]}`."
+            return StartingPoint(text, record, reg[0] if reg else None, lic, redis, repo_id, True)
+        # The digest decides; what the load identified at the time (the cache may since be gone) backs it up.
+        reg_id = origin.id if origin else record.get("identified_as")
+        if reg_id is None and record.get("tag"):
+            reg_id = f"{cfg.get('model_name')}.{record['tag']}"
+    elif isinstance(init, str) and (reg := _registered(init)) is not None:
+        reg_id = reg[0]
+    else:  # a path, as zoo pretrain --init records it
+        path = Path(str(init))
+        path = path if path.is_absolute() or path.exists() else run / path
+        if not path.is_file():
+            return StartingPoint(
+                f"a local checkpoint `{Path(str(init)).name}` that is no longer there to identify.",
+                {"source": "file", "id": Path(str(init)).name, "sha256": None},
+                None,
+                None,
+                None,
+                None,
+                False,
+            )
+        sha, origin = identify_file(path)
+        record = {"source": "file", "id": path.name, "sha256": sha}
+        reg_id = origin.id if origin else None
+    reg = _registered(reg_id) if reg_id else None
+    if reg is None:
+        text = f"a local checkpoint with sha256 `{sha}`." if sha else "a local checkpoint."
+        return StartingPoint(text, record, None, None, None, None, True)
+    how = f", identified by its sha256 `{sha}` ({origin.matched})" if sha and origin else ""
+    if isinstance(init, str) and _registered(init):
+        text = f"`{reg[0]}` (registered weights)."
+    elif record and record.get("source") == "registry":
+        text = (
+            f"`{reg[0]}` (registered weights, file sha256 `{sha}`)."
+            if sha
+            else f"`{reg[0]}` (registered weights)."
+        )
+    else:
+        text = f"a local checkpoint with sha256 `{sha}`: the registered weights `{reg[0]}`{how}."
+    record = record or {"source": "registry", "id": reg[0], "tag": reg[0].split(".", 1)[1]}
+    record = {**record, "identified_as": reg[0], "upstream_digest": reg[4]}
+    return StartingPoint(text, record, reg[0], reg[1], reg[2], reg[3], True)
+
+
+def _derived_from(start: StartingPoint, mine: Any, spec: ModelSpec) -> str | None:
+    """The short provenance field: a tag of this model (as before), else a full id or a Hub repository."""
+    ident = start.registered or start.base_model or (mine.id if mine else None)
+    if ident and ident.startswith(f"{spec.name}.") and ident.split(".", 1)[1] in spec.tags:
+        return ident.split(".", 1)[1]  # kept as the tag: what zoo finetune's consumers read
+    return ident
+
+
+def _check_licence(start: StartingPoint, mine: Any, run: Path, permission_obtained: bool) -> None:
+    """Refuse weights derived from (or being) non-redistributable ones, or from what cannot be identified."""
+    if permission_obtained:
+        return
+    if mine is not None and not mine.redistributable:
+        raise PermissionError(
+            f"{run}/model.safetensors has the sha256 of the registered weights {mine.id}, whose licence "
+            f"{mine.license!r} does not allow redistribution. {_PERMISSION}"
+        )
+    if start.redistributable is False:
+        what = start.registered or (start.record or {}).get("id") or "its starting checkpoint"
+        raise PermissionError(
+            f"{run} was trained from {what}, whose licence {start.license!r} does not allow redistribution, "
+            f"and weights derived from it carry that restriction. {_PERMISSION}"
+        )
+    if not start.known:
+        raise PermissionError(
+            f"{run} started from {(start.record or {}).get('id')}, which is no longer there and whose sha256 "
+            f"the run did not record, so its licence cannot be checked. {_PERMISSION}"
+        )
+
+
+def publish_run(
+    run_dir: str | Path,
+    repo_id: str,
+    out_dir: str | Path,
+    *,
+    dry_run: bool = False,
+    permission_obtained: bool = False,
+    revision: str | None = None,
+    license: str | None = None,
+    sections: list[str] | None = None,
+) -> Path:
+    """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
+
+    The run's checkpoint is first loaded strictly into its architecture, so a folder that
+    would not load is never written. Weights that started from (or are) registered weights
+    whose licence does not allow redistribution are refused unless ``permission_obtained``.
+    Absolute paths in the run's config (its datalist, its volumes) are reduced to file names.
+
+    Args:
+        run_dir: the run folder (``model.safetensors`` + ``config.json``).
+        repo_id: target Hub repository (``ORG/NAME``).
+        out_dir: folder to write (new or empty); uploaded unless ``dry_run``.
+        permission_obtained: the rights holder of the starting weights agreed to redistribution.
+        revision: Hub branch to commit to (default: the default branch).
+        license: licence of the published weights; default: that of what the run started from,
+            else ``apache-2.0`` (the project's own licence; weights trained from scratch are the user's).
+        sections: further Markdown sections for the card (see :func:`zoo.cards.render_run_card`).
+
+    Returns:
+        The written folder.
+    """
+    import zoo
+    from zoo.cards import is_hub_repo_id, render_run_card
+    from zoo.provenance import identify_digest
+
+    if not is_hub_repo_id(repo_id):
+        raise ValueError(f"--repo must be a Hub repository id ORG/NAME, got {repo_id!r}")
+    run = Path(run_dir)
+    cfg_path, ckpt = run / "config.json", run / "model.safetensors"
+    if not (cfg_path.is_file() and ckpt.is_file()):
+        raise FileNotFoundError(f"{run}: not a zoo run folder (needs model.safetensors and config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    if not isinstance(cfg, dict) or not cfg.get("model_name"):
+        raise ValueError(f"{cfg_path} has no 'model_name': not the config of a zoo finetune / pretrain run")
+    spec: ModelSpec = resolve(str(cfg["model_name"]))[0]
+    start = run_starting_point(cfg, run)
+    own = file_digest(ckpt)
+    mine = identify_digest(sha256=own, gitsha1=file_digest(ckpt, "gitsha1"))  # the run's file may be one
+    _check_licence(start, mine, run, permission_obtained)
+    model = zoo.create(spec.name, checkpoint_path=run)  # strict: a broken run is refused here
+    restricted = start.redistributable is False or (mine is not None and not mine.redistributable)
+    licence = license or (mine.license if mine else None) or start.license or "apache-2.0"
+    out = Path(out_dir)
+    with _staged(out) as tmp:
+        shutil.copyfile(ckpt, tmp / "model.safetensors")
+        if file_digest(tmp / "model.safetensors") != own:
+            raise PublishError(f"{ckpt} changed while it was being published")
+        config = _public(
+            {
+                **cfg,
+                "library_name": "medzoo",
+                "sha256": own,
+                "init": start.record,
+                "derived_from": _derived_from(start, mine, spec),
+                "license": licence,
+                # The licence's verdict, not this publisher's permission: that does not pass to derived runs.
+                "redistributable": not restricted,
+                "permission_obtained": permission_obtained,
+            }
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        card = render_run_card(
+            spec,
+            config,
+            repo_id=repo_id,
+            started_from=start.text,
+            licences=[licence],
+            base_model=start.base_model,
+            num_params=sum(p.numel() for p in model.parameters()),
+            sections=sections,
+        )
+        (tmp / "README.md").write_text(card)
+        _finish(tmp, repo_id, revision, dry_run)
+    return out
+
+
+def publish(
+    name: str,
+    repo_id: str,
+    out_dir: str | Path,
+    *,
+    dry_run: bool = False,
+    checkpoint_path: str | Path | None = None,
+    permission_obtained: bool = False,
+    revision: str | None = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``name.tag`` and upload them.
+
+    Weights whose licence does not allow redistribution are refused unless
+    ``permission_obtained`` says the rights holder agreed.
+
+    Args:
+        name: ``name.tag`` (or an alias that names a tag).
+        repo_id: target Hub repository (``ORG/NAME``).
+        out_dir: folder to write (new or empty); uploaded unless ``dry_run``.
+        checkpoint_path: publish this checkpoint (upstream format or safetensors)
+            instead of fetching the registered one.
+        revision: Hub branch to commit to (default: the default branch).
+
+    Returns:
+        The written folder.
+    """
+    from safetensors.torch import save_file
+
+    from zoo.cards import is_hub_repo_id, render_card
+    from zoo.convert import convert_checkpoint, read_checkpoint
+
+    if not is_hub_repo_id(repo_id):
+        raise ValueError(f"--repo must be a Hub repository id ORG/NAME, got {repo_id!r}")
+    spec, tag = resolve(name)
+    if tag is None:
+        raise ValueError(
+            f"publish needs a weights tag: {name!r} names none (tags: {', '.join(spec.tags) or 'none'})"
+        )
+    ws = spec.weight(tag)
+    if not ws.redistributable and not permission_obtained:
+        raise PermissionError(
+            f"{spec.name}.{tag} has licence {ws.license!r}, which does not allow redistribution. "
+            + _PERMISSION
+        )
+    sd = convert_checkpoint(read_checkpoint(checkpoint_path), spec) if checkpoint_path is not None else None
+    source = fetch_weights(spec, ws) if sd is None else None
+    out = Path(out_dir)
+    with _staged(out) as tmp:
+        if sd is not None:
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"))
+        else:
+            shutil.copyfile(source, tmp / "model.safetensors")
+        config = {
+            "library_name": "medzoo",
+            "model_name": spec.name,
+            "tag": tag,
+            "family": spec.family,
+            "model_args": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.model_args.items()},
+            "in_chans": ws.in_chans,
+            "num_classes": ws.num_classes,
+            "img_size": list(ws.img_size) if ws.img_size else None,
+            "covers": ws.covers,
+            "preprocessing": dict(ws.preprocessing),
+            "sliding_window": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in spec.sliding_window.items()
+            },
+            "license": ws.license,
+            "redistributable": ws.redistributable,
+            "permission_obtained": permission_obtained,
+            "source_url": ws.url,
+            "source_digest": ws.upstream_digest,
+            "sha256": file_digest(tmp / "model.safetensors"),
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "README.md").write_text(render_card(spec, hub_tag=tag))
+        _finish(tmp, repo_id, revision, dry_run)
+    return out

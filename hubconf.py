@@ -20,6 +20,7 @@ dependencies = [
     "numpy",
     "filelock",
     "tqdm",
+    "gdown",
 ]
 
 import zoo as _zoo  # noqa: E402

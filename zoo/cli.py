@@ -596,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zoo",
         description="medzoo: self-supervised 3D medical-imaging models",
-        epilog="exit status: 0 success, 1 runtime failure, 2 usage error. `zoo COMMAND --help` for each.",
+        epilog="exit status: 0 success, 1 runtime failure, 2 a request that cannot work as given. "
+        "`zoo COMMAND --help` for each.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.add_argument("--version", action="version", version=f"medzoo {__version__}")

@@ -7,7 +7,21 @@ Each entrypoint takes the arguments of :func:`zoo.create` (``pretrained``, ``wei
 ``checkpoint_path``, ``in_chans``, ``num_classes``, ``img_size``, model kwargs).
 """
 
-dependencies = ["torch", "monai", "huggingface_hub", "safetensors", "einops", "timm"]
+# torch.hub checks that each of these imports before loading an entrypoint: medzoo's core install.
+dependencies = [
+    "torch",
+    "torchvision",
+    "monai",
+    "huggingface_hub",
+    "safetensors",
+    "timm",
+    "einops",
+    "nibabel",
+    "numpy",
+    "filelock",
+    "tqdm",
+    "gdown",
+]
 
 import zoo as _zoo  # noqa: E402
 from zoo._registry import iter_specs as _iter_specs  # noqa: E402
@@ -31,8 +45,9 @@ def _entrypoint(name):
         loads = f"the default weights {spec.default_tag!r}"
     else:
         loads = "nothing: no weights are published"
+    # The whole description: cutting at the first ". " would end it inside "et al.".
     entry.__doc__ = (
-        f"{what}{spec.name}{size}: {spec.description.split('. ')[0].strip()}.\n\n"
+        f"{what}{spec.name}{size}.\n\n{spec.description.strip()}\n\n"
         f"Args: see zoo.create. pretrained=True loads {loads}."
     )
     return entry

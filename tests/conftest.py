@@ -1,9 +1,34 @@
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
-from tests.servers import LoopbackServer
+# Before anything imports huggingface_hub (it reads its cache paths at import): the test run must
+# never read or write the user's real caches (~/.cache/medzoo, ~/.cache/huggingface).
+_CACHE_ROOT = Path(tempfile.mkdtemp(prefix="medzoo-tests-"))
+_CACHE_VARS = {
+    "MEDZOO_CACHE": "medzoo",
+    "HF_HOME": "huggingface",
+    "HF_HUB_CACHE": "huggingface/hub",
+    "XDG_CACHE_HOME": "xdg",
+    "TORCH_HOME": "torch",
+}
+for _var, _sub in _CACHE_VARS.items():
+    os.environ[_var] = str(_CACHE_ROOT / _sub)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.servers import LoopbackServer  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches():
+    """Every cache of the run lives in one temporary folder, removed at the end."""
+    yield _CACHE_ROOT
+    shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

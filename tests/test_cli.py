@@ -66,7 +66,9 @@ def test_convert_of_a_broken_checkpoint_writes_nothing(tmp_path, capsys, ct_ssl_
     src = tmp_path / "bad.pt"
     torch.save(sd, src)
     out = tmp_path / "out.safetensors"
-    assert main(["convert", str(src), "--model", "qtunet-t", "-o", str(out)]) == 2
+    assert (
+        main(["convert", str(src), "--model", "qtunet-t", "-o", str(out)]) == 2
+    )  # a checkpoint that cannot fit
     assert "encoder.norm.weight" in capsys.readouterr().err
     assert not list(tmp_path.glob("out.safetensors*"))
 
@@ -84,7 +86,7 @@ def test_download_fetches_verifies_and_caches(hub_env, capsys, ct_ssl_encoder):
 def test_publish_refuses_weights_without_a_redistribution_licence(tmp_path, capsys):
     assert (
         main(["publish", "qtunet-t.ct-ssl", "--repo", "org/x", "--dry-run", "--out", str(tmp_path / "o")])
-        == 2
+        == 2  # refused as given: it needs --permission-obtained
     )
     assert "does not allow redistribution" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -120,5 +122,8 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     assert set(load_file(str(out / "model.safetensors"))) == set(ct_ssl_encoder)
 
 
-def test_card_check_passes_on_the_checked_in_cards(capsys):
+def test_card_check_passes_on_the_checked_in_cards(capsys, monkeypatch):
+    from zoo.cards import CARDS_DIR
+
+    monkeypatch.chdir(CARDS_DIR.parent)  # the default folder is the checkout's, used from inside it
     assert main(["card", "--check"]) == 0

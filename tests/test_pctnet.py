@@ -250,7 +250,7 @@ def test_pctnet_rejects_other_spatial_sizes_and_points_to_sliding_window(pctnet)
 def test_pctnet_rejects_wrong_channel_count_and_ndim(pctnet):
     with pytest.raises(ValueError, match="1 input channel"):
         pctnet(torch.zeros(1, 2, 64, 128, 128))
-    with pytest.raises(ValueError, match="5-D"):
+    with pytest.raises(ValueError, match="5D"):
         pctnet(torch.zeros(1, 64, 128, 128))
 
 

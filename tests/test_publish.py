@@ -225,7 +225,7 @@ def test_a_failed_upload_leaves_nothing_and_says_so_in_one_line(tmp_path, hub, c
     rc = main(["publish", str(_run(tmp_path)), "--repo", "org/tiny-qt", "--out", str(out)])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("zoo publish:")]  # not tqdm's bars
-    assert rc == 2 and len(errors) == 1 and "Traceback" not in err
+    assert rc == 1 and len(errors) == 1 and "Traceback" not in err
     assert "upload to org/tiny-qt failed" in errors[0]
     assert not out.exists() and _leftovers(tmp_path) == []
     assert hub.state.committed == []

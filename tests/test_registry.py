@@ -90,3 +90,38 @@ def test_torch_hub_local_entrypoints_build_models():
     assert "pctnet_vf110k" in entries
     model = torch.hub.load(str(repo), "qtunet_t", source="local", pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == get_spec("qtunet-t").meta["num_params"]
+
+
+def test_meta_uses_only_the_typed_keys():
+    from zoo._registry import ModelMeta
+
+    for spec in iter_specs():
+        assert set(spec.meta) <= set(ModelMeta.__annotations__), spec.name
+
+
+def test_listing_and_info_import_no_heavy_architecture_dependency():
+    # Fresh interpreter: what `zoo list` / `zoo info` load must not include the networks' libraries.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, zoo; zoo.list_models(); zoo.model_info('swinunetr2d-c48'); "
+        "zoo.model_info('resnet50-deformattn'); from zoo.cli import main; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'timm', 'transformers') "
+        "or m.startswith('monai.networks')))"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_classes_of_lazily_built_families_are_still_importable_by_name():
+    from zoo.models.deformattn import ResNet50DeformAttn
+    from zoo.models.swinvit2d import SwinUNETR2d
+
+    assert isinstance(zoo.create("swinunetr2d-c48", feature_size=12, img_size=64), SwinUNETR2d)
+    assert ResNet50DeformAttn.__module__ == "zoo.models._deformattn_net"
+    with pytest.raises(ImportError, match="NoSuchClass"):
+        from zoo.models.swinvit2d import NoSuchClass  # noqa: F401

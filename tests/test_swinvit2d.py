@@ -235,9 +235,9 @@ def segmenter() -> torch.nn.Module:
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
-        ((1, 96, 96), r"expected a 4D input \(B, 1, H, W\)"),
-        ((1, 1, 96, 96, 96), r"expected a 4D input"),
-        ((1, 3, 96, 96), r"expected 1 input channel\(s\), found 3"),
+        ((1, 96, 96), r"expects a 4D input \(B, C, H, W\)"),
+        ((1, 1, 96, 96, 96), r"expects a 4D input"),
+        ((1, 3, 96, 96), r"expects 1 input channel\(s\), found 3"),
         ((1, 1, 96, 100), r"divisible by 32.*\(96, 100\)"),
     ],
 )
@@ -248,7 +248,7 @@ def test_swinunetr2d_rejects_bad_inputs_before_compute(segmenter, shape, message
 
 def test_swinvit2d_rejects_bad_inputs_and_accepts_other_sizes():
     model = _build(BACKBONE).eval()
-    with pytest.raises(ValueError, match=r"expected 1 input channel\(s\), found 2"):
+    with pytest.raises(ValueError, match=r"expects 1 input channel\(s\), found 2"):
         model(torch.zeros(1, 2, 96, 96))
     with pytest.raises(ValueError, match="4D input"):
         model(torch.zeros(96, 96))

@@ -44,6 +44,13 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _kind(t: torch.Tensor) -> str:
+    """``float``, ``int`` (bool included) or ``complex``: precision may differ on load, the kind may not."""
+    if t.is_floating_point():
+        return "float"
+    return "complex" if t.is_complex() else "int"
+
+
 def _starts(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key.startswith(p) for p in prefixes)
 
@@ -98,6 +105,11 @@ def load_weights(
 
     mismatched = []
     for k, v in list(sd.items()):
+        if _kind(v) != _kind(own[k]):
+            # load_state_dict would cast silently: int64 "weights" or float step counters are a
+            # corrupt or wrongly converted file, not something to round into the model.
+            mismatched.append(f"{k}: checkpoint dtype {v.dtype} vs model {own[k].dtype}")
+            continue
         if v.shape == own[k].shape:
             continue
         if head and _starts(k, head):
@@ -107,7 +119,8 @@ def load_weights(
             mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
     if mismatched:
         raise CheckpointMismatchError(
-            f"checkpoint shapes do not fit the model for {len(mismatched)} key(s): {_listing(mismatched, 6)}"
+            f"checkpoint shapes or dtypes do not fit the model for {len(mismatched)} key(s): "
+            f"{_listing(mismatched, 6)}"
         )
     if report.reinitialised_head:
         # The whole head is re-initialised, not just the tensors whose shape changed.
@@ -204,6 +217,18 @@ def _read_run_folder(run: Path, spec: ModelSpec) -> tuple[Path, dict[str, Any]]:
     return ckpt, {**cfg, "model_args": args}
 
 
+def _validate_args(spec: ModelSpec, args: Mapping[str, Any]) -> None:
+    """Refuse model arguments of the wrong type or range before anything is built.
+
+    Ints given as strings or floats (``in_chans="1"``, ``num_classes=2.0``), zero or negative
+    widths, depths, heads and sizes, dropouts outside [0, 1]: one ``ValueError`` naming the
+    argument, what was expected and what was found (``zoo.layers.checks.check_args``).
+    """
+    from zoo.layers.checks import check_args
+
+    check_args(args, spec.model_args, spec.name)
+
+
 def create(
     name: str,
     pretrained: bool = False,
@@ -293,6 +318,7 @@ def create(
         if value is not None:
             args[key] = value
     args.update(kwargs)
+    _validate_args(spec, args)
     try:
         model = spec.builder(**args)
     except TypeError as e:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PaperInfo",
@@ -31,7 +33,18 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "override_weights",
+    "ModelMeta",
+    "UnknownNameError",
+    "UnknownModelError",
 ]
+
+
+class UnknownNameError(ValueError):
+    """A name that is not registered: a model, a weights tag, a recipe (the CLI's usage error, exit 2)."""
+
+
+class UnknownModelError(UnknownNameError):
+    """A model name, alias or weights tag that is not registered (the message suggests the nearest)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,32 @@ class WeightSpec:
         return bool(self.hf_hub_id or self.url)
 
 
+class ModelMeta(TypedDict, total=False):
+    """``ModelSpec.meta``: measured numbers (asserted by ``tests/test_meta.py``) and the paper's.
+
+    Every key is optional; a model file writes ``meta=dict(num_params=..., gmacs=...)``.
+    """
+
+    num_params: int  # trainable parameters of the registered configuration (measured)
+    gmacs: float  # multiply-accumulates of one batch-1 forward at ``input_size``, in G (measured)
+    gmacs_convention: str  # how gmacs was counted when not FlopCounterMode's default
+    flops_convention: str  # how the paper counted its FLOPs
+    paper_params: int  # the paper's reported parameter count
+    paper_gmacs: float  # the paper's reported GMACs
+    paper_inference_s: float  # the paper's reported inference time (s)
+    paper_setting: dict[str, Any]  # model_args / input the paper's cost table was measured at
+    paper_setting_params: int  # parameters at paper_setting (measured)
+    paper_setting_gmacs: float  # GMACs at paper_setting (measured)
+    calibrated_to_paper: str  # what was adjusted to match the paper, and why
+    params_brats: int  # a second configuration's numbers (QT-UNet's BraTS input)
+    gmacs_brats: float
+    reference_params_demo: int  # numbers of the authors' demo configuration
+    reference_gmacs_fvcore: float
+    reference_note: str
+    preprocessing: dict[str, Any]  # the input pipeline of models without weights tags
+    pretraining_recipe: dict[str, Any]  # how the paper pretrained (models without weights)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """An architecture configuration and everything the zoo knows about it.
@@ -162,7 +201,7 @@ class ModelSpec:
     param_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     feature_info: tuple[Mapping[str, Any], ...] = ()
     no_weights_reason: str | None = None
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: ModelMeta = field(default_factory=lambda: ModelMeta())
     description: str = ""
     results_md: str = ""
     notes: tuple[str, ...] = ()
@@ -205,17 +244,39 @@ class ModelSpec:
         near = difflib.get_close_matches(tag, self.tags, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
         have = ", ".join(self.tags) or "none"
-        raise ValueError(f"unknown weights tag {tag!r} for {self.name} (tags: {have}).{hint}")
+        raise UnknownModelError(f"unknown weights tag {tag!r} for {self.name} (tags: {have}).{hint}")
 
 
 _MODELS: dict[str, ModelSpec] = {}
 _ALIASES: dict[str, tuple[str, str | None]] = {}
 
 
+def _checked(builder: Callable[..., Any], name: str, defaults: Mapping[str, Any]) -> Callable[..., Any]:
+    """``builder`` that first checks its arguments' types and ranges against ``defaults``."""
+    if getattr(builder, "__wrapped_by_zoo__", False):
+        return builder
+
+    @functools.wraps(builder)
+    def build(**kwargs: Any) -> Any:
+        from zoo.layers.checks import check_args
+
+        check_args(kwargs, defaults, name)
+        return builder(**kwargs)
+
+    build.__wrapped_by_zoo__ = True  # type: ignore[attr-defined]
+    return build
+
+
 def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add a model configuration to the registry (at import time of its model file)."""
+    """Add a model configuration to the registry (at import time of its model file).
+
+    The registered ``spec.builder`` checks the type and range of every argument that the
+    configuration has (``zoo.layers.checks.check_args``) before building, so a direct
+    ``spec.builder(embed_dim=0)`` fails as clearly as ``zoo.create``.
+    """
     if spec.name in _MODELS or spec.name in _ALIASES:
         raise ValueError(f"model name {spec.name!r} is already registered")
+    spec = dataclasses.replace(spec, builder=_checked(spec.builder, spec.name, dict(spec.model_args)))
     _MODELS[spec.name] = spec
     return spec
 
@@ -250,7 +311,7 @@ def resolve(name: str) -> tuple[ModelSpec, str | None]:
     """
     _ensure_loaded()
     if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
     key = name.strip().lower().replace("_", "-")
     if key in _ALIASES:
         base, tag = _ALIASES[key]
@@ -267,7 +328,7 @@ def resolve(name: str) -> tuple[ModelSpec, str | None]:
     candidates = _all_names() + [f"{s.name}.{t}" for s in _MODELS.values() for t in s.tags]
     near = difflib.get_close_matches(key, candidates, n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(near)}?" if near else " See zoo.list_models()."
-    raise ValueError(f"unknown model {name!r}.{hint}")
+    raise UnknownModelError(f"unknown model {name!r}.{hint}")
 
 
 def get_spec(name: str) -> ModelSpec:

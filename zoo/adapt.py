@@ -526,10 +526,11 @@ def add_lora(
         >>> ...  # train
         >>> model = zoo.adapt.merge_lora(model)   # plain QTUNet again
     """
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as e:
-        raise RuntimeError("LoRA needs peft: pip install peft") from e
+    from zoo._optional import require
+
+    require("peft", extra="lora", feature="LoRA")
+    from peft import LoraConfig, inject_adapter_in_model
+
     spec = _spec_of(model, spec)
     targets = list(target_modules) if target_modules is not None else lora_targets(model, parts, spec=spec)
     if not targets:

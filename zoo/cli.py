@@ -1,17 +1,34 @@
-"""The ``zoo`` command line."""
+"""The ``zoo`` command line.
+
+Exit status, as Unix tools: 0 success; 2 usage error: the request cannot work as given (a bad
+option, an unknown model name, an argument, input or checkpoint the model cannot take: a
+``ValueError``; a licence refusal that needs ``--permission-obtained``: a ``PermissionError``);
+1 runtime failure: the environment failed (network, disk, a missing file, a missing extra:
+``OSError``, ``RuntimeError``, ``ImportError``); 130 interrupted; a
+reader that closes the pipe early (``zoo list | head -1``) ends it quietly with 141.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from zoo._registry import aliases_of, get_spec, list_models, resolve
+from zoo._registry import UnknownNameError, aliases_of, get_spec, list_models, resolve
+from zoo.layers.checks import InvalidArgumentError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+
+
+class UsageError(ValueError):
+    """A command line that cannot work as given (exit status 2)."""
 
 
 def _command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -25,9 +42,31 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _list_entry(name: str) -> dict[str, Any]:
+    """One ``zoo list --json`` object: missing values are null, numbers are numbers."""
+    spec = get_spec(name)
+    return {
+        "name": name,
+        "family": spec.family,
+        "num_params": spec.meta.get("num_params"),
+        "gmacs": spec.meta.get("gmacs"),
+        "input_size": list(spec.input_size) if spec.input_size else None,
+        "tags": spec.tags,
+        "default_tag": spec.default_tag,
+        "weights_available": any(w.available for w in spec.weights),
+        "aliases": aliases_of(name),
+    }
+
+
 @_command
 def cmd_list(a: argparse.Namespace) -> int:
     names = list_models(a.pattern, pretrained=a.pretrained)
+    if not names:
+        print(f"zoo list: no model matches {a.pattern!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    if a.json:
+        print(json.dumps([_list_entry(n) for n in names], indent=2))
+        return EXIT_OK
     rows = []
     for n in names:
         spec = get_spec(n)
@@ -36,11 +75,8 @@ def cmd_list(a: argparse.Namespace) -> int:
         avail = "yes" if any(w.available for w in spec.weights) else "no"
         alias = ", ".join(aliases_of(n))
         rows.append([n, spec.family, f"{params / 1e6:.2f}M" if params else "?", tags or "—", avail, alias])
-    if not rows:
-        print(f"no model matches {a.pattern!r}", file=sys.stderr)
-        return 1
     print(_table(rows, ["name", "family", "params", "tags (*default)", "weights", "aliases"]))
-    return 0
+    return EXIT_OK
 
 
 @_command
@@ -57,7 +93,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     info = model_info(a.name)
     if a.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return EXIT_OK
     m = info["meta"]
     print(f"{info['name']}  ({info['family']})  torch.hub entrypoint: {info['hub_entrypoint']}")
     if info["aliases"]:
@@ -132,8 +168,17 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from zoo.convert import convert_checkpoint, read_checkpoint
     from zoo.hub import save_safetensors
 
+    src, out = Path(a.checkpoint), Path(a.output)
     spec, _ = resolve(a.model)
-    sd = convert_checkpoint(read_checkpoint(a.checkpoint), spec)
+    if src.is_dir():
+        raise UsageError(
+            f"{src} is a folder; zoo convert takes one checkpoint file (.pt, .pth, .safetensors)"
+        )
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder; give the .safetensors file to write")
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        raise UsageError(f"-o {out} is the input checkpoint itself; write the conversion to another file")
+    sd = convert_checkpoint(read_checkpoint(src), spec)
     # Check the converted keys against the architecture before writing anything.
     args = dict(spec.model_args)
     for conv in spec.first_convs:
@@ -141,7 +186,6 @@ def cmd_convert(a: argparse.Namespace) -> int:
         if w is not None and "in_chans" in args:
             args["in_chans"] = w.shape[1]
     report = load_weights(spec.builder(**args), sd, spec)
-    out = Path(a.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(sd, out, metadata={"model": spec.name})  # a unique temporary name per writer
     extra = f"; not in checkpoint: {len(report.newly_initialised)} (covers {report.covers})"
@@ -192,7 +236,19 @@ def cmd_publish(a: argparse.Namespace) -> int:
 def cmd_card(a: argparse.Namespace) -> int:
     from zoo.cards import CARDS_DIR, stale_cards, write_cards
 
-    out = Path(a.out) if a.out else CARDS_DIR
+    if a.out:
+        out = Path(a.out)
+    else:
+        # The default is the source checkout's model_cards/, and only when run from inside that
+        # checkout: in an installed package it would land beside site-packages.
+        root = CARDS_DIR.parent
+        inside = Path.cwd().resolve().is_relative_to(root.resolve())
+        if not (inside and (root / "pyproject.toml").is_file() and (root / "zoo").is_dir()):
+            raise UsageError(
+                "--out is required outside the medzoo source checkout (the default, model_cards/, "
+                "belongs to the checkout)"
+            )
+        out = CARDS_DIR
     if a.check:
         stale = stale_cards(out)
         if stale:
@@ -260,16 +316,20 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import os
     import tempfile
 
+    import torch
+
     import zoo
     from zoo.hub import WeightsUnavailableError
     from zoo.predict import predict_nifti, sample_volume_path
 
     os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
     spec, _ = resolve(a.name)
+    torch.manual_seed(0)  # with random weights: the same ones (and label counts) on every run
     try:
         model = zoo.create(a.name, pretrained=bool(spec.default_tag))
         weights = f"weights {model.pretrained_cfg['tag']} (from the cache)"
     except (WeightsUnavailableError, zoo.NoPretrainedWeightsError):
+        torch.manual_seed(0)
         model = zoo.create(a.name)
         weights = "random initialisation (no weights cached; `zoo download` fetches them)"
     src = sample_volume_path()
@@ -337,6 +397,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_bench(a: argparse.Namespace) -> int:
+    import dataclasses
+
     from zoo.bench import benchmark, ratio
 
     hub_args: dict = {}
@@ -369,7 +431,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         )
         rows.append(r)
         if a.json:
-            print(json.dumps(r.row()))
+            print(json.dumps(dataclasses.asdict(r)))  # row() writes "" for the CSV; JSON keeps null
     if a.json:
         return 0
     fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
@@ -535,21 +597,32 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zoo", description="medzoo: self-supervised 3D medical-imaging models")
+    from zoo import __version__
+
+    p = argparse.ArgumentParser(
+        prog="zoo",
+        description="medzoo: self-supervised 3D medical-imaging models",
+        epilog="exit status: 0 success, 1 runtime failure, 2 a request that cannot work as given. "
+        "`zoo COMMAND --help` for each.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"medzoo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("list", help="registered models")
-    s.add_argument("pattern", nargs="?", default=None, help="glob, e.g. 'qtunet*'")
+    s.add_argument(
+        "pattern", nargs="?", default=None, help="glob over model names, e.g. 'qtunet*' (quote it)"
+    )
     s.add_argument("--pretrained", action="store_true", help="only models with downloadable weights")
+    s.add_argument("--json", action="store_true", help="a JSON array, one object per model (null: unknown)")
 
     s = sub.add_parser("info", help="config, size, weights with provenance and digests")
-    s.add_argument("name")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("name", help="model name, name.tag or alias")
+    s.add_argument("--json", action="store_true", help="everything as one JSON object (null: unknown)")
 
     s = sub.add_parser("download", help="fetch, verify, convert and cache weights")
     s.add_argument("name", help="name.tag (or a name: its default tag)")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.add_argument(
         "--print-digest",
         action="store_true",
@@ -557,9 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = sub.add_parser("convert", help="convert an authors' checkpoint to safetensors")
-    s.add_argument("checkpoint")
-    s.add_argument("--model", required=True)
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("checkpoint", help="the authors' checkpoint file (.pt/.pth/.safetensors)")
+    s.add_argument("--model", required=True, help="the model it belongs to (name or name.tag)")
+    s.add_argument("-o", "--output", required=True, help="the .safetensors file to write (not the input)")
 
     s = sub.add_parser("publish", help="write (and upload) a Hub folder for name.tag or a run folder")
     s.add_argument("name", help="name.tag, or the folder of a zoo finetune / pretrain run")
@@ -579,13 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="segment a NIfTI volume (sliding window), write a NIfTI label map")
     s.add_argument("name", help="name or name.tag")
-    s.add_argument("-i", "--input", required=True)
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-i", "--input", required=True, help="the NIfTI volume to segment")
+    s.add_argument("-o", "--output", required=True, help="the NIfTI label map to write (input grid)")
     s.add_argument("--checkpoint", default=None, help="local checkpoint instead of the registered weights")
     s.add_argument("--no-weights", action="store_true", help="random initialisation (pipeline check)")
     s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
-    s.add_argument("--overlap", type=float, default=None)
-    s.add_argument("--sw-batch-size", type=int, default=1)
+    s.add_argument(
+        "--overlap", type=float, default=None, help="sliding-window overlap (default: the model's)"
+    )
+    s.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
     s.add_argument(
         "--intensity",
         default=None,
@@ -595,12 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--roi-size", type=int, nargs=3, default=None, help="sliding-window size (default: the model's)"
     )
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("demo", help="run a model on a sample volume shipped with nilearn (no network)")
-    s.add_argument("name", nargs="?", default="qtunet-t")
+    s.add_argument("name", nargs="?", default="qtunet-t", help="model name or name.tag (default: qtunet-t)")
     s.add_argument("--spacing", type=float, default=2.0, help="isotropic resampling (mm) for speed")
-    s.add_argument("-o", "--output", default=None)
+    s.add_argument("-o", "--output", default=None, help="label map to write (default: a temporary folder)")
 
     s = sub.add_parser("export", help="export to ONNX and check it against PyTorch with onnxruntime")
     s.add_argument("name", help="name or name.tag")
@@ -620,9 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
         "is checked",
     )
     s.add_argument("--img-size", type=int, nargs="+", default=None, help="build the model for this size")
-    s.add_argument("--num-classes", type=int, default=None)
-    s.add_argument("--opset", type=int, default=None)
-    s.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    s.add_argument("--num-classes", type=int, default=None, help="output classes (default: the model's)")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    s.add_argument(
+        "--exporter",
+        choices=["auto", "dynamo", "torchscript"],
+        default="auto",
+        help="torch.onnx exporter; auto tries dynamo, then torchscript",
+    )
     s.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to the output's scale")
     s.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
 
@@ -631,13 +711,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", type=int, nargs="+", default=None, help="input without batch")
     s.add_argument("--img-size", type=int, nargs="+", default=None, help="build the model for this size")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    s.add_argument("--warmup", type=int, default=1)
-    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--warmup", type=int, default=1, help="untimed forward passes first")
+    s.add_argument("--repeats", type=int, default=5, help="timed forward passes (the median is reported)")
     s.add_argument("--no-cpu", action="store_true", help="skip PyTorch CPU timing")
     s.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime timing")
     s.add_argument("--no-cuda", action="store_true", help="skip CUDA even when available")
     s.add_argument("--json", action="store_true", help="one JSON object per model")
-    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
     s = sub.add_parser("finetune", help="fine-tune on labelled NIfTI volumes (MONAI datalist); torchrun too")
     s.add_argument("name", nargs="?", help="NAME (from scratch) or NAME.TAG (those weights)")
@@ -651,11 +731,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=None, help="epochs over the training cases (not --steps)")
     s.add_argument("--batch-size", type=int, default=None, help="cases per step and process")
     s.add_argument("--num-samples", type=int, default=None, help="crops per case")
-    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     s.add_argument("--roi", type=int, nargs=3, default=None, help="crop size (default: the model's input)")
     s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
     s.add_argument("--intensity", default=None, help="zscore, zscore-nonzero, none, or clip:a,b,c,d")
-    s.add_argument("--crop", choices=["random", "posneg"], default=None)
+    s.add_argument(
+        "--crop", choices=["random", "posneg"], default=None, help="crop sampling (default: the preset's)"
+    )
     s.add_argument("--num-classes", type=int, default=None, help="default: from the datalist or the labels")
     s.add_argument("--in-chans", type=int, default=None, help="default: from the datalist or the images")
     s.add_argument("--freeze", default=None, help="freeze a part: encoder, stem, encoder.K, decoder")
@@ -665,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0, help="data-loading processes")
     s.add_argument("--no-cache", action="store_true", help="do not cache preprocessed volumes in memory")
     s.add_argument("--restart", action="store_true", help="ignore a run already in --out")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed (data order, crops, initialisation)")
     s.add_argument("--model-kwargs", default=None, help="JSON of further architecture arguments")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -693,26 +775,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-every", type=int, default=None, help="checkpoint period in steps")
     s.add_argument("--workers", type=int, default=0, help="data-loading processes")
     s.add_argument("--restart", action="store_true", help="ignore a run already in --out")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed (data order, crops, initialisation)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("card", help="generate model cards from the registry")
-    s.add_argument("--out", default=None)
+    s.add_argument(
+        "--out",
+        default=None,
+        help="folder to write the cards to (default: model_cards/ of the source checkout, only when "
+        "run from inside it)",
+    )
     s.add_argument("--check", action="store_true", help="fail if a checked-in card is stale")
     return p
 
 
+def _quiet_stdout() -> None:
+    # The reader is gone: point stdout at /dev/null so the interpreter's final flush stays silent.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in-process)
+        pass
+
+
+def _error(command: str, message: str) -> None:
+    print(f"zoo {command}: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``zoo`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit status."""
+    from zoo._optional import MissingExtraError, extra_for, hint
+
+    args = build_parser().parse_args(argv)  # usage errors exit 2 here, as argparse does
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
-        return _COMMANDS[args.command](args)
-    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as e:
-        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        rc = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        _error(args.command, "interrupted")
+        return EXIT_INTERRUPTED
+    except (UsageError, UnknownNameError, InvalidArgumentError, ValueError, PermissionError) as e:
+        _error(args.command, str(e))
+        return EXIT_USAGE
+    except MissingExtraError as e:
+        _error(args.command, str(e))
+        return EXIT_FAILURE
+    except ModuleNotFoundError as e:
+        extra = extra_for(e.name)
+        if extra is None:
+            raise
+        _error(args.command, hint(e.name.split(".")[0], extra, feature=f"zoo {args.command}"))
+        return EXIT_FAILURE
+    except (RuntimeError, OSError) as e:
+        _error(args.command, str(e))
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

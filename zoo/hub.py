@@ -121,9 +121,16 @@ def is_offline() -> bool:
 
 
 def cache_dir() -> Path:
-    """Root of medzoo's own cache (converted upstream checkpoints)."""
-    root = os.environ.get("MEDZOO_CACHE") or Path.home() / ".cache" / "medzoo"
-    return Path(root)
+    """Root of medzoo's own cache (converted upstream checkpoints).
+
+    ``$MEDZOO_CACHE``, else ``$XDG_CACHE_HOME/medzoo``, else ``~/.cache/medzoo`` (the XDG default).
+    """
+    if os.environ.get("MEDZOO_CACHE"):
+        return Path(os.environ["MEDZOO_CACHE"])
+    # XDG says a relative XDG_CACHE_HOME is invalid and must be ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "medzoo"
 
 
 def file_digest(path: str | Path, algo: str = "sha256") -> str:

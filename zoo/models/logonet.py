@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.layers import check_input
 from zoo.layers.tracing import channels_last_3d
 
 __all__ = ["ULKANet", "LoGoNet", "split_subcubes", "merge_subcubes"]
@@ -270,20 +271,6 @@ class ConvBNGELU3d(nn.Module):
 # models
 
 
-def _check_input(x: torch.Tensor, in_chans: int, multiple: int, what: str) -> None:
-    if x.ndim != 5:
-        raise ValueError(f"{what} expects a 5D input (B, C, D, H, W), found shape {tuple(x.shape)}")
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"{what} expects {in_chans} input channel(s), found {x.shape[1]} (shape {tuple(x.shape)})"
-        )
-    bad = [s for s in x.shape[2:] if s % multiple]
-    if bad:
-        raise ValueError(
-            f"{what} needs every spatial side divisible by {multiple}, found {tuple(x.shape[2:])}"
-        )
-
-
 def _check_img_size(img_size: int | Sequence[int], multiple: int, what: str) -> tuple[int, int, int]:
     img_size = (int(img_size),) * 3 if isinstance(img_size, int) else tuple(int(s) for s in img_size)
     if len(img_size) != 3 or any(s <= 0 or s % multiple for s in img_size):
@@ -398,7 +385,7 @@ class ULKANet(nn.Module):
         return self.proj(self.decoder[n](x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
+        check_input(x, self.in_chans, type(self).__name__, multiple=self.size_multiple)
         # Channels-last inside: oneDNN convolves NDHWC without reordering every activation.
         x = self.forward_features(channels_last_3d(x))
         return (x if self.classifier is None else self.classifier(x)).contiguous()
@@ -505,7 +492,7 @@ class LoGoNet(nn.Module):
         return self.global_net.forward_features(x) + merge_subcubes(parts, self.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, self.size_multiple, type(self).__name__)
+        check_input(x, self.in_chans, type(self).__name__, multiple=self.size_multiple)
         x = self.forward_features(channels_last_3d(x))  # see ULKANet
         return self.classifier(self.proj(x)).contiguous()
 

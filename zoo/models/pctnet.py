@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_alias, register_model
+from zoo.layers import DropPath, Mlp, check_input, int_tuple, trunc_normal_
 from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
@@ -58,15 +58,6 @@ def _conv3x3(cin: int, cout: int, dim: int, stride: int | Size3 = 1) -> nn.Conv3
 def _scale(dim: int) -> Size3:
     """Down/up-sampling factor: in-plane only (dim 2) or isotropic (dim 3)."""
     return (1, 2, 2) if dim == 2 else (2, 2, 2)
-
-
-def _triple(value: int | Sequence[int], what: str) -> Size3:
-    if isinstance(value, int):
-        return (value, value, value)
-    value = tuple(int(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"{what} must have 3 entries (D, H, W), got {value}")
-    return value  # type: ignore[return-value]
 
 
 def nnformer_relative_position_index(window: int) -> torch.Tensor:
@@ -136,17 +127,6 @@ def _preactivated(layers: nn.Sequential, x: torch.Tensor, owned: bool) -> torch.
         owned = owned or not isinstance(m, (nn.Dropout, nn.Identity))
         i += 1
     return x
-
-
-def _check_input(x: torch.Tensor, in_chans: int, model: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{model} expects a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 5:
-        raise ValueError(
-            f"{model} expects a 5-D input (N, C, D, H, W), got {x.ndim}-D shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != in_chans:
-        raise ValueError(f"{model} expects {in_chans} input channel(s), got {x.shape[1]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,20 +255,6 @@ class WindowAttention3D(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Mlp(nn.Module):
-    """fc1 → GELU → dropout → fc2 → dropout."""
-
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class SwinBlock3D(nn.Module):
     """Pre-norm 3D Swin block on a fixed resolution; operates on (B, D, H, W, C).
 
@@ -330,7 +296,7 @@ class SwinBlock3D(nn.Module):
         self.attn = WindowAttention3D(dim, window, num_heads, attn_drop=drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)  # the shared Mlp: same keys and maths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = window_plan(self.resolution, (self.window,) * 3, (self.shift,) * 3, x.device)
@@ -586,7 +552,7 @@ class PCTNet(nn.Module):
         ):
             if len(seq) != n:
                 raise ValueError(f"{name} must have {n} entries, got {len(seq)}")
-        img_size = _triple(img_size, "img_size")
+        img_size = int_tuple(img_size, 3, "img_size")
         conv_dims, down_dims = _RESOLUTION_MODES[resolution_mode]
         stride2 = tuple(a * b for a, b in zip(_scale(down_dims[0]), _scale(down_dims[1]), strict=True))
         divisor = tuple(s * 4 for s in stride2)
@@ -613,7 +579,7 @@ class PCTNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        _check_input(x, self.in_chans, "PCTNet")
+        check_input(x, self.in_chans, "PCTNet")
         if tuple(x.shape[2:]) != self.img_size:
             raise ValueError(
                 f"PCTNet was built for inputs of exactly {self.img_size} (D, H, W), got "
@@ -801,7 +767,7 @@ class FMUNet(nn.Module):
         self.apply(_init_he)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        _check_input(x, self.in_chans, "FMUNet")
+        check_input(x, self.in_chans, "FMUNet")
         size = tuple(x.shape[2:])
         if any(s % q for s, q in zip(size, self.size_divisor, strict=True)):
             raise ValueError(
@@ -831,8 +797,8 @@ def _create_pctnet(**kwargs) -> PCTNet:
     """Builder: ``input_size`` is accepted as an alias of ``img_size``; None overrides are ignored."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if "input_size" in kwargs:
-        alias = _triple(kwargs.pop("input_size"), "input_size")
-        if "img_size" in kwargs and _triple(kwargs["img_size"], "img_size") != alias:
+        alias = int_tuple(kwargs.pop("input_size"), 3, "input_size")
+        if "img_size" in kwargs and int_tuple(kwargs["img_size"], 3, "img_size") != alias:
             raise ValueError(f"img_size {kwargs['img_size']} and input_size {alias} disagree")
         kwargs["img_size"] = alias
     return PCTNet(**kwargs)
@@ -844,7 +810,7 @@ def _create_fmunet(**kwargs) -> FMUNet:
     img_size = kwargs.pop("img_size", None) or kwargs.pop("input_size", None)
     model = FMUNet(**kwargs)
     if img_size is not None:
-        size = _triple(img_size, "img_size")
+        size = int_tuple(img_size, 3, "img_size")
         if any(s % q for s, q in zip(size, model.size_divisor, strict=True)):
             raise ValueError(f"FMUNet img_size {size} must be divisible by {model.size_divisor}")
     return model

@@ -25,10 +25,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
 from torch import nn
 
 from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_model
+from zoo.layers import DropPath, InvalidArgumentError, Mlp
 from zoo.layers.tracing import is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
@@ -621,7 +621,7 @@ class QTUNet(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         want = (self.in_chans, *self.img_size)
         if x.ndim != 5 or x.shape[1] != self.in_chans or tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__} expects input (B, {', '.join(map(str, want))}), "
                 f"got {tuple(x.shape)}. "
                 f"It takes exactly img_size={self.img_size}; run whole volumes through sliding-window "

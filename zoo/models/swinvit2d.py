@@ -18,293 +18,24 @@ without renaming, and validate inputs before compute.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-
-import torch
-from monai.networks.nets import SwinUNETR
-from monai.networks.nets.swin_unetr import SwinTransformer
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from zoo._registry import ModelSpec, PaperInfo, register_alias, register_model
 
-__all__ = ["SimSiamHead", "SwinViT2d", "SwinViT2dSimSiam", "SwinUNETR2d"]
+if TYPE_CHECKING:
+    from zoo.models._swinvit2d_net import SwinUNETR2d, SwinViT2d, SwinViT2dSimSiam
+
+# The classes live in zoo.models._swinvit2d_net: building one imports MONAI's networks, listing does not.
+_NET_MODULE = "zoo.models._swinvit2d_net"
+_NET_NAMES = ["SimSiamHead", "SwinViT2d", "SwinViT2dSimSiam", "SwinUNETR2d"]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    out = (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != 2 or min(out) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair of them for a 2D model, got {value!r}")
-    return out  # type: ignore[return-value]
-
-
-@contextmanager
-def _off_meta_device() -> Iterator[bool]:
-    """Yield whether the default device is ``meta``, building on the CPU meanwhile if so.
-
-    MONAI's SwinTransformer calls ``Tensor.item()`` while building (its drop-path schedule),
-    which meta tensors refuse; the caller moves the finished module to ``meta``.
-    """
-    if torch.get_default_device().type != "meta":
-        yield False
-        return
-    with torch.device("cpu"):
-        yield True
-
-
-def _check_input(x: torch.Tensor, in_chans: int, model: str, divisor: int = 1) -> None:
-    """Raise ``ValueError`` unless ``x`` is (B, in_chans, H, W) with H, W multiples of ``divisor``."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{model}: expected a torch.Tensor, found {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(
-            f"{model}: expected a 4D input (B, {in_chans}, H, W) of 2D slices, found shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"{model}: expected {in_chans} input channel(s), found {x.shape[1]} (shape {tuple(x.shape)})"
-        )
-    spatial = tuple(x.shape[2:])
-    if min(spatial) < 1 or any(s % divisor for s in spatial):
-        raise ValueError(
-            f"{model}: expected H and W divisible by {divisor} (the patch embedding and 4 patch "
-            f"mergings each halve them), found spatial size {spatial}"
-        )
-
-
-class SimSiamHead(nn.Module):
-    """The MLP heads of SimSiam with lightly 1.4.13's layer layout (``layers.<i>`` keys).
-
-    Each hidden step is Linear (no bias, a BN follows) → BatchNorm1d → ReLU. The last step is
-    Linear → BatchNorm1d(affine=False) for the projector (``last_bn=True``) and a biased Linear
-    for the predictor.
-
-    Args:
-        dims: feature sizes, input first: ``(768, 2048, 2048, 2048)`` for the projector,
-            ``(2048, 512, 2048)`` for the predictor.
-        last_bn: end with a non-affine BatchNorm1d instead of a bias.
-
-    Example:
-        >>> SimSiamHead((768, 2048, 2048, 2048), last_bn=True)(torch.randn(4, 768)).shape
-        torch.Size([4, 2048])
-    """
-
-    def __init__(self, dims: Sequence[int], last_bn: bool) -> None:
-        super().__init__()
-        if len(dims) < 2:
-            raise ValueError(f"SimSiamHead needs at least an input and an output size, got dims={dims!r}")
-        layers: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-2], dims[1:-1], strict=True):
-            layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU()]
-        layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
-        if last_bn:
-            layers.append(nn.BatchNorm1d(dims[-1], affine=False))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, dims[0]) → (B, dims[-1])."""
-        return self.layers(x)
-
-
-class SwinViT2d(nn.Module):
-    """The Swin-UNETR encoder on 2D slices, pooled to one vector (the thesis's SSL backbone).
-
-    ``model`` is MONAI's ``SwinTransformer`` (the module ``SwinUNETR.swinViT``) with the legacy
-    ``PatchMerging`` and no v2 residual blocks; the attribute name mirrors the reference's
-    ``src.models.Backbone.model``. The feature is the deepest map (16·C channels, after MONAI's
-    parameter-free channel LayerNorm) averaged over space; there is no CLS token.
-
-    Args:
-        in_chans: input channels (1 for CT).
-        embed_dim: C, the width of the first stage; the pooled feature has 16·C channels.
-        depths: Swin blocks per stage.
-        num_heads: attention heads per stage.
-        window_size: attention window (shrunk by MONAI where a map is smaller).
-        patch_size: patch embedding stride.
-        mlp_ratio: MLP hidden width over block width.
-        qkv_bias: bias on the qkv projection.
-        drop_rate / attn_drop_rate / drop_path_rate: dropout, attention dropout and stochastic
-            depth (the thesis pretrains with drop_path_rate=0.1).
-        normalize: apply the channel LayerNorm to the stage outputs (the reference does).
-        img_size: the crop size the model is meant for (96×96); the encoder pads other sizes.
-
-    Shapes:
-        input (B, in_chans, H, W) → output (B, 16·embed_dim); 96×96 gives stage maps
-        (B,48,48,48) … (B,768,3,3).
-
-    Example:
-        >>> SwinViT2d()(torch.randn(2, 1, 96, 96)).shape
-        torch.Size([2, 768])
-    """
-
-    def __init__(
-        self,
-        in_chans: int = 1,
-        embed_dim: int = 48,
-        depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int | Sequence[int] = 7,
-        patch_size: int | Sequence[int] = 2,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        normalize: bool = True,
-        img_size: int | Sequence[int] = (96, 96),
-    ) -> None:
-        super().__init__()
-        if len(depths) != 4 or len(num_heads) != 4:
-            raise ValueError(f"expected 4 stages, got depths={depths!r}, num_heads={num_heads!r}")
-        self.in_chans = in_chans
-        self.img_size = _pair(img_size, "img_size")
-        self.normalize = normalize
-        self.num_features = embed_dim * 2 ** len(depths)
-        with _off_meta_device() as on_meta:
-            self.model = SwinTransformer(
-                in_chans=in_chans,
-                embed_dim=embed_dim,
-                window_size=_pair(window_size, "window_size"),
-                patch_size=_pair(patch_size, "patch_size"),
-                depths=tuple(depths),
-                num_heads=tuple(num_heads),
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                drop_rate=drop_rate,
-                attn_drop_rate=attn_drop_rate,
-                drop_path_rate=drop_path_rate,
-                norm_layer=nn.LayerNorm,
-                patch_norm=False,
-                spatial_dims=2,
-                downsample="merging",
-                use_v2=False,
-            )
-        if on_meta:
-            self.model.to("meta")
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The patch embedding and the 4 stage outputs, (B, C·2^i, H/2^(i+1), W/2^(i+1)), i = 0..4."""
-        _check_input(x, self.in_chans, type(self).__name__)
-        return self.model(x, self.normalize)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) → (B, 16·embed_dim): the deepest map averaged over space."""
-        return self.forward_features(x)[-1].flatten(2).mean(dim=2)
-
-
-class SwinViT2dSimSiam(nn.Module):
-    """SimSiam around :class:`SwinViT2d`: encoder → projector (z) → predictor (p).
-
-    Module names follow the reference's ``src.models.SimSiam`` (``backbone.model.*``,
-    ``projection_head.layers.*``, ``prediction_head.layers.*``), so a pretraining checkpoint
-    (``torch.save(simsiam.state_dict())``) loads strictly as it is.
-
-    Args:
-        proj_hidden_dim: projector hidden width (d = 2048).
-        out_dim: projector and predictor output width (d_o = 2048).
-        pred_hidden_dim: predictor bottleneck width (d_b = 512).
-        **backbone_args: arguments of :class:`SwinViT2d`.
-
-    Shapes:
-        input (B, in_chans, H, W) → ``(z, p)``, each (B, out_dim). Batch statistics make
-        training-mode forwards need B > 1.
-
-    Example:
-        >>> z, p = SwinViT2dSimSiam().eval()(torch.randn(2, 1, 96, 96))
-        >>> z.shape, p.shape
-        (torch.Size([2, 2048]), torch.Size([2, 2048]))
-    """
-
-    def __init__(
-        self, proj_hidden_dim: int = 2048, out_dim: int = 2048, pred_hidden_dim: int = 512, **backbone_args
-    ) -> None:
-        super().__init__()
-        self.backbone = SwinViT2d(**backbone_args)
-        width = self.backbone.num_features
-        self.projection_head = SimSiamHead((width, proj_hidden_dim, proj_hidden_dim, out_dim), last_bn=True)
-        self.prediction_head = SimSiamHead((out_dim, pred_hidden_dim, out_dim), last_bn=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, in_chans, H, W) → (z, p); z is detached, the SimSiam stop-gradient."""
-        z = self.projection_head(self.backbone(x))
-        p = self.prediction_head(z)
-        # Reference quirk kept: forward returns z already detached (lightly's SimSiam recipe).
-        return z.detach(), p
-
-
-class SwinUNETR2d(SwinUNETR):
-    """MONAI ``SwinUNETR`` on 2D slices, as the thesis fine-tunes it (keys ``swinViT.*``, ``out.*``).
-
-    A subclass rather than a wrapper so the state_dict keys are MONAI's own (159 entries),
-    with input validation before compute.
-
-    Args:
-        in_chans: input channels (1 for CT).
-        num_classes: output channels (14: background + 13 FLARE 2022 organs).
-        feature_size: C, the encoder width (48 in every thesis run); a multiple of 12.
-        depths / num_heads / window_size / patch_size: encoder layout (Swin-UNETR defaults).
-        drop_path_rate: encoder stochastic depth (0 when fine-tuning in the thesis).
-        normalize: channel LayerNorm on the encoder outputs.
-        img_size: the sliding-window ROI (96×96); each side must be divisible by 32.
-
-    Shapes:
-        input (B, in_chans, H, W), H and W divisible by 32 → logits (B, num_classes, H, W).
-
-    Example:
-        >>> SwinUNETR2d()(torch.randn(1, 1, 96, 96)).shape
-        torch.Size([1, 14, 96, 96])
-    """
-
-    def __init__(
-        self,
-        in_chans: int = 1,
-        num_classes: int = 14,
-        feature_size: int = 48,
-        depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
-        patch_size: int = 2,
-        drop_path_rate: float = 0.0,
-        normalize: bool = True,
-        img_size: int | Sequence[int] = (96, 96),
-    ) -> None:
-        roi = _pair(img_size, "img_size")
-        # MONAI's rule: the patch embedding and four mergings divide each side by patch_size**5.
-        divisor = patch_size**5
-        if any(s % divisor for s in roi):
-            raise ValueError(f"img_size must be divisible by {divisor}, got {roi}")
-        kwargs = dict(
-            in_channels=in_chans,
-            out_channels=num_classes,
-            patch_size=patch_size,
-            depths=tuple(depths),
-            num_heads=tuple(num_heads),
-            window_size=window_size,
-            feature_size=feature_size,
-            norm_name="instance",
-            dropout_path_rate=drop_path_rate,
-            normalize=normalize,
-            spatial_dims=2,
-            downsample="merging",
-            use_v2=False,
-        )
-        # MONAI < 1.5 still requires img_size (it only validated it); 1.5 removed the argument.
-        if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
-            kwargs["img_size"] = roi
-        with _off_meta_device() as on_meta:
-            super().__init__(**kwargs)
-        if on_meta:
-            self.to("meta")
-        self.img_size = roi
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.divisor = divisor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) → logits (B, num_classes, H, W)."""
-        _check_input(x, self.in_chans, type(self).__name__, divisor=self.divisor)
-        return super().forward(x)
+def __getattr__(name: str) -> Any:
+    # ``from zoo.models.swinvit2d import SwinViT2d`` keeps working, importing MONAI's networks then.
+    if name in _NET_NAMES:
+        return getattr(importlib.import_module(_NET_MODULE), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,15 +159,21 @@ _BACKBONE_GROUPS.update(decoder=(), head=())
 _SIMSIAM_GROUPS.update(decoder=(), head=("projection_head.", "prediction_head."))
 
 
-def _create_backbone(**kwargs) -> SwinViT2d:
+def _create_backbone(**kwargs: Any) -> SwinViT2d:
+    from zoo.models._swinvit2d_net import SwinViT2d
+
     return SwinViT2d(**_no_head("swinvit2d-c48", kwargs))
 
 
-def _create_simsiam(**kwargs) -> SwinViT2dSimSiam:
+def _create_simsiam(**kwargs: Any) -> SwinViT2dSimSiam:
+    from zoo.models._swinvit2d_net import SwinViT2dSimSiam
+
     return SwinViT2dSimSiam(**_no_head("swinvit2d-c48-simsiam", kwargs))
 
 
-def _create_segmenter(**kwargs) -> SwinUNETR2d:
+def _create_segmenter(**kwargs: Any) -> SwinUNETR2d:
+    from zoo.models._swinvit2d_net import SwinUNETR2d
+
     return SwinUNETR2d(**kwargs)
 
 

@@ -278,6 +278,7 @@ class MaskedMultiClustering(Recipe):
 
     method = "multi-clustering"
     families = ("logonet",)
+    requires = ("sklearn",)
     covers = "full"
     paper = "Masked LoGoNet (Monsefi et al., KDD 2024) §3, Alg. 4, Table 12"
     default_preprocessing = Preprocessing(

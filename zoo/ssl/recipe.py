@@ -75,6 +75,16 @@ class Recipe(nn.Module):
     paper: ClassVar[str] = ""
     default_preprocessing: ClassVar[Preprocessing] = Preprocessing()
     optim_defaults: ClassVar[dict[str, Any]] = {}
+    # Optional packages the recipe needs (all in the [train] extra), checked before anything is built.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Recipe:
+        # Before any subclass __init__ runs: a missing [train] extra is the first thing to report.
+        if cls.requires:
+            from zoo._optional import require
+
+            require(*cls.requires, extra="train", feature=f"the {cls.method or 'pretraining'} recipe")
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, max_steps: int = 1000, grad_accum_steps: int = 1) -> None:
         super().__init__()
@@ -156,5 +166,7 @@ def get_recipe(method: str) -> type[Recipe]:
     import zoo.ssl  # noqa: F401  (imports every recipe module)
 
     if method not in RECIPES:
-        raise ValueError(f"unknown pretraining method {method!r}; known: {', '.join(sorted(RECIPES))}")
+        from zoo._registry import UnknownNameError
+
+        raise UnknownNameError(f"unknown pretraining method {method!r}; known: {', '.join(sorted(RECIPES))}")
     return RECIPES[method]

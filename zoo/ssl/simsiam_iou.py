@@ -127,6 +127,7 @@ class _SlicePairs(Recipe):
     """Shared data side of the two slice recipes."""
 
     families = ("swinvit2d",)
+    requires = ("lightly",)
     default_preprocessing = _THESIS_PREPROCESSING
 
     def __init__(

@@ -290,6 +290,7 @@ class _DeformAttnRecipe(Recipe):
     """What the joint 2D/3D stages share: the model check, the data and the trainable part."""
 
     families = ("deformattn",)
+    requires = ("lightly",)
     default_preprocessing = _AUTHORS_PREPROCESSING
     trains: tuple[str, ...] = ()  # model key prefixes this stage updates ("" = all)
 

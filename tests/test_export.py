@@ -252,3 +252,132 @@ def test_cli_export_of_a_size_the_model_cannot_take_is_an_error(tmp_path, capsys
     assert rc == 2
     assert "img_size" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- self-describing files, and running them like a model ------------------------------------------------
+
+_PREP = {
+    "orientation": "RAS",
+    "spacing_mm": [6.0, 6.0, 6.0],
+    "intensity_transform": {"kind": "clip_scale", "a_min": 0, "a_max": 300, "b_min": -1, "b_max": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A narrow QT-UNet at 32³ with stated preprocessing and labels, exported once for the module."""
+    torch.manual_seed(0)
+    model = zoo.create("qtunet-t", img_size=32, num_classes=4, embed_dim=12)
+    model.pretrained_cfg["preprocessing"] = dict(_PREP)
+    model.pretrained_cfg["labels"] = ["background", "grey", "white", "csf"]
+    model.pretrained_cfg["sliding_window"] = {"roi_size": [32, 32, 32], "overlap": 0.25}
+    path = tmp_path_factory.mktemp("onnx") / "qt.onnx"
+    to_onnx(model, path, batch_sizes=(1,), verbose=False)
+    return model, path
+
+
+def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):
+    import onnx
+
+    from zoo.export import read_onnx_metadata
+
+    _, path = tiny_export
+    onnx.checker.check_model(str(path))
+    md = read_onnx_metadata(path)
+    assert md["version"] == zoo.__version__ and md["model"] == "qtunet-t" and md["family"] == "qtunet"
+    assert md["weights_tag"] == "" and md["weights"] is None  # random weights say so
+    assert md["preprocessing"] == _PREP
+    assert md["labels"] == ["background", "grey", "white", "csf"] and md["num_classes"] == 4
+    assert md["sliding_window"] == {"roi_size": [32, 32, 32], "overlap": 0.25}
+    assert md["input_axes"] == ["batch", "channel", "x", "y", "z"] and md["axis_order"] == "xyz"
+    assert md["input_size"] == [1, 32, 32, 32]
+    assert "qtunet-t" in md["doc_string"] and "random (untrained) weights" in md["doc_string"]
+    assert onnx_session(path).get_inputs()[0].shape[0] == "batch"
+
+
+def test_the_preprocessing_is_rebuilt_from_the_file_alone(tiny_export):
+    from zoo.export import read_onnx_metadata
+    from zoo.predict import intensity_transform
+
+    md = read_onnx_metadata(tiny_export[1])
+    normalise = intensity_transform(md["preprocessing"]["intensity_transform"])
+    x = torch.tensor([[[[-50.0, 0.0, 150.0, 300.0, 900.0]]]])
+    # clip to [0, 300], then onto [-1, 1]
+    torch.testing.assert_close(normalise(x), torch.tensor([[[[-1.0, -1.0, 0.0, 1.0, 1.0]]]]))
+    assert md["preprocessing"]["spacing_mm"] == [6.0, 6.0, 6.0]
+
+
+def test_weights_tag_and_digest_are_recorded(tmp_path):
+    model = TinyNet().eval()
+    model.pretrained_cfg = {
+        "name": "tiny",
+        "weights": {"source": "file", "id": "w.pt", "tag": "mine", "sha256": "ab" * 32, "covers": "full"},
+    }
+    path = tmp_path / "t.onnx"
+    to_onnx(model, path, input_shapes=[(1, 6, 8, 10), (1, 8, 10, 12)], verbose=False)
+    from zoo.export import read_onnx_metadata
+
+    md = read_onnx_metadata(path)
+    assert md["weights_tag"] == "mine" and md["weights_sha256"] == "ab" * 32
+    assert md["weights"]["id"] == "w.pt"
+    assert onnx_session(path).get_inputs()[0].shape == ["batch", 1, "depth", "height", "width"]
+
+
+def test_an_onnx_file_runs_like_the_model(tiny_export):
+    from zoo.export import load_onnx
+
+    model, path = tiny_export
+    onnx_model = load_onnx(path)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    got = onnx_model.eval()(x)
+    assert isinstance(got, torch.Tensor) and got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert onnx_model.pretrained_cfg["preprocessing"] == _PREP
+    with pytest.raises(ValueError, match=r"takes inputs of shape"):
+        onnx_model(torch.randn(1, 1, 32, 32, 16))
+    with pytest.raises(RuntimeError, match="inference only"):
+        onnx_model.train()
+
+
+def test_predict_through_onnx_gives_the_labels_of_the_pytorch_path(tiny_export, tmp_path, capsys):
+    import nibabel as nib
+
+    from zoo.predict import predict_nifti, sample_volume_path
+
+    model, path = tiny_export
+    mni = sample_volume_path()
+    ref = predict_nifti(model, mni, tmp_path / "seg_torch.nii.gz", progress=False)
+    rc = main(["predict", str(path), "-q", "-i", str(mni), "-o", str(tmp_path / "seg_onnx.nii.gz")])
+    assert rc == 0
+    a = np.asarray(nib.load(tmp_path / "seg_torch.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "seg_onnx.nii.gz").dataobj)
+    assert len(np.unique(a)) >= 2, "a constant label map would prove nothing"
+    np.testing.assert_array_equal(b, a)
+    assert ref.roi_size == (32, 32, 32)
+    assert "windows of 32×32×32" in capsys.readouterr().out
+
+
+def test_files_that_are_not_medzoo_exports_are_refused_clearly(tmp_path):
+    import onnx
+
+    from zoo.export import load_onnx
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a protobuf" * 10)
+    with pytest.raises(ValueError, match="not an ONNX file"):
+        load_onnx(junk)
+    bare = tmp_path / "bare.onnx"
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [x],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    onnx.save(onnx.helper.make_model(graph), str(bare))
+    with pytest.raises(ValueError, match=r"expected medzoo metadata .* missing medzoo.version"):
+        load_onnx(bare)
+    with pytest.raises(ValueError, match="no such file"):
+        load_onnx(tmp_path / "absent.onnx")

@@ -179,7 +179,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from zoo.predict import predict_nifti
 
     intensity = _parse_intensity(a.intensity) if a.intensity else None
-    model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
+    if a.name.endswith(".onnx"):  # an exported file: onnxruntime, preprocessing from its metadata
+        from zoo.export import load_onnx
+
+        model = load_onnx(a.name)
+    else:
+        model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
     spacing = tuple(a.spacing) if a.spacing else None
     r = predict_nifti(
         model,

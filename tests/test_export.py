@@ -381,3 +381,68 @@ def test_files_that_are_not_medzoo_exports_are_refused_clearly(tmp_path):
         load_onnx(bare)
     with pytest.raises(ValueError, match="no such file"):
         load_onnx(tmp_path / "absent.onnx")
+
+
+# -- exporting what a run or a tag holds ----------------------------------------------------------------
+
+
+def test_export_of_a_run_folder_uses_the_runs_window(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from zoo.export import read_onnx_metadata
+
+    torch.manual_seed(0)
+    args = {"feature_chns": [4, 8, 16, 32, 64], "num_classes": 2}
+    model = zoo.create("fmunet", feature_chns=(4, 8, 16, 32, 64), num_classes=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(model.state_dict(), str(run / "model.safetensors"))
+    window = {"roi_size": [16, 32, 16], "overlap": 0.25}
+    (run / "config.json").write_text(
+        json.dumps({"model_name": "fmunet", "model_args": args, "sliding_window": window})
+    )
+    out = tmp_path / "run.onnx"
+    assert main(["export", "fmunet", "--checkpoint", str(run), "-o", str(out)]) == 0
+    md = read_onnx_metadata(out)
+    # the registered fmunet input is 64×128×128: the run's window wins
+    assert md["input_size"] == [1, 16, 32, 16] and md["sliding_window"] == window
+    assert md["weights"]["source"] == "run"
+    assert onnx_session(out).get_inputs()[0].shape[1:] == [1, 16, 32, 16]
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_a_tag_whose_weights_cannot_be_had_fails_before_any_export(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.setenv("MEDZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDZOO_OFFLINE", "1")
+    out = tmp_path / "q.onnx"
+    argv = (
+        ["export", "qtunet-t.ct-ssl", "-o", str(out)]
+        if command == "export"
+        else ["bench", "qtunet-t.ct-ssl", "--no-cuda", "-q", "--repeats", "1"]
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "qtunet-t" in err and "ct-ssl" in err and "offline" in err.lower()
+    assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
+
+
+def test_bench_of_name_tag_times_those_weights(hub_env, capsys):
+    import json
+
+    from tests.servers import torch_bytes, url_path
+    from tests.test_hub import git_blob_sha1
+    from zoo._registry import get_spec, override_weights
+
+    torch.manual_seed(3)
+    enc = {k: v for k, v in zoo.create("qtunet-t").state_dict().items() if k.startswith("encoder.")}
+    data = torch_bytes(enc)
+    ws = get_spec("qtunet-t").weight("ct-ssl")
+    hub_env.add_file(url_path(ws.url), data)
+    with override_weights("qtunet-t", "ct-ssl", upstream_digest=f"gitsha1:{git_blob_sha1(data)}"):
+        argv = ["bench", "qtunet-t.ct-ssl", "--img-size", "32", "--no-onnx", "--no-cuda", "--json", "-q"]
+        assert main([*argv, "--repeats", "1", "--warmup", "0"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["weights_tag"] == "ct-ssl" and len(row["weights_sha256"]) == 64
+    assert hub_env.hits(url_path(ws.url)) == 1

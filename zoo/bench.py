@@ -114,6 +114,8 @@ class BenchResult:
     cuda_error: str = ""
     warmup: int = 0
     repeats: int = 0
+    weights_tag: str = ""
+    weights_sha256: str = ""
     timing: str = ""
     load_start: float | None = None
     load_end: float | None = None
@@ -457,7 +459,9 @@ def benchmark(
     """Measure one registered model.
 
     Args:
-        name: registry name (weights are irrelevant to cost; the architecture is built).
+        name: registry name (the architecture is built with random weights), or ``name.tag``:
+            those weights are loaded through :func:`zoo.create` (``pretrained=True``) and the
+            timed export carries them; unavailable weights raise before anything is measured.
         input_shape: input without batch; default ``spec.input_size`` (or the size that
             ``model_kwargs["img_size"]`` implies).
         model_kwargs: constructor overrides (``img_size=`` …) for the timed model.
@@ -478,12 +482,18 @@ def benchmark(
     from zoo.export import default_input_shape, to_onnx
 
     say = log or (lambda s: None)
-    spec, _ = resolve(name)
+    spec, tag = resolve(name)
     kwargs = dict(model_kwargs or {})
     if threads:
         torch.set_num_threads(int(threads))
     n_threads = torch.get_num_threads()
     args = {**spec.model_args, **kwargs}
+    loaded = None
+    if tag is not None:
+        # NAME.TAG times (and exports) those weights; unavailable weights fail here, before any work.
+        from zoo._factory import create
+
+        loaded = create(name, pretrained=True, **kwargs).eval()
 
     def build(extra: Mapping[str, Any] = kwargs) -> nn.Module:
         return spec.builder(**{**spec.model_args, **extra}).eval()
@@ -524,7 +534,10 @@ def benchmark(
         machine=machine_id(),
     )
 
-    model = build()
+    model = loaded if loaded is not None else build()
+    if loaded is not None:
+        record = loaded.pretrained_cfg.get("weights") or {}
+        res.weights_tag, res.weights_sha256 = str(tag), str(record.get("sha256") or "")
     x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
     res.omp_wait_policy = os.environ.get("OMP_WAIT_POLICY", "")
     if cpu:

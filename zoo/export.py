@@ -123,7 +123,8 @@ def default_input_shape(model: nn.Module, spec: ModelSpec | None = None) -> tupl
     """The input shape (without batch) a zoo model is built for.
 
     The registered ``input_size`` with its trailing spatial axes replaced by the model's own
-    ``img_size`` (so a model built at another size reports that size) and, for ``(C, *spatial)``
+    ``img_size`` (so a model built at another size reports that size; for a model loaded from a
+    run folder without one, the run's sliding-window ``roi_size``) and, for ``(C, *spatial)``
     layouts, its channel count by ``in_chans``.
 
     Raises:
@@ -136,6 +137,10 @@ def default_input_shape(model: nn.Module, spec: ModelSpec | None = None) -> tupl
     shape = list(base)
     args = cfg.get("model_args", {})
     img = _spatial_override(args) or getattr(model, "img_size", None)
+    roi = (cfg.get("sliding_window") or {}).get("roi_size")
+    if img is None and cfg.get("run") and roi and len(roi) == len(shape) - 1:
+        # A fine-tuning run's model is used on the run's window: export at that size.
+        img = tuple(int(s) for s in roi)
     if isinstance(img, int):
         img = (img,)
     if img is not None:

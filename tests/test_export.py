@@ -272,8 +272,18 @@ def tiny_export(tmp_path_factory):
     model.pretrained_cfg["labels"] = ["background", "grey", "white", "csf"]
     model.pretrained_cfg["sliding_window"] = {"roi_size": [32, 32, 32], "overlap": 0.25}
     path = tmp_path_factory.mktemp("onnx") / "qt.onnx"
-    to_onnx(model, path, batch_sizes=(1,), verbose=False)
+    to_onnx(model, path, batch_sizes=(1, 2), verbose=False)  # parity at 1e-4 at both batch sizes
     return model, path
+
+
+def test_window_attention_exports_as_fused_attention_without_per_run_mask_tiling(tiny_export):
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tiny_export[1])).graph.node]
+    # QT-UNet-T: 4 encoder stages of 2 blocks plus the QT decoder's attention blocks.
+    assert ops.count("Attention") >= 8
+    assert "Softmax" not in ops  # no attention left as MatMul/Add/Softmax/MatMul
+    assert "Tile" not in ops  # masks are (1, heads, N, N) constants broadcast over windows·batch
 
 
 def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):

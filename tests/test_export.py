@@ -409,7 +409,7 @@ def test_export_of_a_run_folder_uses_the_runs_window(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     save_file(model.state_dict(), str(run / "model.safetensors"))
-    window = {"roi_size": [16, 32, 16], "overlap": 0.25}
+    window = {"roi_size": [32, 48, 32], "overlap": 0.25}
     (run / "config.json").write_text(
         json.dumps({"model_name": "fmunet", "model_args": args, "sliding_window": window})
     )
@@ -417,9 +417,9 @@ def test_export_of_a_run_folder_uses_the_runs_window(tmp_path, capsys):
     assert main(["export", "fmunet", "--checkpoint", str(run), "-o", str(out)]) == 0
     md = read_onnx_metadata(out)
     # the registered fmunet input is 64×128×128: the run's window wins
-    assert md["input_size"] == [1, 16, 32, 16] and md["sliding_window"] == window
+    assert md["input_size"] == [1, 32, 48, 32] and md["sliding_window"] == window
     assert md["weights"]["source"] == "run"
-    assert onnx_session(out).get_inputs()[0].shape[1:] == [1, 16, 32, 16]
+    assert onnx_session(out).get_inputs()[0].shape[1:] == [1, 32, 48, 32]
 
 
 @pytest.mark.parametrize("command", ["export", "bench"])

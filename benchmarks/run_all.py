@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,9 +66,15 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
         cmd.append("--no-onnx")
     if args.no_cuda:
         cmd.append("--no-cuda")
+    if args.baseline_opset:
+        cmd += ["--baseline-opset", str(args.baseline_opset)]
+    # libgomp reads the wait policy when torch loads: it must be in the child's environment.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=HERE.parent)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=args.timeout, cwd=HERE.parent, env=env
+        )
     except subprocess.TimeoutExpired:
         print(f"  {name}: timed out after {args.timeout} s", file=sys.stderr)
         return None
@@ -77,7 +84,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"  {name}: failed (exit {proc.returncode})\n    {tail}", file=sys.stderr)
         return None
     row = json.loads(lines[-1])
-    print(f"  {name}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(
+        f"  {name}: done in {time.perf_counter() - start:.0f} s (load {row.get('load_start')} → "
+        f"{row.get('load_end')}, ORT/torch {row.get('ort_ms')}/{row.get('cpu_ms')})",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -148,17 +159,31 @@ def _cost_table(rows: list[dict[str, str]]) -> list[str]:
     return out
 
 
+def _load(r: dict[str, str]) -> str:
+    a, b = _f(r, "load_start"), _f(r, "load_end")
+    if a is None or b is None:
+        return "—"
+    tries = r.get("load_attempts") or "1"
+    return f"{a:.1f} → {b:.1f}" + (f" ({tries} tries)" if tries not in ("", "1") else "")
+
+
 def _time_table(rows: list[dict[str, str]]) -> list[str]:
     out = [
-        "| model | input | CPU ms (threads) | CPU peak MiB | onnxruntime ms | ORT / torch | ONNX exporter "
+        "| model | input | CPU ms (threads) | CPU peak MiB | onnxruntime ms | ORT / torch "
+        "| ORT / torch, baseline graph | timing | load avg (start → end) | ONNX exporter (opset) "
         "| ONNX max rel diff | CUDA fp32 ms | CUDA bf16 ms | CUDA peak MiB (fp32 / bf16) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cpu, ort = _f(r, "cpu_ms"), _f(r, "ort_ms")
         exporter = r.get("onnx_exporter") or (
             f"failed: {r['onnx_error'][:60]}" if r.get("onnx_error") else "—"
         )
+        if r.get("onnx_exporter") and r.get("onnx_opset"):
+            exporter += f" ({r['onnx_opset']})"
+        base = _f(r, "ort_baseline_ms")
+        base_cell = "—" if base is None else f"{_ratio(base, cpu)} (opset {r.get('ort_baseline_opset', '?')})"
+        timing = r.get("timing") or "separate blocks"
         cuda_mem = "—"
         if _f(r, "cuda_fp32_peak_mib") is not None:
             cuda_mem = (
@@ -166,7 +191,8 @@ def _time_table(rows: list[dict[str, str]]) -> list[str]:
             )
         out.append(
             f"| {r['name']} | 1×{r['input_shape']} | {_num(cpu, '.0f')} ({r.get('cpu_threads', '?')}) "
-            f"| {_num(_f(r, 'cpu_peak_mib'), '.0f')} | {_num(ort, '.0f')} | {_ratio(ort, cpu)} | {exporter} "
+            f"| {_num(_f(r, 'cpu_peak_mib'), '.0f')} | {_num(ort, '.0f')} | {_ratio(ort, cpu)} | {base_cell} "
+            f"| {timing} | {_load(r)} | {exporter} "
             f"| {_num(_f(r, 'onnx_max_rel'), '.1e')} | {_num(_f(r, 'cuda_fp32_ms'), '.1f')} "
             f"| {_num(_f(r, 'cuda_bf16_ms'), '.1f')} | {cuda_mem} |"
         )
@@ -288,6 +314,14 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
         "- **Latency**: median of the timed forwards after warm-up, batch 1, `torch.no_grad`, fp32; CPU "
         "threads in parentheses (PyTorch and onnxruntime use the same number). CUDA: CUDA events, fp32 "
         "and bf16 autocast; peak = `torch.cuda.max_memory_allocated` (weights included).",
+        "- **Timing** *alternating*: PyTorch and onnxruntime (and the baseline graph, when measured) "
+        "run forward by forward in turn in one process, idle threads not spinning "
+        "(`OMP_WAIT_POLICY=PASSIVE`; onnxruntime `session.intra_op.allow_spinning=0`, inter-op too), so "
+        "the ratio holds under load even where the milliseconds do not. *separate blocks*: older rows, "
+        "each runtime timed on its own (their ratio measured the machine's load as much as the graph). "
+        "The 1-minute load average is given at the start and end of the row; a row during which it moved "
+        "by more than 1.0 was measured again (tries). *Baseline graph*: the same model exported at the "
+        "named opset (before the Attention operator), timed in the same rounds.",
         "- **CPU peak MiB**: rise of the process's resident set above its size before the first forward "
         "(weights and input already resident).",
         "- **ONNX**: exported at the benchmarked size (batch axis dynamic) and checked against PyTorch with "
@@ -348,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-cuda", action="store_true")
+    p.add_argument(
+        "--baseline-opset",
+        type=int,
+        default=None,
+        help="also time an export at this opset, alternating with the others (before/after)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per model")
     p.add_argument(
         "--markdown-only",

@@ -252,3 +252,207 @@ def test_cli_export_of_a_size_the_model_cannot_take_is_an_error(tmp_path, capsys
     assert rc == 2
     assert "img_size" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- self-describing files, and running them like a model ------------------------------------------------
+
+_PREP = {
+    "orientation": "RAS",
+    "spacing_mm": [6.0, 6.0, 6.0],
+    "intensity_transform": {"kind": "clip_scale", "a_min": 0, "a_max": 300, "b_min": -1, "b_max": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A narrow QT-UNet at 32³ with stated preprocessing and labels, exported once for the module."""
+    torch.manual_seed(0)
+    model = zoo.create("qtunet-t", img_size=32, num_classes=4, embed_dim=12)
+    model.pretrained_cfg["preprocessing"] = dict(_PREP)
+    model.pretrained_cfg["labels"] = ["background", "grey", "white", "csf"]
+    model.pretrained_cfg["sliding_window"] = {"roi_size": [32, 32, 32], "overlap": 0.25}
+    path = tmp_path_factory.mktemp("onnx") / "qt.onnx"
+    to_onnx(model, path, batch_sizes=(1, 2), verbose=False)  # parity at 1e-4 at both batch sizes
+    return model, path
+
+
+def test_window_attention_exports_as_fused_attention_without_per_run_mask_tiling(tiny_export):
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tiny_export[1])).graph.node]
+    # QT-UNet-T: 4 encoder stages of 2 blocks plus the QT decoder's attention blocks.
+    assert ops.count("Attention") >= 8
+    assert "Softmax" not in ops  # no attention left as MatMul/Add/Softmax/MatMul
+    assert "Tile" not in ops  # masks are (1, heads, N, N) constants broadcast over windows·batch
+
+
+def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):
+    import onnx
+
+    from zoo.export import read_onnx_metadata
+
+    _, path = tiny_export
+    onnx.checker.check_model(str(path))
+    md = read_onnx_metadata(path)
+    assert md["version"] == zoo.__version__ and md["model"] == "qtunet-t" and md["family"] == "qtunet"
+    assert md["weights_tag"] == "" and md["weights"] is None  # random weights say so
+    assert md["preprocessing"] == _PREP
+    assert md["labels"] == ["background", "grey", "white", "csf"] and md["num_classes"] == 4
+    assert md["sliding_window"] == {"roi_size": [32, 32, 32], "overlap": 0.25}
+    assert md["input_axes"] == ["batch", "channel", "x", "y", "z"] and md["axis_order"] == "xyz"
+    assert md["input_size"] == [1, 32, 32, 32]
+    assert "qtunet-t" in md["doc_string"] and "random (untrained) weights" in md["doc_string"]
+    assert onnx_session(path).get_inputs()[0].shape[0] == "batch"
+
+
+def test_the_preprocessing_is_rebuilt_from_the_file_alone(tiny_export):
+    from zoo.export import read_onnx_metadata
+    from zoo.predict import intensity_transform
+
+    md = read_onnx_metadata(tiny_export[1])
+    normalise = intensity_transform(md["preprocessing"]["intensity_transform"])
+    x = torch.tensor([[[[-50.0, 0.0, 150.0, 300.0, 900.0]]]])
+    # clip to [0, 300], then onto [-1, 1]
+    torch.testing.assert_close(normalise(x), torch.tensor([[[[-1.0, -1.0, 0.0, 1.0, 1.0]]]]))
+    assert md["preprocessing"]["spacing_mm"] == [6.0, 6.0, 6.0]
+
+
+def test_weights_tag_and_digest_are_recorded(tmp_path):
+    model = TinyNet().eval()
+    model.pretrained_cfg = {
+        "name": "tiny",
+        "weights": {"source": "file", "id": "w.pt", "tag": "mine", "sha256": "ab" * 32, "covers": "full"},
+    }
+    path = tmp_path / "t.onnx"
+    to_onnx(model, path, input_shapes=[(1, 6, 8, 10), (1, 8, 10, 12)], verbose=False)
+    from zoo.export import read_onnx_metadata
+
+    md = read_onnx_metadata(path)
+    assert md["weights_tag"] == "mine" and md["weights_sha256"] == "ab" * 32
+    assert md["weights"]["id"] == "w.pt"
+    assert onnx_session(path).get_inputs()[0].shape == ["batch", 1, "depth", "height", "width"]
+
+
+def test_an_onnx_file_runs_like_the_model(tiny_export):
+    from zoo.export import load_onnx
+
+    model, path = tiny_export
+    onnx_model = load_onnx(path)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    got = onnx_model.eval()(x)
+    assert isinstance(got, torch.Tensor) and got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert onnx_model.pretrained_cfg["preprocessing"] == _PREP
+    with pytest.raises(ValueError, match=r"takes inputs of shape"):
+        onnx_model(torch.randn(1, 1, 32, 32, 16))
+    with pytest.raises(RuntimeError, match="inference only"):
+        onnx_model.train()
+
+
+def test_predict_through_onnx_gives_the_labels_of_the_pytorch_path(tiny_export, tmp_path, capsys):
+    import nibabel as nib
+
+    from zoo.predict import predict_nifti, sample_volume_path
+
+    model, path = tiny_export
+    mni = sample_volume_path()
+    ref = predict_nifti(model, mni, tmp_path / "seg_torch.nii.gz", progress=False)
+    rc = main(["predict", str(path), "-q", "-i", str(mni), "-o", str(tmp_path / "seg_onnx.nii.gz")])
+    assert rc == 0
+    a = np.asarray(nib.load(tmp_path / "seg_torch.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "seg_onnx.nii.gz").dataobj)
+    assert len(np.unique(a)) >= 2, "a constant label map would prove nothing"
+    np.testing.assert_array_equal(b, a)
+    assert ref.roi_size == (32, 32, 32)
+    assert "windows of 32×32×32" in capsys.readouterr().out
+
+
+def test_files_that_are_not_medzoo_exports_are_refused_clearly(tmp_path):
+    import onnx
+
+    from zoo.export import load_onnx
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a protobuf" * 10)
+    with pytest.raises(ValueError, match="not an ONNX file"):
+        load_onnx(junk)
+    bare = tmp_path / "bare.onnx"
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [x],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    onnx.save(onnx.helper.make_model(graph), str(bare))
+    with pytest.raises(ValueError, match=r"expected medzoo metadata .* missing medzoo.version"):
+        load_onnx(bare)
+    with pytest.raises(ValueError, match="no such file"):
+        load_onnx(tmp_path / "absent.onnx")
+
+
+# -- exporting what a run or a tag holds ----------------------------------------------------------------
+
+
+def test_export_of_a_run_folder_uses_the_runs_window(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from zoo.export import read_onnx_metadata
+
+    torch.manual_seed(0)
+    args = {"feature_chns": [4, 8, 16, 32, 64], "num_classes": 2}
+    model = zoo.create("fmunet", feature_chns=(4, 8, 16, 32, 64), num_classes=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(model.state_dict(), str(run / "model.safetensors"))
+    window = {"roi_size": [32, 48, 32], "overlap": 0.25}
+    (run / "config.json").write_text(
+        json.dumps({"model_name": "fmunet", "model_args": args, "sliding_window": window})
+    )
+    out = tmp_path / "run.onnx"
+    assert main(["export", "fmunet", "--checkpoint", str(run), "-o", str(out)]) == 0
+    md = read_onnx_metadata(out)
+    # the registered fmunet input is 64×128×128: the run's window wins
+    assert md["input_size"] == [1, 32, 48, 32] and md["sliding_window"] == window
+    assert md["weights"]["source"] == "run"
+    assert onnx_session(out).get_inputs()[0].shape[1:] == [1, 32, 48, 32]
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_a_tag_whose_weights_cannot_be_had_fails_before_any_export(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.setenv("MEDZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDZOO_OFFLINE", "1")
+    out = tmp_path / "q.onnx"
+    argv = (
+        ["export", "qtunet-t.ct-ssl", "-o", str(out)]
+        if command == "export"
+        else ["bench", "qtunet-t.ct-ssl", "--no-cuda", "-q", "--repeats", "1"]
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "qtunet-t" in err and "ct-ssl" in err and "offline" in err.lower()
+    assert not out.exists() and not list(tmp_path.glob("*.onnx*"))
+
+
+def test_bench_of_name_tag_times_those_weights(hub_env, capsys):
+    import json
+
+    from tests.servers import torch_bytes, url_path
+    from tests.test_hub import git_blob_sha1
+    from zoo._registry import get_spec, override_weights
+
+    torch.manual_seed(3)
+    enc = {k: v for k, v in zoo.create("qtunet-t").state_dict().items() if k.startswith("encoder.")}
+    data = torch_bytes(enc)
+    ws = get_spec("qtunet-t").weight("ct-ssl")
+    hub_env.add_file(url_path(ws.url), data)
+    with override_weights("qtunet-t", "ct-ssl", upstream_digest=f"gitsha1:{git_blob_sha1(data)}"):
+        argv = ["bench", "qtunet-t.ct-ssl", "--img-size", "32", "--no-onnx", "--no-cuda", "--json", "-q"]
+        assert main([*argv, "--repeats", "1", "--warmup", "0"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["weights_tag"] == "ct-ssl" and len(row["weights_sha256"]) == 64
+    assert hub_env.hits(url_path(ws.url)) == 1

@@ -219,7 +219,16 @@ def test_bf16_is_refused_where_it_would_be_emulated(monkeypatch):
     monkeypatch.setattr(zoo.fast, "bf16_supported", lambda device="cpu": False)
     with pytest.raises(RuntimeError, match="native bf16"):
         zoo.fast.enable(_tiny_qtunet(), bf16=True)
-    assert zoo.fast.enable(_tiny_qtunet()).bf16 is False  # auto: off
+    assert zoo.fast.enable(_tiny_qtunet()).bf16 is False
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"compile": True}], ids=["default", "compile"])
+def test_precision_changes_only_when_the_caller_asks(monkeypatch, kwargs):
+    # On a CPU with native bf16 the old default turned autocast on by itself (1.8e-2 deviation).
+    monkeypatch.setattr(zoo.fast, "bf16_supported", lambda device="cpu": True)
+    fast = zoo.fast.enable(_tiny_qtunet(), **kwargs)
+    assert fast.bf16 is False
+    assert zoo.fast.enable(_tiny_qtunet(), bf16=True).bf16 is True
 
 
 def test_fast_model_exposes_the_wrapped_models_attributes_and_refuses_training():

@@ -11,7 +11,14 @@ Counting conventions (stated because papers differ):
   "train_mode": bool}``); otherwise at ``spec.input_size``, and the comparison says so.
 * Latency is the median of ``repeats`` timed forwards after ``warmup`` untimed ones, batch 1,
   under ``torch.no_grad`` (not inference_mode: tensors a model caches must stay usable for the
-  export that follows); CPU threads are recorded. CUDA times use CUDA events
+  export that follows); CPU threads are recorded. PyTorch and onnxruntime are timed
+  *alternating*, forward by forward, in one process (:func:`alternating_latency`), so that
+  both see the same machine load; onnxruntime's threads do not spin (session options
+  ``session.intra_op.allow_spinning=0``, ``session.inter_op.allow_spinning=0``) and PyTorch's
+  OpenMP threads should not either (``OMP_WAIT_POLICY=PASSIVE`` in the environment before the
+  process starts, which ``benchmarks/run_all.py`` sets; the row records the policy in force).
+  The 1-minute load average is recorded at the start and end of each row; a row during which
+  it moved (:func:`load_moved`) is measured again. CUDA times use CUDA events
   (fp32, then bf16 autocast) and ``torch.cuda.max_memory_allocated``. CPU peak memory is the
   rise of the process's resident set over its size before the first forward (model and input
   already resident), watched through warm-up and timed forwards.
@@ -26,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -57,6 +65,11 @@ __all__ = [
     "machine_id",
     "ratio",
     "CSV_FIELDS",
+    "alternating_latency",
+    "AlternatingTiming",
+    "load_average",
+    "load_moved",
+    "LOAD_TOLERANCE",
 ]
 
 _MIB = 1024 * 1024
@@ -85,6 +98,9 @@ class BenchResult:
     cpu_ms_iqr: float | None = None
     cpu_peak_mib: float | None = None
     ort_ms: float | None = None
+    ort_ms_iqr: float | None = None
+    ort_baseline_ms: float | None = None
+    ort_baseline_opset: int | None = None
     onnx_exporter: str = ""
     onnx_opset: int | None = None
     onnx_max_abs: float | None = None
@@ -98,6 +114,13 @@ class BenchResult:
     cuda_error: str = ""
     warmup: int = 0
     repeats: int = 0
+    weights_tag: str = ""
+    weights_sha256: str = ""
+    timing: str = ""
+    load_start: float | None = None
+    load_end: float | None = None
+    load_attempts: int | None = None
+    omp_wait_policy: str = ""
     torch_version: str = field(default_factory=lambda: torch.__version__)
     machine: str = ""
     date: str = field(default_factory=lambda: time.strftime("%Y-%m-%d"))
@@ -271,10 +294,108 @@ def cuda_latency(
     return statistics.median(times), peak
 
 
+# A row is measured again when the 1-minute load average moved by more than one busy core.
+LOAD_TOLERANCE = 1.0
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the OS does not report one)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def load_moved(start: float, end: float, tolerance: float = LOAD_TOLERANCE) -> bool:
+    """Whether the load "moved" during a row: the 1-minute load average at its end differs from
+    the one at its start by more than ``tolerance`` (default 1.0, i.e. one more or one fewer busy
+    core), which on a small shared machine changes what a forward costs."""
+    return abs(end - start) > tolerance
+
+
+@dataclass
+class AlternatingTiming:
+    """Latencies of several runners timed forward by forward in turn.
+
+    Attributes:
+        ms / iqr: median and interquartile range (ms) per runner.
+        load_start / load_end: 1-minute load average at the start and end of the kept attempt.
+        attempts: how many times the row was measured (more than 1 when the load moved).
+    """
+
+    ms: dict[str, float]
+    iqr: dict[str, float]
+    load_start: float
+    load_end: float
+    attempts: int
+
+    @property
+    def load_moved(self) -> bool:
+        return load_moved(self.load_start, self.load_end)
+
+
+def alternating_latency(
+    runners: Mapping[str, Callable[[], Any]],
+    warmup: int = 1,
+    repeats: int = 5,
+    max_attempts: int = 3,
+    tolerance: float = LOAD_TOLERANCE,
+) -> AlternatingTiming:
+    """Time ``runners`` alternating, one call of each per round, so that they share the load.
+
+    The order inside a round rotates (no runner always runs right after another's caches).
+    When the load moved during the timed rounds (:func:`load_moved`) they are run again, up to
+    ``max_attempts`` times; the attempt with the steadiest load is kept.
+
+    Args:
+        runners: name → a callable doing one forward.
+        warmup: untimed calls of each runner first.
+        repeats: timed rounds.
+        max_attempts: measurements of the row at most.
+        tolerance: load-average change that counts as moved.
+
+    Returns:
+        An :class:`AlternatingTiming`.
+    """
+    if not runners:
+        raise ValueError("alternating_latency needs at least one runner")
+    if repeats < 1 or max_attempts < 1:
+        raise ValueError(f"repeats and max_attempts must be ≥ 1, got {repeats}, {max_attempts}")
+    names = list(runners)
+    for _ in range(warmup):
+        for n in names:
+            runners[n]()
+    best: AlternatingTiming | None = None
+    for attempt in range(1, max_attempts + 1):
+        times: dict[str, list[float]] = {n: [] for n in names}
+        start = load_average()
+        for r in range(repeats):
+            for n in names[r % len(names) :] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                runners[n]()
+                times[n].append((time.perf_counter() - t0) * 1e3)
+        end = load_average()
+        stats = {n: _median_iqr(t) for n, t in times.items()}
+        cur = AlternatingTiming(
+            ms={n: m for n, (m, _) in stats.items()},
+            iqr={n: q for n, (_, q) in stats.items()},
+            load_start=start,
+            load_end=end,
+            attempts=attempt,
+        )
+        if best is None or abs(end - start) < abs(best.load_end - best.load_start):
+            best = cur
+        best.attempts = attempt
+        if not load_moved(start, end, tolerance):
+            break
+    assert best is not None
+    return best
+
+
 def onnxruntime_latency(
     path: str | Path, x: torch.Tensor, warmup: int = 1, repeats: int = 5, threads: int | None = None
 ) -> float:
-    """Median ms of onnxruntime CPU runs of ``x`` on the model at ``path``."""
+    """Median ms of onnxruntime CPU runs of ``x`` on the model at ``path`` (threads do not spin)."""
     from zoo.export import onnx_session
 
     session = onnx_session(path, threads)
@@ -331,12 +452,16 @@ def benchmark(
     onnx: bool = True,
     cuda: bool | None = None,
     cuda_repeats: int = 20,
+    onnx_opset: int | None = None,
+    baseline_opset: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure one registered model.
 
     Args:
-        name: registry name (weights are irrelevant to cost; the architecture is built).
+        name: registry name (the architecture is built with random weights), or ``name.tag``:
+            those weights are loaded through :func:`zoo.create` (``pretrained=True``) and the
+            timed export carries them; unavailable weights raise before anything is measured.
         input_shape: input without batch; default ``spec.input_size`` (or the size that
             ``model_kwargs["img_size"]`` implies).
         model_kwargs: constructor overrides (``img_size=`` …) for the timed model.
@@ -346,6 +471,9 @@ def benchmark(
         onnx: export to ONNX at the timed size (parity checked) and time onnxruntime.
         cuda: time on CUDA; None = when ``torch.cuda.is_available()``.
         cuda_repeats: timed CUDA forwards (warm-up: 3).
+        onnx_opset: opset of the timed export (default: :data:`zoo.export.DYNAMO_OPSET`).
+        baseline_opset: also export at this opset and time that graph in the same rounds
+            (``ort_baseline_ms``): a before/after of the exporter measured under one load.
         log: progress callback (e.g. ``print``).
 
     Returns:
@@ -354,12 +482,18 @@ def benchmark(
     from zoo.export import default_input_shape, to_onnx
 
     say = log or (lambda s: None)
-    spec, _ = resolve(name)
+    spec, tag = resolve(name)
     kwargs = dict(model_kwargs or {})
     if threads:
         torch.set_num_threads(int(threads))
     n_threads = torch.get_num_threads()
     args = {**spec.model_args, **kwargs}
+    loaded = None
+    if tag is not None:
+        # NAME.TAG times (and exports) those weights; unavailable weights fail here, before any work.
+        from zoo._factory import create
+
+        loaded = create(name, pretrained=True, **kwargs).eval()
 
     def build(extra: Mapping[str, Any] = kwargs) -> nn.Module:
         return spec.builder(**{**spec.model_args, **extra}).eval()
@@ -400,23 +534,60 @@ def benchmark(
         machine=machine_id(),
     )
 
-    model = build()
+    model = loaded if loaded is not None else build()
+    if loaded is not None:
+        record = loaded.pretrained_cfg.get("weights") or {}
+        res.weights_tag, res.weights_sha256 = str(tag), str(record.get("sha256") or "")
     x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    res.omp_wait_policy = os.environ.get("OMP_WAIT_POLICY", "")
     if cpu:
-        say(f"{spec.name}: CPU latency ({n_threads} threads, {warmup} warm-up + {repeats} runs)")
-        res.cpu_ms, res.cpu_ms_iqr, res.cpu_peak_mib = cpu_latency(model, x, warmup, repeats)
-    if onnx:
-        say(f"{spec.name}: ONNX export and onnxruntime latency")
-        with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        # Peak memory first, before the export's own forwards leave the allocator warm.
+        with torch.no_grad(), _PeakRSS() as mem:
+            model(x)
+        res.cpu_peak_mib = mem.rise_mib
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        runners: dict[str, Callable[[], Any]] = {}
+        if cpu:
+
+            def run_torch() -> None:
+                with torch.no_grad():
+                    model(x)
+
+            runners["torch"] = run_torch
+        if onnx:
+            from zoo.export import onnx_session
+
+            say(f"{spec.name}: ONNX export (parity checked)")
+            graphs = [("ort", onnx_opset)] + ([("ort_baseline", baseline_opset)] if baseline_opset else [])
             try:
-                ex = to_onnx(model, Path(tmp) / "model.onnx", shape, batch_sizes=(1,), verbose=False)
-                res.onnx_exporter, res.onnx_opset = ex.exporter, ex.opset
-                res.onnx_max_abs, res.onnx_max_rel = ex.max_abs, ex.max_rel
-                res.ort_ms = onnxruntime_latency(ex.path, x, warmup, repeats, n_threads)
+                for key, opset in graphs:
+                    ex = to_onnx(
+                        model, Path(tmp) / f"{key}.onnx", shape, batch_sizes=(1,), opset=opset, verbose=False
+                    )
+                    if key == "ort":
+                        res.onnx_exporter, res.onnx_opset = ex.exporter, ex.opset
+                        res.onnx_max_abs, res.onnx_max_rel = ex.max_abs, ex.max_rel
+                    else:
+                        res.ort_baseline_opset = ex.opset
+                    session = onnx_session(ex.path, n_threads)
+                    feed = {session.get_inputs()[0].name: x.numpy()}
+                    runners[key] = functools.partial(session.run, None, feed)
             except Exception as e:  # a failed export is a result to report, not a crash
                 res.onnx_error = (
                     f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
                 )
+                runners.pop("ort_baseline", None)
+        if runners:
+            say(
+                f"{spec.name}: {' / '.join(runners)} alternating ({n_threads} threads, {warmup} warm-up + "
+                f"{repeats} rounds, load {load_average():.2f})"
+            )
+            t = alternating_latency(runners, warmup, repeats)
+            res.timing = "alternating" if len(runners) > 1 else "alone"
+            res.load_start, res.load_end, res.load_attempts = t.load_start, t.load_end, t.attempts
+            res.cpu_ms, res.cpu_ms_iqr = t.ms.get("torch"), t.iqr.get("torch")
+            res.ort_ms, res.ort_ms_iqr = t.ms.get("ort"), t.iqr.get("ort")
+            res.ort_baseline_ms = t.ms.get("ort_baseline")
     if cuda is None:
         cuda = torch.cuda.is_available()
     if cuda:

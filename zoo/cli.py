@@ -267,7 +267,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from zoo.predict import predict_nifti
 
     intensity = _parse_intensity(a.intensity) if a.intensity else None
-    model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
+    if a.name.endswith(".onnx"):  # an exported file: onnxruntime, preprocessing from its metadata
+        from zoo.export import load_onnx
+
+        model = load_onnx(a.name)
+    else:
+        model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
     spacing = tuple(a.spacing) if a.spacing else None
     r = predict_nifti(
         model,
@@ -398,6 +403,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 @_command
 def cmd_bench(a: argparse.Namespace) -> int:
     import dataclasses
+    import os
 
     from zoo.bench import benchmark, ratio
 
@@ -415,6 +421,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(f"no model matches {a.name!r}", file=sys.stderr)
         return 1
     kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and not a.no_cpu:
+        # libgomp reads the policy when torch is imported: too late to set it from here.
+        print(
+            "zoo bench: OMP_WAIT_POLICY is not PASSIVE, so PyTorch's idle threads spin-wait (onnxruntime's "
+            "do not); run as OMP_WAIT_POLICY=PASSIVE zoo bench … for a fair comparison",
+            file=sys.stderr,
+        )
     rows = []
     for n in names:
         r = benchmark(
@@ -427,6 +440,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
             cpu=not a.no_cpu,
             onnx=not a.no_onnx,
             cuda=False if a.no_cuda else None,
+            onnx_opset=a.opset,
+            baseline_opset=a.baseline_opset,
             log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
         )
         rows.append(r)
@@ -448,6 +463,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                 fmt(r.cpu_ms, ".0f"),
                 fmt(r.cpu_peak_mib, ".0f"),
                 fmt(r.ort_ms, ".0f"),
+                fmt(ratio(r.ort_ms, r.cpu_ms), ".2f"),
+                "—" if r.load_start is None else f"{r.load_start:.2f}→{r.load_end:.2f}",
                 fmt(r.cuda_fp32_ms, ".1f"),
                 fmt(r.cuda_bf16_ms, ".1f"),
                 fmt(r.cuda_fp32_peak_mib, ".0f"),
@@ -462,6 +479,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         f"CPU ms ({rows[0].cpu_threads}t)",
         "CPU MiB",
         "ORT ms",
+        "ORT/torch",
+        "load",
         "CUDA fp32 ms",
         "CUDA bf16 ms",
         "CUDA MiB",
@@ -716,6 +735,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cpu", action="store_true", help="skip PyTorch CPU timing")
     s.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime timing")
     s.add_argument("--no-cuda", action="store_true", help="skip CUDA even when available")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset of the timed export")
+    s.add_argument(
+        "--baseline-opset",
+        type=int,
+        default=None,
+        help="also time an export at this opset in the same alternating rounds (before/after)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per model")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 

@@ -133,7 +133,7 @@ class FastModel(nn.Module):
 
 def enable(
     model: nn.Module,
-    bf16: bool | None = None,
+    bf16: bool = False,
     compile: bool = False,
     device: torch.device | str | None = None,
     freeze: bool = True,
@@ -142,8 +142,9 @@ def enable(
 
     Args:
         model: a zoo model (any ``nn.Module``).
-        bf16: bf16 autocast; None = on where :func:`bf16_supported` (native bf16 hardware).
-            True on hardware without it raises, because emulated bf16 is slower than fp32.
+        bf16: bf16 autocast. Off unless asked: precision changes only when the caller says so
+            (``compile=True`` alone stays fp32). True on hardware without native bf16 raises,
+            because emulated bf16 is slower than fp32.
         compile: ``torch.compile`` (the first call runs eagerly once, then compiles: tens of
             seconds to minutes).
         device: where the model runs; default: the device of its first parameter.
@@ -159,10 +160,7 @@ def enable(
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     dev = torch.device(device)
-    supported = bf16_supported(dev)
-    if bf16 is None:
-        bf16 = supported
-    elif bf16 and not supported:
+    if bf16 and not bf16_supported(dev):
         raise RuntimeError(
             f"bf16 autocast needs native bf16 on {dev} (CPU: AVX-512 BF16/AMX, capability "
             f"{torch.backends.cpu.get_cpu_capability()}; CUDA: torch.cuda.is_bf16_supported()); "

@@ -133,7 +133,7 @@ def test_axial_first_models_get_the_volume_transposed_and_back(tmp_path):
 
 def test_native_orientation_is_kept_when_the_weights_say_so(tmp_path):
     r = predict_nifti(
-        ThresholdNet(orientation="native (not stated)"),
+        ThresholdNet(orientation=None),
         MNI,
         tmp_path / "seg.nii.gz",
         spacing_mm=(4.0, 4.0, 4.0),

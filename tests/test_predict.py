@@ -222,7 +222,7 @@ def test_a_2d_image_for_a_3d_model_is_refused(tmp_path, shape):
 def test_a_channel_count_the_model_does_not_take_is_refused(tmp_path):
     path = tmp_path / "two_channels.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((20, 20, 20, 2), np.float32), np.eye(4)), path)
-    with pytest.raises(ValueError, match="expects 1 channel.*has 2"):
+    with pytest.raises(ValueError, match="expects 1 channel.*found a 4D series of 2 volumes"):
         predict_nifti(ThresholdNet(), path, tmp_path / "seg.nii.gz", progress=False)
     _assert_nothing_written(tmp_path)
 

@@ -296,7 +296,9 @@ def canonical_intensity(spec: Mapping[str, Any] | str) -> dict[str, Any]:
         return {"kind": "clip_scale", **out, "clip": bool(cfg.get("clip", True))}
     if kind == "none":
         return {"kind": "none"}
-    raise ValueError(f"unknown intensity_transform kind {kind!r}; known: {', '.join(INTENSITY_KINDS)}")
+    raise ValueError(
+        f"intensity_transform: unknown kind {kind!r}; expected one of {', '.join(INTENSITY_KINDS)}"
+    )
 
 
 def parse_intensity(value: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -340,7 +342,7 @@ def parse_intensity(value: str | Mapping[str, Any]) -> dict[str, Any]:
     kind = _KIND_ALIASES.get(text, text)
     if kind not in INTENSITY_KINDS:
         raise ValueError(
-            f"intensity: unknown kind {text!r}; expected one of {', '.join(INTENSITY_KINDS)}, "
+            f"intensity_transform: unknown kind {text!r}; expected one of {', '.join(INTENSITY_KINDS)}, "
             "a JSON object or clip:a_min,a_max,b_min,b_max"
         )
     return canonical_intensity(kind)

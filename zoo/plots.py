@@ -42,6 +42,7 @@ def _save_atomic(fig: Any, out: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=80, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is shared like any file
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -192,3 +193,9 @@ def plot_training_curves(log_jsonl: str | Path, out_dir: str | Path | None = Non
             plt.close(fig)
         written.append(out_dir / "val_dice.png")
     return written
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -664,6 +664,7 @@ def _write_atomic(out: Path, write: Callable[[str], None], suffix: str) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is shared like any file
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -893,8 +894,7 @@ def _study_outputs(cases: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
                     f"{o} would overwrite the input scan {inputs[(st.st_dev, st.st_ino)]}: "
                     "refusing; choose an output folder that is not the input folder"
                 )
-        if out_dir.exists():
-            check_output(c, o)
+        check_output(c, o)  # also walks up to the first existing folder: a file there is refused
     return outs
 
 
@@ -1100,3 +1100,9 @@ def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: boo
         if run_cfg.get(key):
             cfg[key] = run_cfg[key]
     return cfg
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -130,8 +130,11 @@ def test_a_datalist_and_a_glob_list_the_cases(study, tmp_path):
 def test_a_study_never_writes_over_its_inputs(study):
     folder, _ = study
     model = ThresholdNet()
-    with pytest.raises(ValueError, match="would overwrite the input scan"):
+    with pytest.raises(ValueError, match="holds the input scans .*choose another output folder"):
         predict_study(model, folder, folder, progress=False)
+    (folder.parent / "alias").symlink_to(folder)
+    with pytest.raises(ValueError, match="holds the input scans"):
+        predict_study(model, folder, folder.parent / "alias", progress=False)
     assert model.calls == 0
 
 

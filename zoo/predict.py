@@ -869,6 +869,14 @@ def _output_name(path: Path) -> str:
 def _study_outputs(cases: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: expected an output folder, found a file")
+    if out_dir.exists():
+        here = os.stat(out_dir)
+        for c in cases:
+            if c.exists() and os.path.samestat(os.stat(c.parent), here):
+                raise ValueError(
+                    f"{out_dir} holds the input scans (e.g. {c.name}): refusing to write label maps among "
+                    "them, where they could overwrite a scan or be read as one; choose another output folder"
+                )
     outs: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for c in cases:

@@ -212,3 +212,23 @@ def test_the_2d_swin_unetr_predicts_a_volume(study, tmp_path):
     assert seg.shape == nib.load(study[0] / "ras_4mm.nii.gz").shape
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
     assert r.intensity["kind"] == "clip_scale" and r.intensity["a_min"] == -500  # its registered contract
+
+
+def test_a_study_writes_the_label_maps_single_predictions_write(study, tmp_path):
+    # Reading in a DataLoader worker must not change a voxel (same thread count, same transforms).
+    folder, _ = study
+    torch.manual_seed(0)
+    model = zoo.create("fmunet", num_classes=3, feature_chns=(4, 8, 16, 32, 64))
+    model.pretrained_cfg["preprocessing"] = {
+        "spacing_mm": [3.0, 3.0, 3.0],
+        "intensity_transform": "zscore_nonzero",
+    }
+    cases = [folder / "lpi_4mm.nii.gz", folder / "aniso_3x4x5.nii"]
+    kw = dict(roi_size=(32, 32, 32), overlap=0.5)
+    predict_study(model, cases, tmp_path / "study", num_workers=1, progress=False, **kw)
+    for c in cases:
+        name = c.name if c.name.endswith(".gz") else c.name + ".gz"
+        one = predict_nifti(model, c, tmp_path / "one" / name, progress=False, **kw)
+        a = np.asarray(nib.load(tmp_path / "study" / name).dataobj)
+        np.testing.assert_array_equal(a, np.asarray(nib.load(one.output).dataobj))
+        assert len(np.unique(a)) > 1

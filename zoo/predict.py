@@ -18,6 +18,7 @@ share of the cases (no collective: each writes its own files).
 
 from __future__ import annotations
 
+import functools
 import glob as _glob
 import json
 import logging
@@ -523,8 +524,22 @@ def check_budget(
 
 def read_volume(
     path: str | Path, in_chans: int | None = None, volume: int | None = None
-) -> tuple[Any, np.ndarray, int]:
-    """Read a NIfTI file as ``(image, C × X × Y × Z float32 array, non-finite voxel count)``.
+) -> tuple[Any, np.ndarray]:
+    """Read a NIfTI file as ``(image, C × X × Y × Z float32 array)``.
+
+    A 4D file is taken as channels last (one volume per channel), or as a series whose volume
+    ``volume`` is taken. Non-finite voxels are set to 0 (and logged).
+
+    Raises:
+        ValueError: see :func:`inspect_input`; also a volume whose voxels are all non-finite or
+            all equal (nothing to segment).
+    """
+    img, data, _ = _read(path, in_chans, volume)
+    return img, data
+
+
+def _read(path: str | Path, in_chans: int | None, volume: int | None) -> tuple[Any, np.ndarray, int]:
+    """:func:`read_volume`, also returning the count of non-finite voxels it replaced.
 
     A 4D file is taken as channels last (one volume per channel), or as a series whose volume
     ``volume`` is taken. Non-finite voxels are set to 0 and counted (and logged).
@@ -562,7 +577,9 @@ def read_volume(
     return img, data, nonfinite
 
 
-def preprocess(path: str | Path, s: Settings, volume: int | None = None) -> dict[str, Any]:
+def preprocess(
+    path: str | Path, s: Settings, volume: int | None = None, keep_original: bool = True
+) -> dict[str, Any]:
     """Read one case and apply the weights' contract, as ``predict`` does.
 
     Returns:
@@ -574,9 +591,11 @@ def preprocess(path: str | Path, s: Settings, volume: int | None = None) -> dict
 
     from zoo.transforms import ZScored
 
-    img, data, nonfinite = read_volume(path, s.in_chans, volume)
+    img, data, nonfinite = _read(path, s.in_chans, volume)
     xform = s.contract.compose(("image",), load=False)
-    x = MetaTensor(torch.from_numpy(data.copy()), affine=torch.as_tensor(img.affine, dtype=torch.float64))
+    # No copy: every contract transform returns a new tensor (ZScored clones before MONAI's in-place
+    # normalisation), so ``data`` stays the scan as read.
+    x = MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(img.affine, dtype=torch.float64))
     out = xform({"image": x})["image"]
     share = next((t.last_foreground_share for t in xform.transforms if isinstance(t, ZScored)), None)
     return {
@@ -588,7 +607,7 @@ def preprocess(path: str | Path, s: Settings, volume: int | None = None) -> dict
         "zooms": tuple(float(z) for z in img.header.get_zooms()[:3]),
         "nonfinite": nonfinite,
         "foreground_share": share,
-        "original": data,
+        "original": data if keep_original else None,
     }
 
 
@@ -702,7 +721,9 @@ def _run_case(
             k: ("background" if k == 0 else f"class {k}") for k in range(s.num_classes)
         }
         preview_png(case["original"][0], labels, case["affine"], names, png, title=out.name)
-    values, counts = np.unique(labels, return_counts=True)
+    counts = np.bincount(labels.ravel())  # O(n), where np.unique sorts ten million voxels
+    values = np.flatnonzero(counts)
+    counts = counts[values]
     return Prediction(
         output=out,
         input_shape=tuple(case["input_shape"]),
@@ -801,7 +822,7 @@ def predict_nifti(
         require_matplotlib()
     info = inspect_input(image_path, s.in_chans, volume)
     check_budget(estimate(info, s), info, s, max_memory_gb, max_windows)
-    case = preprocess(image_path, s, volume)
+    case = preprocess(image_path, s, volume, keep_original=preview)
     model.eval()
     return _run_case(model, case, s, out, progress, preview)
 
@@ -910,9 +931,14 @@ class _CaseDataset(torch.utils.data.Dataset):
     """Reads, checks and preprocesses one case per item, in DataLoader workers; errors travel as data."""
 
     def __init__(
-        self, cases: Sequence[Path], s: Settings, volume: int | None, budget: tuple[float | None, int | None]
+        self,
+        cases: Sequence[Path],
+        s: Settings,
+        volume: int | None,
+        budget: tuple[float | None, int | None],
+        preview: bool,
     ) -> None:
-        self.cases, self.s, self.volume, self.budget = list(cases), s, volume, budget
+        self.cases, self.s, self.volume, self.budget, self.preview = list(cases), s, volume, budget, preview
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -922,12 +948,19 @@ class _CaseDataset(torch.utils.data.Dataset):
         try:
             info = inspect_input(path, self.s.in_chans, self.volume)
             check_budget(estimate(info, self.s), info, self.s, *self.budget)
-            return {"path": path, **preprocess(path, self.s, self.volume)}
+            return {"path": path, **preprocess(path, self.s, self.volume, keep_original=self.preview)}
         except Exception as e:  # one bad file must not stop the study: reported, then skipped
             return {
                 "path": path,
                 "error": f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e),
             }
+
+
+def _set_threads(n: int, worker_id: int) -> None:
+    # DataLoader workers start with one thread; the reductions of the z-score and the resampling
+    # then sum in another order than in this process, and a few voxels at a tie flip label. The
+    # same thread count gives the same label maps as predict_nifti.
+    torch.set_num_threads(n)
 
 
 def _first(batch: list[Any]) -> Any:
@@ -1015,7 +1048,7 @@ def predict_study(
     if result.skipped:
         log.info("rank %d: %d case(s) already written, skipped", r, len(result.skipped))
     out_dir.mkdir(parents=True, exist_ok=True)
-    ds = _CaseDataset(todo, s, volume, (max_memory_gb, max_windows))
+    ds = _CaseDataset(todo, s, volume, (max_memory_gb, max_windows), preview)
     loader = DataLoader(
         ds,
         batch_size=1,
@@ -1023,6 +1056,7 @@ def predict_study(
         num_workers=num_workers,
         prefetch_factor=1 if num_workers else None,
         persistent_workers=False,
+        worker_init_fn=functools.partial(_set_threads, torch.get_num_threads()),
     )
     bar = _progress(len(todo), progress, r, w)
     model.eval()

@@ -1057,6 +1057,8 @@ def predict_study(
         prefetch_factor=1 if num_workers else None,
         persistent_workers=False,
         worker_init_fn=functools.partial(_set_threads, torch.get_num_threads()),
+        # A forked child that starts its own OpenMP pool after the parent's can hang: spawn.
+        multiprocessing_context="spawn" if num_workers and torch.get_num_threads() > 1 else None,
     )
     bar = _progress(len(todo), progress, r, w)
     model.eval()

@@ -104,6 +104,8 @@ def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run
     assert steps[-1]["loss"] < steps[0]["loss"]
     val = [e["val"] for e in read_log(out) if "val" in e]
     assert len(val) == 1 and {"dice_1", "dice_2", "dice_mean"} <= set(val[0])
+    for png in ("loss.png", "val_dice.png"):  # the curves of log.jsonl, drawn next to it
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["model_name"], cfg["num_classes"], cfg["step"], cfg["labels"]["2"]) == (
         "fmunet",

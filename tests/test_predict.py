@@ -133,7 +133,7 @@ def test_axial_first_models_get_the_volume_transposed_and_back(tmp_path):
 
 def test_native_orientation_is_kept_when_the_weights_say_so(tmp_path):
     r = predict_nifti(
-        ThresholdNet(orientation="native (not stated)"),
+        ThresholdNet(orientation=None),
         MNI,
         tmp_path / "seg.nii.gz",
         spacing_mm=(4.0, 4.0, 4.0),
@@ -222,7 +222,7 @@ def test_a_2d_image_for_a_3d_model_is_refused(tmp_path, shape):
 def test_a_channel_count_the_model_does_not_take_is_refused(tmp_path):
     path = tmp_path / "two_channels.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((20, 20, 20, 2), np.float32), np.eye(4)), path)
-    with pytest.raises(ValueError, match="expects 1 channel.*has 2"):
+    with pytest.raises(ValueError, match="expects 1 channel.*found a 4D series of 2 volumes"):
         predict_nifti(ThresholdNet(), path, tmp_path / "seg.nii.gz", progress=False)
     _assert_nothing_written(tmp_path)
 

@@ -263,56 +263,115 @@ def cmd_card(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_predict(a: argparse.Namespace) -> int:
+    """Segment one scan, or a whole study; every check runs before weights are fetched."""
+    import logging as _logging
+
+    try:
+        return _predict(a)
+    except KeyboardInterrupt:
+        msg = "zoo predict: interrupted; rerun the same command to resume (finished cases are kept)"
+        print(msg, file=sys.stderr)
+        return 130
+    except Exception as e:  # the user gets one line, never a traceback (-v logs it)
+        _logging.getLogger("zoo").debug("zoo predict failed", exc_info=True)
+        known = isinstance(e, ValueError | RuntimeError | OSError | ImportError | KeyError)
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"zoo predict: error: {msg if known else f'{type(e).__name__}: {msg}'}", file=sys.stderr)
+        return 2
+
+
+def _is_study(text: str) -> bool:
+    return Path(text).is_dir() or text.endswith(".json") or any(ch in text for ch in "*?[")
+
+
+def _predict(a: argparse.Namespace) -> int:
     import zoo
-    from zoo.predict import predict_nifti
+    from zoo import predict as P
 
     intensity = _parse_intensity(a.intensity) if a.intensity else None
-    if a.name.endswith(".onnx"):  # an exported file: onnxruntime, preprocessing from its metadata
-        from zoo.export import load_onnx
+    model = None
+    if a.name.endswith(".onnx") or a.name.startswith("hf-hub:"):
+        # An exported file (onnxruntime, preprocessing from its metadata) or a Hub repository: the
+        # plan comes from the file or the repository's config, so it is opened first.
+        if a.name.endswith(".onnx"):
+            from zoo.export import load_onnx
 
-        model = load_onnx(a.name)
+            model = load_onnx(a.name)
+        else:
+            model = zoo.create(a.name)
+        cfg = dict(model.pretrained_cfg)
     else:
-        model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
-    spacing = tuple(a.spacing) if a.spacing else None
-    r = predict_nifti(
-        model,
-        a.input,
-        a.output,
-        spacing_mm=spacing,
+        cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
+    kw = dict(
+        roi_size=tuple(a.roi_size) if a.roi_size else None,
         overlap=a.overlap,
         sw_batch_size=a.sw_batch_size,
-        progress=not a.quiet,
+        spacing_mm=tuple(a.spacing) if a.spacing else None,
         intensity=intensity,
-        roi_size=tuple(a.roi_size) if a.roi_size else None,
+        slice_axis={"x": 0, "y": 1, "z": 2}[a.slice_axis] if a.slice_axis else None,
+    )
+    s = P.resolve_settings(cfg, **kw)
+    if not a.no_weights and a.checkpoint is None:
+        record = cfg["weights"] or {}
+        P.check_weights_trained(cfg["weights"], record.get("id", a.name), a.allow_untrained_head)
+    if a.preview:
+        from zoo.plots import require_matplotlib
+
+        require_matplotlib()
+    budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
+    study = _is_study(a.input)
+    if study:
+        cases = P.list_cases(a.input)
+        P._study_outputs(cases, Path(a.output))
+    else:
+        P.check_output(a.input, a.output)
+        info = P.inspect_input(a.input, s.in_chans, a.volume)
+        est = P.estimate(info, s)
+        P.check_budget(est, info, s, **budget)
+    # Every check passed: now weights may be downloaded and the model built.
+    if model is None:
+        model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
+    common = dict(kw, volume=a.volume, allow_untrained_head=a.allow_untrained_head, preview=a.preview)
+    common.update(budget)
+    if not study:
+        r = P.predict_nifti(model, a.input, a.output, progress=not a.quiet, **common)
+        print(_prediction_line(r))
+        return 0
+
+    def said(path: Path, r: P.Prediction | None, err: str | None) -> None:
+        if r is not None and not a.quiet:
+            print(_prediction_line(r), flush=True)
+
+    res = P.predict_study(
+        model, a.input, a.output, num_workers=a.workers, progress=not a.quiet, on_case=said, **common
     )
     print(
+        f"{res.cases} case(s): {len(res.written)} written, {len(res.skipped)} already there (skipped), "
+        f"{len(res.failed)} failed"
+    )
+    for path, err in res.failed.items():
+        print(f"  failed: {path}: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
+def _prediction_line(r: object) -> str:
+    extra = f", {r.nonfinite_voxels} non-finite voxel(s) set to 0" if r.nonfinite_voxels else ""
+    if r.foreground_share is not None:
+        extra += f", z-score foreground {100 * r.foreground_share:.0f} % of voxels"
+    if r.preview:
+        extra += f", preview {r.preview}"
+    return (
         f"wrote {r.output}: labels {sorted(r.label_voxels)} on the input grid {r.input_shape[1:]} "
         f"({r.num_windows} windows of {'×'.join(map(str, r.roi_size))}, intensity {r.intensity.get('kind')}, "
-        f"{r.seconds:.1f} s)"
+        f"{r.seconds:.1f} s{extra})"
     )
-    return 0
 
 
 def _parse_intensity(text: str) -> dict:
-    """``--intensity``: a kind name (``zscore_nonzero``) or a JSON object (``{"kind": "clip_scale", …}``)."""
-    import json
+    """``--intensity``: a kind name, JSON, or ``clip:a,b,c,d`` (``zoo.transforms.parse_intensity``)."""
+    from zoo.transforms import parse_intensity
 
-    from zoo.predict import INTENSITY_KINDS, canonical_intensity
-
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            cfg = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--intensity: not valid JSON ({e}): {text}") from e
-    else:
-        cfg = {"kind": text.replace("-", "_")}
-    if cfg.get("kind") not in INTENSITY_KINDS:
-        raise ValueError(
-            f"--intensity: unknown kind {cfg.get('kind')!r}; known: {', '.join(INTENSITY_KINDS)}"
-        )
-    canonical_intensity(cfg)  # bounds of clip_scale are checked here, before the model is built
-    return cfg
+    return parse_intensity(text)
 
 
 @_command
@@ -325,7 +384,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     import zoo
     from zoo.hub import WeightsUnavailableError
-    from zoo.predict import predict_nifti, sample_volume_path
+    from zoo.predict import check_weights_trained, predict_nifti, sample_volume_path
 
     os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
     spec, _ = resolve(a.name)
@@ -337,11 +396,31 @@ def cmd_demo(a: argparse.Namespace) -> int:
         torch.manual_seed(0)
         model = zoo.create(a.name)
         weights = "random initialisation (no weights cached; `zoo download` fetches them)"
+    try:
+        check_weights_trained(model.pretrained_cfg.get("weights"), spec.name)
+    except ValueError:
+        weights += "; they cover only part of the model, so the labels are random until fine-tuned"
     src = sample_volume_path()
     out = Path(a.output or Path(tempfile.mkdtemp(prefix="zoo-demo-")) / "segmentation.nii.gz")
+    try:
+        from zoo.plots import require_matplotlib
+
+        require_matplotlib()
+        preview = True
+    except RuntimeError as e:
+        preview = False
+        print(f"no preview picture: {e}")
     print(f"model: {spec.name}, {spec.meta.get('num_params', 0) / 1e6:.2f} M parameters, {weights}")
     print(f"input: {src.name} (MNI152 T1 template shipped with nilearn)")
-    r = predict_nifti(model, src, out, spacing_mm=(a.spacing,) * 3, progress=False)
+    r = predict_nifti(
+        model,
+        src,
+        out,
+        spacing_mm=(a.spacing,) * 3,
+        progress=False,
+        preview=preview,
+        allow_untrained_head=True,
+    )
     print(
         f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} "
         f"at {a.spacing} mm, {r.num_windows} sliding windows, {r.seconds:.1f} s on CPU"
@@ -349,6 +428,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     top = sorted(r.label_voxels.items(), key=lambda kv: -kv[1])[:5]
     print("voxels per predicted label (top 5): " + ", ".join(f"{k}: {v}" for k, v in top))
     print(f"label map written on the input grid with its affine: {r.output}")
+    if r.preview:
+        print(f"preview (three mid-slices with the labels): {r.preview}")
     return 0
 
 
@@ -669,26 +750,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="the rights holder allowed redistribution of weights whose licence does not",
     )
 
-    s = sub.add_parser("predict", help="segment a NIfTI volume (sliding window), write a NIfTI label map")
-    s.add_argument("name", help="name or name.tag")
-    s.add_argument("-i", "--input", required=True, help="the NIfTI volume to segment")
-    s.add_argument("-o", "--output", required=True, help="the NIfTI label map to write (input grid)")
-    s.add_argument("--checkpoint", default=None, help="local checkpoint instead of the registered weights")
-    s.add_argument("--no-weights", action="store_true", help="random initialisation (pipeline check)")
-    s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
-    s.add_argument(
-        "--overlap", type=float, default=None, help="sliding-window overlap (default: the model's)"
+    s = sub.add_parser(
+        "predict", help="segment a NIfTI volume or a whole study (folder, datalist, glob) into label maps"
     )
-    s.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
+    s.add_argument("name", help="name, name.tag, hf-hub:ORG/NAME or an exported FILE.onnx")
+    s.add_argument(
+        "-i", "--input", required=True, help="a .nii/.nii.gz, a folder, a datalist .json or a 'glob'"
+    )
+    s.add_argument("-o", "--output", required=True, help="the label map file (one input) or folder (a study)")
+    s.add_argument("--checkpoint", default=None, help="a checkpoint file or run folder")
+    s.add_argument("--no-weights", action="store_true", help="random initialisation (pipeline check)")
+    s.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        help="predict even with encoder-only weights or a newly initialised head (labels are random)",
+    )
+    s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
+    s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
+    s.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward (>= 1)")
     s.add_argument(
         "--intensity",
         default=None,
-        help="override the weights' intensity transform: zscore_nonzero, zscore, none, or JSON such as "
+        help="override the weights' intensity transform: zscore_nonzero, zscore, none, clip:a,b,c,d "
+        "or JSON such as "
         '\'{"kind": "clip_scale", "a_min": -1000, "a_max": 1000, "b_min": -1, "b_max": 1}\'',
     )
     s.add_argument(
-        "--roi-size", type=int, nargs=3, default=None, help="sliding-window size (default: the model's)"
+        "--roi-size", type=int, nargs="+", default=None, help="sliding-window size (default: the model's)"
     )
+    s.add_argument("--volume", type=int, default=None, help="the volume of a 4D series to segment (0-based)")
+    s.add_argument("--slice-axis", choices=["x", "y", "z"], default=None, help="2D models: slice along it")
+    s.add_argument("--max-memory-gb", type=float, default=None, help="memory budget (default: half the RAM)")
+    s.add_argument("--max-windows", type=int, default=None, help="window cap per volume (default 5000)")
+    s.add_argument("--workers", type=int, default=1, help="a study: processes reading the next volumes")
+    s.add_argument("--preview", action="store_true", help="also write a PNG of mid-slices + labels")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("demo", help="run a model on a sample volume shipped with nilearn (no network)")

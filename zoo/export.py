@@ -434,6 +434,9 @@ def to_onnx(
         OnnxParityError: onnxruntime differs beyond ``rtol`` (the file is removed).
         RuntimeError: no exporter could export the model.
     """
+    from zoo._optional import require
+
+    require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")
     import onnx
 
     if exporter not in ("auto", *EXPORTERS):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -212,56 +211,35 @@ def make_mni_task(
     return path
 
 
-_CLIP = re.compile(
-    r"clip(?: HU)? \[\s*(-?[\d.]+),\s*(-?[\d.]+)\s*\]\s*(?:→|->|to)\s*\[\s*(-?[\d.]+),\s*(-?[\d.]+)\s*\]"
-)
-
-
 def resolve_intensity(
-    preprocessing: Mapping[str, Any], preset: Preset, override: str | None = None
+    preprocessing: Mapping[str, Any], preset: Preset, override: str | Mapping[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """The intensity transform, as data: the override, else the weights', else the preset's.
 
+    Every form goes through :func:`zoo.transforms.parse_intensity`, the one reader that
+    ``zoo predict`` and ``zoo pretrain`` use too; the weights' free-text notes are never read.
+
     Args:
-        preprocessing: the weights tag's ``preprocessing`` (``intensity_transform`` dict,
-            or the ``intensity`` text: "clip HU [a, b] → [c, d]", "z-score … nonzero …
-            channel-wise").
+        preprocessing: the weights tag's ``preprocessing`` (its ``intensity_transform``).
         preset: the recipe, used when the weights state nothing.
-        override: ``"zscore"``, ``"zscore-nonzero"``, ``"none"`` or ``"clip:a,b,c,d"``.
+        override: a kind name (``zscore``, ``zscore-nonzero``, ``none``), JSON, or
+            ``clip:a,b,c,d``.
 
     Returns:
-        ``{"kind": "clip_scale", a_min, a_max, b_min, b_max}``, ``{"kind": "zscore",
-        nonzero, channel_wise}`` or None (no intensity transform).
+        The canonical transform (``{"kind": "clip_scale", …}`` or ``{"kind": "zscore", …}``),
+        or None (no intensity transform).
     """
-    if override is not None:
-        if override == "none":
-            return None
-        if override in ("zscore", "zscore-nonzero"):
-            return {"kind": "zscore", "nonzero": override.endswith("nonzero"), "channel_wise": True}
-        if override.startswith("clip:"):
-            vals = [float(v) for v in override[5:].split(",")]
-            if len(vals) != 4:
-                raise ValueError(
-                    f"--intensity clip:a_min,a_max,b_min,b_max needs 4 numbers, got {override!r}"
-                )
-            return dict(zip(("a_min", "a_max", "b_min", "b_max"), vals, strict=True), kind="clip_scale")
-        raise ValueError(f"intensity must be zscore, zscore-nonzero, none or clip:a,b,c,d; got {override!r}")
-    structured = preprocessing.get("intensity_transform")
-    if isinstance(structured, Mapping):
-        from zoo.predict import canonical_intensity
+    from zoo.transforms import parse_intensity
 
-        canonical = canonical_intensity(structured)
-        return None if canonical["kind"] == "none" else canonical
-    text = str(preprocessing.get("intensity") or "")
-    m = _CLIP.search(text)
-    if m:
-        a, b, c, d = (float(g) for g in m.groups())
-        return {"kind": "clip_scale", "a_min": a, "a_max": b, "b_min": c, "b_max": d}
-    if "z-score" in text or "zscore" in text:
-        return {"kind": "zscore", "nonzero": "nonzero" in text, "channel_wise": "channel-wise" in text}
-    if preset.intensity is not None:
-        return dict(preset.intensity)
-    return {"kind": "zscore", "nonzero": True, "channel_wise": True}
+    if override is not None:
+        it = parse_intensity(override)
+    elif preprocessing.get("intensity_transform") is not None:
+        it = parse_intensity(preprocessing["intensity_transform"])
+    elif preset.intensity is not None:
+        it = parse_intensity(preset.intensity)
+    else:
+        it = parse_intensity("zscore_nonzero")
+    return None if it["kind"] == "none" else it
 
 
 @dataclass
@@ -315,27 +293,23 @@ class FinetuneSettings:
 
 
 def build_transforms(s: FinetuneSettings, preset: Preset, train: bool) -> Any:
-    """The MONAI dictionary transforms of a run (``train`` adds padding, crops and augmentation)."""
+    """The MONAI dictionary transforms of a run (``train`` adds padding, crops and augmentation).
+
+    The deterministic part is the weights' preprocessing contract
+    (:meth:`zoo.transforms.InputContract.transforms`), the same transforms ``zoo predict`` runs.
+    """
     from monai import transforms as T
 
+    from zoo.transforms import InputContract
+
     keys = ("image", "label")
-    steps: list[Any] = [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys)]
-    if s.orientation:
-        steps.append(T.Orientationd(keys, axcodes=s.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
-    if s.slice_axis_first:
-        # The weights want (D, H, W) with D the slice axis: RAS (X, Y, Z) → (Z, Y, X).
-        steps.append(T.Transposed(keys, indices=(0, 3, 2, 1)))
-    if s.spacing_mm:
-        steps.append(T.Spacingd(keys, pixdim=s.spacing_mm, mode=("bilinear", "nearest")))
-    it = s.intensity
-    if it and it["kind"] == "clip_scale":
-        steps.append(
-            T.ScaleIntensityRanged("image", it["a_min"], it["a_max"], it["b_min"], it["b_max"], clip=True)
-        )
-    elif it and it["kind"] == "zscore":
-        steps.append(T.NormalizeIntensityd("image", nonzero=it["nonzero"], channel_wise=it["channel_wise"]))
-    elif it:
-        raise ValueError(f"unknown intensity transform {it!r}")
+    contract = InputContract(
+        orientation=s.orientation,
+        spacing_mm=s.spacing_mm,
+        axis_order="zyx" if s.slice_axis_first else "xyz",
+        intensity=s.intensity or "none",
+    )
+    steps: list[Any] = contract.transforms(("image",), ("label",))
     steps.append(T.EnsureTyped(keys, dtype=(torch.float32, torch.int64), track_meta=False))
     if not train:
         return T.Compose(steps)
@@ -692,6 +666,8 @@ def resolve_settings(
         overrides: the caller's values (keys of :data:`_OVERRIDE_FIELDS`; None = not given).
         world_size: processes (an epoch is shared between them).
     """
+    from zoo.transforms import InputContract
+
     spec = resolve(start.name)[0]
     o = {k: v for k, v in overrides.items() if v is not None}
     ws = spec.weight(start.tag) if start.tag else None
@@ -722,7 +698,8 @@ def resolve_settings(
         label_names=names,
         roi_size=roi,
         spacing_mm=spacing,
-        orientation=None if "native" in str(prep.get("orientation", "")) else "RAS",
+        # The weights' orientation (None: keep the file's); RAS for a model trained from scratch.
+        orientation=InputContract.from_preprocessing(prep).orientation if ws else "RAS",
         slice_axis_first=prep.get("axis_order") == "zyx",
         intensity=resolve_intensity(prep, preset, o.get("intensity")),
         batch_size=bs,
@@ -998,6 +975,13 @@ def finetune(
     )  # fmt: skip
     metrics = res.metrics[-1] if res.metrics else {}
     names = settings.label_names
+    if info.is_main:
+        from zoo.plots import plot_training_curves
+
+        try:  # loss and validation-Dice curves next to log.jsonl (needs the plots extra)
+            plot_training_curves(Path(out_dir) / "log.jsonl")
+        except (RuntimeError, ImportError, OSError, ValueError) as e:
+            log.info("no training-curve plots: %s", e)
     if info.is_main and metrics:
         rows = [f"  {names.get(c, c)}: {metrics[f'dice_{c}']:.4f}" for c in range(1, n_cls)]
         say("validation Dice (sliding window, background excluded):\n" + "\n".join(rows))

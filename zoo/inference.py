@@ -37,6 +37,10 @@ def sliding_window_predict(
 
     Returns:
         ``B × K × *spatial`` logits on the volume's grid.
+
+    Raises:
+        ValueError: no window size, a window of other dimensionality, overlap outside [0, 1),
+            ``sw_batch_size`` below 1, or non-finite voxels in ``volume``.
     """
     from monai.inferers import sliding_window_inference
 
@@ -50,6 +54,16 @@ def sliding_window_predict(
     ov = cfg.get("overlap", 0.5) if overlap is None else overlap
     if not 0 <= ov < 1:
         raise ValueError(f"overlap must lie in [0, 1), got {ov}")
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be an integer >= 1, got {sw_batch_size!r}")
+    # One NaN spreads through every window that sees it (convolutions, attention, norms): the
+    # model would return NaN logits silently. Checked here; the model's forward stays unchecked.
+    bad = int((~torch.isfinite(volume)).sum()) if volume.is_floating_point() else 0
+    if bad:
+        raise ValueError(
+            f"volume: expected finite values, found {bad} NaN/infinite voxel(s) of {volume.numel()}; "
+            "replace them first (zoo.predict sets them to 0 and says so)"
+        )
     with torch.inference_mode():
         return sliding_window_inference(
             volume, roi, sw_batch_size, model, overlap=ov, mode=mode, progress=progress, **kwargs

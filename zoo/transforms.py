@@ -1,4 +1,22 @@
-"""Data transforms that belong to a model's pretraining recipe.
+"""Data transforms: the preprocessing contract of a model's weights, and pretraining crops.
+
+**The preprocessing contract.** Every weights tag states, as data, how a scan becomes its input:
+:class:`InputContract` (orientation, spacing, axis order, intensity transform, and for 2D models
+the slice axis). The registry's ``preprocessing`` mapping holds these under the keys
+``orientation`` (an axis code such as ``"RAS"``, or None to keep the file's), ``spacing_mm``
+(``[x, y, z]`` or None to keep the grid), ``axis_order`` (``"xyz"`` or ``"zyx"``: axial axis
+first, for models trained on SimpleITK arrays), ``intensity_transform`` and ``slice_axis``; any
+other key is documentation for people and is never read by code. :func:`for_model` turns it into
+the MONAI ``Compose`` that ``zoo predict`` and ``zoo finetune`` use themselves, and
+:func:`parse_intensity` is the one reader of intensity settings (registry, CLI flags, run configs).
+
+Intensity transforms, in their canonical form (:func:`canonical_intensity`):
+
+* ``{"kind": "zscore", "nonzero": bool, "channel_wise": bool}``: MONAI ``NormalizeIntensity``;
+  ``"zscore_nonzero"`` is shorthand for ``nonzero=True, channel_wise=True``;
+* ``{"kind": "clip_scale", "a_min", "a_max", "b_min", "b_max", "clip"}``: MONAI
+  ``ScaleIntensityRange`` (clip to ``[a_min, a_max]``, map linearly to ``[b_min, b_max]``);
+* ``{"kind": "none"}``.
 
 ``IoUPairCropd`` draws the positive pairs of the IoU-positives thesis (Konieczkowicz, AGH;
 reference ``src/transforms.py::IoUCropd`` of dittohed/exploring-ssl-for-ct): two equal square
@@ -7,16 +25,38 @@ reference ``src/transforms.py::IoUCropd`` of dittohed/exploring-ssl-for-ct): two
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.transforms import Crop, MapTransform, Randomizable
 
-__all__ = ["IoUPair", "IoUPairCropd", "box_iou"]
+__all__ = [
+    "IoUPair",
+    "IoUPairCropd",
+    "box_iou",
+    "INTENSITY_KINDS",
+    "canonical_intensity",
+    "parse_intensity",
+    "InputContract",
+    "contract_of",
+    "for_model",
+    "ReplaceNonFinited",
+    "ZScored",
+]
+
+log = logging.getLogger("zoo")
+
+INTENSITY_KINDS = ("zscore_nonzero", "zscore", "clip_scale", "none")
+_AXCODE_GROUPS = (set("LR"), set("AP"), set("SI"))
+# The spellings every command accepts for the kinds (``zoo finetune`` used dashes).
+_KIND_ALIASES = {"zscore-nonzero": "zscore_nonzero", "clip-scale": "clip_scale"}
 
 
 def box_iou(start1: Sequence[int], start2: Sequence[int], size: int) -> float:
@@ -215,3 +255,345 @@ class IoUPairCropd(Randomizable, MapTransform):
                 "start2": pair.start2,
             }
         return d
+
+
+# ---------------------------------------------------------------------------------------------
+# the preprocessing contract
+
+
+def canonical_intensity(spec: Mapping[str, Any] | str) -> dict[str, Any]:
+    """An intensity transform in its one explicit form, checked.
+
+    Args:
+        spec: ``{"kind": …, …}`` or a bare kind name (see the module docstring).
+
+    Returns:
+        ``{"kind": "zscore", "nonzero", "channel_wise"}``, ``{"kind": "clip_scale", "a_min",
+        "a_max", "b_min", "b_max", "clip"}`` or ``{"kind": "none"}``.
+
+    Raises:
+        ValueError: unknown kind, or missing/invalid ``clip_scale`` bounds.
+    """
+    cfg = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    kind = _KIND_ALIASES.get(cfg.get("kind"), cfg.get("kind"))
+    if kind == "zscore_nonzero":
+        return {"kind": "zscore", "nonzero": True, "channel_wise": bool(cfg.get("channel_wise", True))}
+    if kind == "zscore":
+        nonzero, channel_wise = bool(cfg.get("nonzero", False)), bool(cfg.get("channel_wise", True))
+        return {"kind": "zscore", "nonzero": nonzero, "channel_wise": channel_wise}
+    if kind == "clip_scale":
+        missing = [k for k in ("a_min", "a_max", "b_min", "b_max") if k not in cfg]
+        if missing:
+            raise ValueError(f"intensity_transform clip_scale needs {', '.join(missing)}; got {cfg}")
+        try:
+            out = {k: float(cfg[k]) for k in ("a_min", "a_max", "b_min", "b_max")}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"intensity_transform clip_scale needs numbers, got {cfg}") from e
+        if not all(math.isfinite(v) for v in out.values()):
+            raise ValueError(f"intensity_transform clip_scale needs finite bounds, got {cfg}")
+        if not out["a_max"] > out["a_min"]:
+            raise ValueError(f"intensity_transform clip_scale needs a_max > a_min, got {cfg}")
+        return {"kind": "clip_scale", **out, "clip": bool(cfg.get("clip", True))}
+    if kind == "none":
+        return {"kind": "none"}
+    raise ValueError(
+        f"intensity_transform: unknown kind {kind!r}; expected one of {', '.join(INTENSITY_KINDS)}"
+    )
+
+
+def parse_intensity(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The one reader of intensity settings: registry entries, run configs and every CLI flag.
+
+    Args:
+        value: a mapping, a kind name (``zscore``, ``zscore_nonzero`` / ``zscore-nonzero``,
+            ``none``), a JSON object (``'{"kind": "clip_scale", "a_min": -1000, …}'``), or the
+            short form ``clip:a_min,a_max,b_min,b_max``.
+
+    Returns:
+        The canonical form (:func:`canonical_intensity`).
+
+    Raises:
+        ValueError: anything else, naming what was expected and what was found.
+    """
+    if isinstance(value, Mapping):
+        return canonical_intensity(value)
+    if not isinstance(value, str):
+        raise ValueError(f"intensity: expected a kind name, JSON or clip:a,b,c,d; found {value!r}")
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"intensity: not valid JSON ({e}): {text}") from e
+        if not isinstance(cfg, dict):
+            raise ValueError(f"intensity: expected a JSON object, found {text}")
+        return canonical_intensity(cfg)
+    if text.startswith("clip:"):
+        parts = text[5:].split(",")
+        try:
+            vals = [float(v) for v in parts]
+        except ValueError:
+            vals = []
+        if len(vals) != 4:
+            raise ValueError(f"intensity: clip:a_min,a_max,b_min,b_max needs 4 numbers, found {text!r}")
+        return canonical_intensity(
+            dict(zip(("a_min", "a_max", "b_min", "b_max"), vals, strict=True), kind="clip_scale")
+        )
+    kind = _KIND_ALIASES.get(text, text)
+    if kind not in INTENSITY_KINDS:
+        raise ValueError(
+            f"intensity_transform: unknown kind {text!r}; expected one of {', '.join(INTENSITY_KINDS)}, "
+            "a JSON object or clip:a_min,a_max,b_min,b_max"
+        )
+    return canonical_intensity(kind)
+
+
+def _axcode(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    code = str(value).strip().upper()
+    if len(code) == 3 and all(sum(ch in group for ch in code) == 1 for group in _AXCODE_GROUPS):
+        return code
+    raise ValueError(
+        f"{where}orientation: expected an axis code such as 'RAS' or null (keep the file's), found {value!r}"
+    )
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """How a scan becomes the input of a model's weights; the one typed form of ``preprocessing``.
+
+    Attributes:
+        orientation: axis code the volume is reoriented to, or None to keep the file's.
+        spacing_mm: ``(x, y, z)`` voxel size to resample to (after reorientation), or None.
+        axis_order: ``"xyz"`` (nibabel order) or ``"zyx"`` (axial axis first).
+        intensity: canonical intensity transform (:func:`canonical_intensity`).
+        slice_axis: for 2D models, the spatial axis (0, 1, 2 of the reoriented volume) along
+            which the volume is cut into slices; None for 3D models.
+    """
+
+    orientation: str | None = "RAS"
+    spacing_mm: tuple[float, float, float] | None = None
+    axis_order: str = "xyz"
+    intensity: Mapping[str, Any] = field(default_factory=lambda: canonical_intensity("zscore_nonzero"))
+    slice_axis: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "orientation", _axcode(self.orientation, ""))
+        if self.axis_order not in ("xyz", "zyx"):
+            raise ValueError(f"axis_order: expected 'xyz' or 'zyx', found {self.axis_order!r}")
+        if self.spacing_mm is not None:
+            sp = self.spacing_mm
+            ok = isinstance(sp, list | tuple) and len(sp) == 3
+            ok = ok and all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in sp)
+            if not ok:
+                raise ValueError(f"spacing_mm: expected 3 positive numbers (mm) or null, found {sp!r}")
+            object.__setattr__(self, "spacing_mm", tuple(float(v) for v in sp))
+        object.__setattr__(self, "intensity", parse_intensity(self.intensity))
+        if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis: expected 0, 1, 2 or null, found {self.slice_axis!r}")
+
+    @classmethod
+    def from_preprocessing(cls, prep: Mapping[str, Any] | None, where: str = "") -> InputContract:
+        """Read the structured keys of a ``preprocessing`` mapping (registry, run config).
+
+        Args:
+            prep: the mapping; keys other than the contract's are documentation and ignored.
+            where: prefix for error messages (``"qtunet-t.ct-ssl: "``).
+
+        Returns:
+            The contract. A mapping without ``intensity_transform`` gets z-score over nonzero
+            voxels, logged.
+
+        Raises:
+            ValueError: a structured key holding something else than its type (free text
+                included: text is never interpreted).
+        """
+        prep = dict(prep or {})
+        for key in ("orientation", "spacing_mm"):
+            if prep.get(key) == "native":  # the token older run configs wrote for null; not free text
+                prep[key] = None
+        intensity = prep.get("intensity_transform")
+        if intensity is None:
+            log.info("%sno intensity_transform stated; using z-score over nonzero voxels", where)
+            intensity = "zscore_nonzero"
+        try:
+            return cls(
+                orientation=_axcode(prep["orientation"], where) if "orientation" in prep else "RAS",
+                spacing_mm=prep.get("spacing_mm"),
+                axis_order=prep.get("axis_order", "xyz"),
+                intensity=intensity,
+                slice_axis=prep.get("slice_axis"),
+            )
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(where) else where + msg) from None
+
+    def replace(self, **changes: Any) -> InputContract:
+        """A copy with ``changes`` (None values are ignored: "no override")."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The structured keys, JSON-ready (what a run's ``config.json`` records)."""
+        return {
+            "orientation": self.orientation,
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "axis_order": self.axis_order,
+            "intensity_transform": dict(self.intensity),
+            "slice_axis": self.slice_axis,
+        }
+
+    def transforms(
+        self, keys: Sequence[str] = ("image",), label_keys: Sequence[str] = (), load: bool = True
+    ) -> list[Any]:
+        """The MONAI dictionary transforms of the contract, in order.
+
+        Load → channel first → non-finite voxels to 0 → orientation → spacing → intensity →
+        axis order. ``keys`` are images (bilinear, intensity); ``label_keys`` are resampled
+        nearest and keep their values.
+        """
+        from monai import transforms as T
+
+        images, labels = tuple(keys), tuple(label_keys)
+        every = images + labels
+        steps: list[Any] = []
+        if load:
+            steps += [T.LoadImaged(every, image_only=True), T.EnsureChannelFirstd(every)]
+        steps.append(ReplaceNonFinited(images))
+        if self.orientation:
+            steps.append(
+                T.Orientationd(every, axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))
+            )
+        if self.spacing_mm:
+            modes = ("bilinear",) * len(images) + ("nearest",) * len(labels)
+            steps.append(T.Spacingd(every, pixdim=self.spacing_mm, mode=modes))
+        it = self.intensity
+        if it["kind"] == "clip_scale":
+            steps.append(
+                T.ScaleIntensityRanged(
+                    images, it["a_min"], it["a_max"], it["b_min"], it["b_max"], clip=it["clip"]
+                )
+            )
+        elif it["kind"] == "zscore":
+            steps.append(ZScored(images, nonzero=it["nonzero"], channel_wise=it["channel_wise"]))
+        if self.axis_order == "zyx":
+            steps.append(T.Transposed(every, indices=(0, 3, 2, 1)))
+        return steps
+
+    def compose(
+        self, keys: Sequence[str] = ("image",), label_keys: Sequence[str] = (), load: bool = True
+    ) -> Any:
+        """:meth:`transforms` as a MONAI ``Compose``."""
+        from monai.transforms import Compose
+
+        return Compose(self.transforms(keys, label_keys, load))
+
+
+def contract_of(model_or_name: Any) -> InputContract:
+    """The contract of a model built by ``zoo.create`` or of a registry name (``name.tag``).
+
+    A name without a tag uses the default tag's preprocessing, else the architecture's
+    documented one (``meta["preprocessing"]``).
+    """
+    if isinstance(model_or_name, str):
+        from zoo._registry import resolve
+
+        spec, tag = resolve(model_or_name)
+        tag = tag or spec.default_tag
+        prep = spec.weight(tag).preprocessing if tag else spec.meta.get("preprocessing")
+        where = f"{spec.name}.{tag}: " if tag else f"{spec.name}: "
+        return InputContract.from_preprocessing(prep, where)
+    cfg = getattr(model_or_name, "pretrained_cfg", None) or {}
+    prep = cfg.get("preprocessing")
+    if not prep and cfg.get("name"):
+        from zoo._registry import get_spec
+
+        prep = get_spec(cfg["name"]).meta.get("preprocessing")
+    return InputContract.from_preprocessing(prep, f"{cfg.get('name', 'model')}: ")
+
+
+def for_model(model_or_name: Any, keys: Sequence[str] = ("image",)) -> Any:
+    """The MONAI ``Compose`` that turns file paths into what a model's weights expect.
+
+    Args:
+        model_or_name: a model from ``zoo.create`` (its ``pretrained_cfg``), or a registry name.
+        keys: dictionary keys holding image paths.
+
+    Returns:
+        ``Compose`` of LoadImaged → EnsureChannelFirstd → non-finite to 0 → Orientationd →
+        Spacingd → intensity → Transposed (axial-first models); ``zoo predict`` runs the same
+        transforms.
+
+    Example:
+        >>> t = zoo.transforms.for_model("pctnet.vf110k")
+        >>> x = t({"image": "ct.nii.gz"})["image"]  # (1, Z, Y, X), HU clipped to [-1, 1]
+    """
+    return contract_of(model_or_name).compose(keys)
+
+
+class ReplaceNonFinited(MapTransform):
+    """Set NaN/inf voxels to 0 and log how many (a model given one NaN returns NaN everywhere)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            bad = ~torch.isfinite(torch.as_tensor(x))
+            n = int(bad.sum())
+            if n:
+                log.warning("%s: %d non-finite voxel(s) set to 0", key, n)
+                x = x.clone()
+                x[bad] = 0
+                d[key] = x
+        return d
+
+
+class ZScored(MapTransform):
+    """MONAI ``NormalizeIntensity`` that reports the share of voxels it counted as foreground.
+
+    With ``nonzero=True`` the mean and std come from nonzero voxels only. When the background is
+    near zero but not zero (resampled or noisy scans) it is counted as foreground and the
+    statistics go wrong silently; a warning says so when much of the counted foreground sits
+    within 1 % of the 99th-percentile magnitude of zero.
+    """
+
+    def __init__(self, keys: KeysCollection, nonzero: bool = True, channel_wise: bool = True) -> None:
+        from monai.transforms import NormalizeIntensity
+
+        super().__init__(keys)
+        self.nonzero = nonzero
+        self.t = NormalizeIntensity(nonzero=nonzero, channel_wise=channel_wise)
+        self.last_foreground_share: float | None = None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            if self.nonzero:
+                self.last_foreground_share = self._report(key, torch.as_tensor(x))
+            d[key] = self.t(x.clone())  # NormalizeIntensity may write into its input
+        return d
+
+    @staticmethod
+    def _report(key: Hashable, x: torch.Tensor) -> float:
+        flat = x.detach().reshape(-1).float()
+        fg = flat != 0
+        share = float(fg.float().mean())
+        log.info(
+            "z-score over nonzero voxels of %s: %.1f %% of voxels counted as foreground", key, 100 * share
+        )
+        if fg.any():
+            mags = flat[fg].abs()
+            sample = mags[:: max(1, mags.numel() // 1_000_000)]
+            ref = float(torch.quantile(sample, 0.99))
+            faint = float((mags < 0.01 * ref).float().mean()) if ref > 0 else 0.0
+            if faint > 0.1:
+                log.warning(
+                    "z-score over nonzero voxels of %s: %.1f %% of voxels counted as foreground, %.0f %% of "
+                    "them within 1 %% of zero: background noise is probably counted; zero the background "
+                    "first or use another intensity transform",
+                    key,
+                    100 * share,
+                    100 * faint,
+                )
+        return share

@@ -844,8 +844,10 @@ _PYMIC_FORMAT = (
 _CT_PREPROCESSING = {
     "axis_order": "zyx",
     "layout": "(N, 1, D, H, W) with D the slice (axial) axis: the first stages convolve in-plane",
-    "orientation": "native (not stated); keep the slice axis first",
-    "spacing_mm": "native, no resampling (none stated in the paper, demo or configs)",
+    "orientation": None,
+    "orientation_note": "native (not stated); keep the slice axis first",
+    "spacing_mm": None,
+    "spacing_note": "native, no resampling (none stated in the paper, demo or configs)",
     "intensity_transform": {
         "kind": "clip_scale",
         "a_min": -1000.0,

@@ -735,6 +735,7 @@ _SSL_DATA = {
             "spacing_mm": [1.0, 1.0, 1.0],
             "crop_foreground": "image > 0, margin 1",
             "intensity": "z-score of raw HU over nonzero voxels (no HU clipping)",
+            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": False},
             "roi_size": [96, 96, 96],
         },
     ),
@@ -749,6 +750,7 @@ _SSL_DATA = {
             "channels": ["T1 (t1n)", "T1ce (t1c)", "T2 (t2w)", "FLAIR (t2f)"],
             "crop_foreground": "image > 0",
             "intensity": "z-score over nonzero voxels, channel-wise",
+            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": True},
             "roi_size": [128, 128, 128],
         },
     ),
@@ -762,6 +764,7 @@ _SSL_DATA = {
             "spacing_mm": [1.0, 1.0, 1.0],
             "crop_foreground": "image > 0",
             "intensity": "z-score over nonzero voxels",
+            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": False},
             "roi_size": [96, 96, 96],
         },
     ),
@@ -775,6 +778,7 @@ _SSL_DATA = {
             "spacing_mm": [0.2, 0.2, 0.2],
             "crop_foreground": "image > 0",
             "intensity": "z-score over nonzero voxels",
+            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": False},
             "roi_size": [96, 96, 96],
         },
     ),
@@ -789,6 +793,7 @@ _SSL_DATA = {
             "channels": ["T2", "ADC"],
             "crop_foreground": "image > 0",
             "intensity": "z-score over nonzero voxels, channel-wise",
+            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": True},
             "roi_size": [96, 96, 96],
         },
     ),
@@ -814,16 +819,7 @@ def _ssl_weights(size_dir: str) -> tuple[WeightSpec, ...]:
                 redistributable=False,
                 in_chans=in_chans,
                 img_size=img_size,
-                # Every QT-UNet pretraining set is z-scored over nonzero voxels (per channel where
-                # the text says so: the multi-channel sets).
-                preprocessing={
-                    **prep,
-                    "intensity_transform": {
-                        "kind": "zscore",
-                        "nonzero": True,
-                        "channel_wise": "channel-wise" in prep["intensity"],
-                    },
-                },
+                preprocessing=prep,
                 notes="The upstream repository has no licence file: fetched from it, never mirrored.",
             )
         )

@@ -69,6 +69,8 @@ _PREPROCESSING = {
     "spacing_mm": [1.0, 1.0, 2.5],
     "interpolation": "bilinear (image), nearest (label)",
     "intensity": "clip HU [-500, 500] → [0, 1]",
+    "intensity_transform": {"kind": "clip_scale", "a_min": -500.0, "a_max": 500.0, "b_min": 0, "b_max": 1},
+    "slice_axis": 2,
     "crop": "CropForeground on the image (> 0), then symmetric SpatialPad of x and y to ≥ 96",
     "slicing": "axial z-slices saved as uint8 PNG (×255) and rescaled 0..255 → 0..1 when loaded",
     "input": "2D slice, 1 channel, 96×96 crops",

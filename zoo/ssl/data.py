@@ -80,20 +80,15 @@ class Preprocessing:
 
 
 def parse_intensity(text: str) -> dict[str, Any]:
-    """The CLI's intensity option as a ``zoo.predict.intensity_transform`` spec.
+    """The CLI's intensity option as a canonical intensity transform.
 
-    ``zscore``, ``zscore-nonzero``, ``none`` or ``clip:a_min,a_max,b_min,b_max`` (the same
-    spellings as ``zoo finetune --intensity``).
+    The one parser of :func:`zoo.transforms.parse_intensity`: ``zscore``, ``zscore-nonzero``,
+    ``none``, ``clip:a_min,a_max,b_min,b_max`` or a JSON object, as in ``zoo finetune`` and
+    ``zoo predict``.
     """
-    if text in ("zscore", "zscore-nonzero", "zscore_nonzero", "none"):
-        return {"kind": text.replace("-", "_")}
-    if text.startswith("clip:"):
-        vals = [float(v) for v in text[5:].split(",")]
-        if len(vals) == 4:
-            return dict(zip(("a_min", "a_max", "b_min", "b_max"), vals, strict=True), kind="clip_scale")
-    raise ValueError(
-        f"intensity must be zscore, zscore-nonzero, none or clip:a_min,a_max,b_min,b_max; got {text!r}"
-    )
+    from zoo.transforms import parse_intensity as _parse
+
+    return _parse(text)
 
 
 def read_datalist(path: str | Path) -> list[Path]:

@@ -246,7 +246,10 @@ def resolve_settings(
     elif slice_axis is not None:
         raise ValueError(f"{name} is a 3D model; a slice axis applies to 2D models only (found {slice_axis})")
     args = cfg.get("model_args", {})
-    labels = {int(k): str(v) for k, v in (cfg.get("labels") or {}).items()}
+    labels = cfg.get("labels") or {}
+    if isinstance(labels, list | tuple):  # label names in class order (ONNX metadata writes a list)
+        labels = dict(enumerate(labels))
+    labels = {int(k): str(v) for k, v in labels.items()}
     return Settings(
         name=name,
         contract=contract,

@@ -148,3 +148,9 @@ def test_shared_mlp_and_droppath_are_timms_keys_and_maths():
     a = dp_ours(x)
     torch.manual_seed(4)
     assert torch.equal(a, dp_theirs(x)) and not torch.equal(a, x)
+
+
+def test_an_int_img_size_means_a_square_slice_for_the_slice_based_model():
+    # It raised a raw TypeError ('int' object is not iterable) before.
+    model = zoo.create("resnet50-deformattn", img_size=64)
+    assert model.img_size == (64, 64)

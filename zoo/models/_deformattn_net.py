@@ -446,8 +446,9 @@ class ResNet50DeformAttn(nn.Module):
         super().__init__()
         if num_classes and nmb_prototypes:
             raise ValueError("num_classes > 0 and SSL prototypes are exclusive; pick one head")
-        if len(tuple(img_size)) != 2:
-            raise ValueError(f"img_size is the in-plane slice size (H, W), got {img_size!r}")
+        from zoo.layers.checks import int_tuple
+
+        img_size = int_tuple(img_size, 2, "img_size (the in-plane slice size H, W)")
         self.in_chans = in_chans
         self.n_frames = n_frames
         self.embed_dim = embed_dim

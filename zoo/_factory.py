@@ -229,6 +229,19 @@ def _validate_args(spec: ModelSpec, args: Mapping[str, Any]) -> None:
     check_args(args, spec.model_args, spec.name)
 
 
+def base_model_args(
+    spec: ModelSpec, ws: WeightSpec | None, run_cfg: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The registry's model arguments, then those the weights were trained with, then a run folder's."""
+    args = dict(spec.model_args)
+    if ws is not None:
+        for key in ("in_chans", "num_classes", "img_size"):
+            if getattr(ws, key) is not None and key in args:
+                args[key] = getattr(ws, key)
+    args.update((run_cfg or {}).get("model_args", {}))
+    return args
+
+
 def create(
     name: str,
     pretrained: bool = False,
@@ -308,12 +321,7 @@ def create(
         tag = spec.default_tag
     ws = spec.weight(tag) if tag is not None else None
 
-    args = dict(spec.model_args)
-    if ws is not None:
-        for key in ("in_chans", "num_classes", "img_size"):
-            if getattr(ws, key) is not None and key in args:
-                args[key] = getattr(ws, key)
-    args.update(run_cfg.get("model_args", {}))
+    args = base_model_args(spec, ws, run_cfg)
     for key, value in (("in_chans", in_chans), ("num_classes", num_classes), ("img_size", img_size)):
         if value is not None:
             args[key] = value

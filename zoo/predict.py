@@ -756,6 +756,18 @@ def _model_settings(model: nn.Module, **kw: Any) -> Settings:
     return resolve_settings(cfg, **kw)
 
 
+def _checked_settings(model: Any, allow_untrained_head: bool, preview: bool, **window: Any) -> Settings:
+    """The run's settings from the model and the caller, after the weights and preview checks."""
+    s = _model_settings(model, **window)
+    record = (getattr(model, "pretrained_cfg", {}) or {}).get("weights")
+    check_weights_trained(record, (record or {}).get("id") or s.name, allow_untrained_head)
+    if preview:
+        from zoo.plots import require_matplotlib
+
+        require_matplotlib()
+    return s
+
+
 def predict_nifti(
     model: nn.Module,
     image_path: str | Path,
@@ -805,8 +817,10 @@ def predict_nifti(
         ValueError: any refused input, output or setting (one line, expected and found).
             Nothing is written then.
     """
-    s = _model_settings(
+    s = _checked_settings(
         model,
+        allow_untrained_head,
+        preview,
         roi_size=roi_size,
         overlap=overlap,
         sw_batch_size=sw_batch_size,
@@ -814,14 +828,7 @@ def predict_nifti(
         intensity=intensity,
         slice_axis=slice_axis,
     )
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    record = cfg.get("weights")
-    check_weights_trained(record, (record or {}).get("id") or s.name, allow_untrained_head)
     out = check_output(image_path, out_path)
-    if preview:
-        from zoo.plots import require_matplotlib
-
-        require_matplotlib()
     info = inspect_input(image_path, s.in_chans, volume)
     check_budget(estimate(info, s), info, s, max_memory_gb, max_windows)
     case = preprocess(image_path, s, volume, keep_original=preview)
@@ -1018,8 +1025,10 @@ def predict_study(
     """
     from torch.utils.data import DataLoader
 
-    s = _model_settings(
+    s = _checked_settings(
         model,
+        allow_untrained_head,
+        preview,
         roi_size=roi_size,
         overlap=overlap,
         sw_batch_size=sw_batch_size,
@@ -1027,13 +1036,6 @@ def predict_study(
         intensity=intensity,
         slice_axis=slice_axis,
     )
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    record = cfg.get("weights")
-    check_weights_trained(record, (record or {}).get("id") or s.name, allow_untrained_head)
-    if preview:
-        from zoo.plots import require_matplotlib
-
-        require_matplotlib()
     out_dir = Path(out_dir)
     cases = list_cases(source)
     outs = _study_outputs(cases, out_dir)
@@ -1113,7 +1115,7 @@ def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: boo
     Raises:
         ValueError / FileNotFoundError: unknown name, a run folder of another model.
     """
-    from zoo._factory import _read_run_folder, _window_for
+    from zoo._factory import _read_run_folder, _window_for, base_model_args
     from zoo._registry import resolve
 
     spec, tag = resolve(name)
@@ -1127,12 +1129,7 @@ def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: boo
     if pretrained and tag is None and checkpoint is None:
         tag = spec.default_tag
     ws = spec.weight(tag) if tag is not None and checkpoint is None else None
-    args = dict(spec.model_args)
-    if ws is not None:
-        for key in ("in_chans", "num_classes", "img_size"):
-            if getattr(ws, key) is not None and key in args:
-                args[key] = getattr(ws, key)
-    args.update(run_cfg.get("model_args", {}))
+    args = base_model_args(spec, ws, run_cfg)
     cfg: dict[str, Any] = {
         "name": spec.name,
         "tag": tag if ws is not None else None,

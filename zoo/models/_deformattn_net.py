@@ -16,16 +16,10 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from zoo.layers.tracing import is_tracing
 
-__all__ = [
-    "ContinuousPositionBias",
-    "DeformableAttention1D",
-    "DeformableEncoderLayer",
-    "InterSliceTransformer",
-    "MultiScaleResNet50",
-    "ResNet50DeformAttn",
-]
+# The registration module lists these names for its lazy __getattr__; one list serves both.
+from zoo.models.deformattn import _MULTI_SCALE_DIMS, _NET_NAMES  # _MULTI_SCALE_DIMS: feature_info too
 
-from zoo.models.deformattn import _MULTI_SCALE_DIMS  # the registration's feature_info uses it too
+__all__ = list(_NET_NAMES)
 
 _MIN_SLICE_SIZE = 32  # below this, layer4 of the ResNet sees less than one stride-32 cell
 _CPB_ROWS = 1 << 15  # rows per block of the position-bias MLP (2 MiB hidden activations)

@@ -17,7 +17,10 @@ from torch import nn
 
 from zoo.layers import check_input, int_tuple
 
-__all__ = ["SimSiamHead", "SwinViT2d", "SwinViT2dSimSiam", "SwinUNETR2d"]
+# The registration module lists these names for its lazy __getattr__; one list serves both.
+from zoo.models.swinvit2d import _NET_NAMES
+
+__all__ = list(_NET_NAMES)
 
 
 # Why a Swin-UNETR input side must divide by 32, for the error message.

@@ -79,6 +79,7 @@ __all__ = [
     "download_limits",
     "fetch_weights",
     "file_digest",
+    "file_digests",
     "registry_digest_line",
     "save_safetensors",
     "web_page_excerpt",
@@ -133,20 +134,28 @@ def cache_dir() -> Path:
     return base / "medzoo"
 
 
-def file_digest(path: str | Path, algo: str = "sha256") -> str:
-    """Hex digest of a file: ``sha256``, or ``gitsha1`` (git's blob SHA-1)."""
+def file_digests(path: str | Path, algos: tuple[str, ...] = ("sha256", "gitsha1")) -> dict[str, str]:
+    """Hex digests of a file in one read: ``sha256`` and/or ``gitsha1`` (git's blob SHA-1)."""
     path = Path(path)
-    if algo == "sha256":
-        h = hashlib.sha256()
-    elif algo == "gitsha1":
-        h = hashlib.sha1()
-        h.update(b"blob %d\0" % path.stat().st_size)
-    else:
-        raise ValueError(f"unknown digest algorithm {algo!r} (sha256 or gitsha1)")
+    hashers = {}
+    for algo in algos:
+        if algo == "sha256":
+            hashers[algo] = hashlib.sha256()
+        elif algo == "gitsha1":
+            hashers[algo] = hashlib.sha1()
+            hashers[algo].update(b"blob %d\0" % path.stat().st_size)
+        else:
+            raise ValueError(f"unknown digest algorithm {algo!r} (sha256 or gitsha1)")
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+            for h in hashers.values():
+                h.update(chunk)
+    return {algo: h.hexdigest() for algo, h in hashers.items()}
+
+
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file: ``sha256``, or ``gitsha1`` (git's blob SHA-1)."""
+    return file_digests(path, (algo,))[algo]
 
 
 def _check_digest(path: Path, expected: str, what: str) -> None:

@@ -97,12 +97,10 @@ def identify_digest(sha256: str | None = None, gitsha1: str | None = None) -> We
 
 def identify_file(path: str | Path) -> tuple[str, WeightsOrigin | None]:
     """``(sha256, origin)`` of a checkpoint file: its digest and the registered weights it is, if any."""
-    from zoo.hub import file_digest
+    from zoo.hub import file_digests
 
-    path = Path(path)
-    sha256 = file_digest(path, "sha256")
-    origin = identify_digest(sha256=sha256, gitsha1=file_digest(path, "gitsha1"))
-    return sha256, origin
+    digests = file_digests(Path(path))  # sha256 and git blob SHA-1 in one read
+    return digests["sha256"], identify_digest(**digests)
 
 
 def load_record(

@@ -125,3 +125,102 @@ def test_classes_of_lazily_built_families_are_still_importable_by_name():
     assert ResNet50DeformAttn.__module__ == "zoo.models._deformattn_net"
     with pytest.raises(ImportError, match="NoSuchClass"):
         from zoo.models.swinvit2d import NoSuchClass  # noqa: F401
+
+
+# ----------------------------------------------------------------------------------- register_family
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registry as it is, in copies that the test may change (restored afterwards)."""
+    from zoo import _registry
+
+    _registry._ensure_loaded()
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+    monkeypatch.setattr(_registry, "_ALIASES", dict(_registry._ALIASES))
+    return _registry
+
+
+def _toy_family(reg, **spec_changes):
+    paper = get_spec("qtunet-t").paper
+    shared = reg.SpecFields(
+        builder=lambda **kw: torch.nn.Linear(kw["width"], 2), paper=paper, description="toy"
+    )
+    weights = (reg.WeightSpec(tag="w1", license="MIT", pretraining="none", url="http://127.0.0.1:9/w1.pt"),)
+    return shared, [
+        reg.Variant(
+            "toy-s", model_args=dict(width=3), meta=reg.ModelMeta(num_params=8), aliases={"toy-small": None}
+        ),
+        reg.Variant(
+            "toy-m",
+            model_args=dict(width=5),
+            aliases={"toy-m-w1": "w1"},
+            spec=reg.SpecFields(weights=weights, default_tag="w1", **spec_changes),
+        ),
+    ]
+
+
+def test_spec_fields_are_every_model_spec_field_but_the_four_with_their_own_place():
+    import dataclasses
+
+    from zoo._registry import ModelSpec, SpecFields
+
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    assert set(SpecFields.__annotations__) == fields - {"name", "family", "model_args", "meta"}
+
+
+def test_register_family_registers_each_variant_over_the_shared_fields_then_the_aliases(scratch_registry):
+    reg = scratch_registry
+    shared, variants = _toy_family(reg, description="the medium toy")
+    specs = reg.register_family("toy", shared, variants)
+    assert [s.name for s in specs] == ["toy-s", "toy-m"]
+    assert get_spec("toy-s").description == "toy" and get_spec("toy-m").description == "the medium toy"
+    assert get_spec("toy-s").meta == {"num_params": 8} and get_spec("toy-m").family == "toy"
+    assert resolve("toy-small") == (get_spec("toy-s"), None)
+    assert resolve("toy-m-w1") == (get_spec("toy-m"), "w1")
+    # The registered builder checks its arguments like every other.
+    with pytest.raises(ValueError, match="width"):
+        get_spec("toy-s").builder(width=0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(spec_changes=dict(head_key=("x.",))), r"toy/toy-m: not a SpecFields field: head_key"),
+        (dict(spec_changes=dict(meta={})), r"not a SpecFields field: meta \(meta: give them to Variant"),
+        (dict(alias_tag="w2"), r"unknown weights tag 'w2' for toy-m"),
+        (dict(name="qtunet-t"), r"toy: qtunet-t already registered"),
+        (dict(alias="toy-s"), r"toy: toy-s already registered, or named twice"),
+        (dict(drop_builder=True), r"toy/toy-s: no builder"),
+    ],
+)
+def test_register_family_with_one_bad_entry_registers_no_name_of_it(scratch_registry, change, message):
+    import dataclasses
+
+    reg = scratch_registry
+    shared, variants = _toy_family(reg, **change.get("spec_changes", {}))
+    if "alias_tag" in change:
+        variants[1] = dataclasses.replace(variants[1], aliases={"toy-m-w1": change["alias_tag"]})
+    if "name" in change:
+        variants[1] = dataclasses.replace(variants[1], name=change["name"])
+    if "alias" in change:
+        variants[1] = dataclasses.replace(variants[1], aliases={change["alias"]: None})
+    if change.get("drop_builder"):
+        shared = {k: v for k, v in shared.items() if k != "builder"}
+    registered = ([*reg._MODELS], [*reg._ALIASES])
+    with pytest.raises(ValueError, match=message):
+        reg.register_family("toy", shared, variants)
+    assert ([*reg._MODELS], [*reg._ALIASES]) == registered
+
+
+def test_every_model_file_registers_its_names_with_one_register_family_call():
+    from pathlib import Path
+
+    import zoo.models
+
+    files = [p for p in Path(zoo.models.__file__).parent.glob("*.py") if not p.name.startswith("_")]
+    assert len(files) == 5
+    for path in files:
+        text = path.read_text()
+        assert text.count("register_family(") == 1, path.name
+        assert "register_model(" not in text and "register_alias(" not in text, path.name

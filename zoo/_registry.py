@@ -4,8 +4,9 @@ A *model name* (``qtunet-t``) is an architecture configuration; a *weights tag*
 (``ct-ssl``) names one checkpoint of it; ``name.tag`` is the full id, as in timm.
 Names that carry their pretraining (``pctnet-vf110k``) are aliases of ``name.tag``.
 
-Model files register themselves at import time with :func:`register_model` and
-:func:`register_alias`; nothing about a model lives outside its file and its converter.
+Model files register themselves at import time, each with one call of :func:`register_family`:
+the fields its names share, then one :class:`Variant` per name (timm's table of default
+configurations); nothing about a model lives outside its file and its converter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -28,6 +29,9 @@ __all__ = [
     "ModelSpec",
     "register_model",
     "register_alias",
+    "register_family",
+    "Variant",
+    "SpecFields",
     "resolve",
     "get_spec",
     "list_models",
@@ -247,6 +251,55 @@ class ModelSpec:
         raise UnknownModelError(f"unknown weights tag {tag!r} for {self.name} (tags: {have}).{hint}")
 
 
+class SpecFields(TypedDict, total=False):
+    """The :class:`ModelSpec` fields a family shares, or one of its names changes (see there).
+
+    Everything but ``name``, ``family``, ``model_args`` and ``meta``, which :class:`Variant` and
+    :func:`register_family` give their own place; ``builder`` and ``paper`` must end up set.
+    """
+
+    builder: Callable[..., torch.nn.Module]
+    paper: PaperInfo
+    weights: tuple[WeightSpec, ...]
+    default_tag: str | None
+    input_size: tuple[int, ...] | None
+    head_keys: tuple[str, ...]
+    first_conv: str | tuple[str, ...] | None
+    encoder_prefixes: tuple[str, ...]
+    components: Mapping[str, tuple[str, ...]]
+    param_groups: Mapping[str, tuple[str, ...]]
+    feature_info: tuple[Mapping[str, Any], ...]
+    no_weights_reason: str | None
+    description: str
+    results_md: str
+    notes: tuple[str, ...]
+    limitations: tuple[str, ...]
+    sliding_window: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered name of a model family: what sets it apart from the family's shared fields.
+
+    Attributes:
+        name: registry name (``qtunet-t``).
+        model_args: the constructor arguments of this configuration (all of them).
+        meta: its measured and published numbers (:class:`ModelMeta`).
+        aliases: further names for it, alias → the weights tag the alias selects, or None for
+            the name itself (``{"pctnet-vf110k": "vf110k", "ulkanet-b": None}``).
+        spec: the :class:`ModelSpec` fields of this name that replace the family's shared ones.
+    """
+
+    name: str
+    model_args: Mapping[str, Any]
+    meta: ModelMeta = field(default_factory=lambda: ModelMeta())
+    aliases: Mapping[str, str | None] = field(default_factory=dict)
+    spec: SpecFields = field(default_factory=lambda: SpecFields())
+
+
+_OWN_PLACE = ("name", "family", "model_args", "meta")
+
+
 _MODELS: dict[str, ModelSpec] = {}
 _ALIASES: dict[str, tuple[str, str | None]] = {}
 
@@ -292,6 +345,54 @@ def register_alias(alias: str, target: str) -> None:
     if tag:
         spec.weight(tag)
     _ALIASES[alias] = (name, tag or None)
+
+
+def register_family(family: str, shared: SpecFields, variants: Sequence[Variant]) -> tuple[ModelSpec, ...]:
+    """Register every name of a model family, then their aliases: the one idiom of model files.
+
+    Each name's :class:`ModelSpec` is ``shared`` with the variant's ``spec`` fields on top, and
+    the variant's name, ``model_args`` and ``meta``. All specs and aliases are checked before
+    the first is registered, so a family with a bad entry adds no name at all.
+
+    Args:
+        family: the family, also the name of its converter module in ``zoo.convert``.
+        shared: fields every name of the family has (builder, paper, …).
+        variants: one entry per registered name, in registration order.
+
+    Returns:
+        The registered specs, in the order of ``variants``.
+
+    Raises:
+        ValueError: a field that is not a ``ModelSpec`` field or has its own place, a name or
+            alias registered twice, an alias to an unknown weights tag.
+    """
+    allowed = set(SpecFields.__annotations__)
+    specs = []
+    for v in variants:
+        for where, fields_ in (("shared", shared), (v.name, v.spec)):
+            wrong = sorted(set(fields_) - allowed)
+            if wrong:
+                place = [k for k in wrong if k in _OWN_PLACE]
+                why = f" ({', '.join(place)}: give them to Variant / register_family)" if place else ""
+                raise ValueError(f"{family}/{where}: not a SpecFields field: {', '.join(wrong)}{why}")
+        merged: dict[str, Any] = {**shared, **v.spec}
+        missing = [k for k in ("builder", "paper") if k not in merged]
+        if missing:
+            raise ValueError(f"{family}/{v.name}: no {' or '.join(missing)} in shared or in the variant")
+        specs.append(ModelSpec(name=v.name, family=family, model_args=v.model_args, meta=v.meta, **merged))
+    names = [v.name for v in variants] + [a for v in variants for a in v.aliases]
+    taken = sorted({n for n in names if names.count(n) > 1 or n in _MODELS or n in _ALIASES})
+    if taken:
+        raise ValueError(f"{family}: {', '.join(taken)} already registered, or named twice in the family")
+    for spec, v in zip(specs, variants, strict=True):
+        for tag in v.aliases.values():
+            if tag is not None:
+                spec.weight(tag)  # an alias to a tag the name lacks fails here, before anything is added
+    registered = tuple(register_model(spec) for spec in specs)
+    for v in variants:
+        for alias, tag in v.aliases.items():
+            register_alias(alias, f"{v.name}.{tag}" if tag else v.name)
+    return registered
 
 
 def _ensure_loaded() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from zoo._registry import ModelSpec, PaperInfo, register_alias, register_model
+from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, register_family
 
 if TYPE_CHECKING:
     from zoo.models._deformattn_net import ResNet50DeformAttn
@@ -258,8 +258,7 @@ _FEATURE_INFO = tuple(
     for i, c in enumerate(_MULTI_SCALE_DIMS[:4])
 )
 
-_COMMON = dict(
-    family="deformattn",
+_SHARED = SpecFields(
     builder=_create,
     paper=_PAPER,
     weights=(),
@@ -278,38 +277,36 @@ _COMMON = dict(
 )
 _ARGS = dict(in_chans=3, n_frames=64, embed_dim=640, ffn_hidden=720, depth=4, img_size=(128, 128))
 # gmacs: FlopCounterMode at 1x64x3x128x128, batch 1 (grid_sample is not counted).
-_PAPER_META = dict(
+_PAPER_META = ModelMeta(
     paper_params=31_160_000,
     flops_convention="paper reports parameters only (Table 8: 31.16 M, prototype head excluded); no FLOPs",
     # Table 8 counts the network without the SwAV/DeepCluster prototype heads.
     paper_setting=dict(model_args=dict(nmb_prototypes=())),
 )
+_CLUSTER_HEADS = SpecFields(head_keys=("head.", "prototypes."))
 
-register_model(
-    ModelSpec(
-        name="resnet50-deformattn",
-        model_args=_ARGS,
-        head_keys=("head.",),
-        meta=dict(_PAPER_META, num_params=31_162_884, gmacs=87.355),
-        **_COMMON,
-    )
+register_family(
+    "deformattn",
+    _SHARED,
+    [
+        Variant(
+            "resnet50-deformattn",
+            model_args=_ARGS,
+            meta=ModelMeta(**_PAPER_META, num_params=31_162_884, gmacs=87.355),
+            spec=SpecFields(head_keys=("head.",)),
+        ),
+        Variant(
+            "resnet50-deformattn-swav",
+            model_args=dict(_ARGS, nmb_prototypes=(3000,)),
+            meta=ModelMeta(**_PAPER_META, num_params=33_082_884, gmacs=87.357),
+            spec=_CLUSTER_HEADS,
+        ),
+        Variant(
+            "resnet50-deformattn-deepcluster",
+            model_args=dict(_ARGS, nmb_prototypes=(4, 4, 4)),
+            meta=ModelMeta(**_PAPER_META, num_params=31_170_564, gmacs=87.355),
+            aliases={"resnet50-deformattn-deepclusterv2": None},
+            spec=_CLUSTER_HEADS,
+        ),
+    ],
 )
-register_model(
-    ModelSpec(
-        name="resnet50-deformattn-swav",
-        model_args=dict(_ARGS, nmb_prototypes=(3000,)),
-        head_keys=("head.", "prototypes."),
-        meta=dict(_PAPER_META, num_params=33_082_884, gmacs=87.357),
-        **_COMMON,
-    )
-)
-register_model(
-    ModelSpec(
-        name="resnet50-deformattn-deepcluster",
-        model_args=dict(_ARGS, nmb_prototypes=(4, 4, 4)),
-        head_keys=("head.", "prototypes."),
-        meta=dict(_PAPER_META, num_params=31_170_564, gmacs=87.355),
-        **_COMMON,
-    )
-)
-register_alias("resnet50-deformattn-deepclusterv2", "resnet50-deformattn-deepcluster")

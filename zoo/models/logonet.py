@@ -500,7 +500,7 @@ class LoGoNet(nn.Module):
 # ---------------------------------------------------------------------------------------
 # registrations
 
-from zoo._registry import ModelSpec, PaperInfo, register_alias, register_model  # noqa: E402
+from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, register_family  # noqa: E402
 
 _PAPER = PaperInfo(
     title="Masked LoGoNet: Fast and Accurate 3D Image Analysis for Medical Domain",
@@ -523,7 +523,7 @@ _PAPER = PaperInfo(
     code_url="https://github.com/aminK8/Masked-LoGoNet",
 )
 
-_COMMON = dict(in_chans=1, num_classes=14, img_size=(96, 96, 96), mlp_ratios=(8, 8, 4, 4))
+_ARGS = dict(in_chans=1, num_classes=14, img_size=(96, 96, 96), mlp_ratios=(8, 8, 4, 4))
 # Table 9 gives dims / depths / MLP ratios; the decoder widths are our fit to Table 10 (see notes).
 _NORMAL = dict(dims=(64, 128, 256, 512), depths=(3, 4, 6, 3), decoder_dims=(240, 240, 224, 64, 48))
 _LARGE = dict(dims=(96, 192, 384, 768), depths=(3, 3, 24, 3), decoder_dims=(360, 360, 336, 96, 64))
@@ -735,14 +735,28 @@ def _parts(dims: tuple[int, ...], n_local_stages: int, is_logonet: bool) -> tupl
     return groups, features
 
 
-def _register(
-    name: str, size: str, is_logonet: bool, num_params: int, gmacs: float, paper: tuple[int, float, float]
-) -> None:
-    """``paper``: (Table 10 parameters, MACs in G at 1×96³, inference seconds per BTCV case on one GPU)."""
-    args = {**_COMMON, **(_LARGE if size == "L" else _NORMAL)}
+def _variant(
+    name: str,
+    size: str,
+    is_logonet: bool,
+    num_params: int,
+    gmacs: float,
+    paper: tuple[int, float, float],
+    aliases: tuple[str, ...] = (),
+) -> Variant:
+    """One row of the table below.
+
+    Args:
+        name: registry name; size: "N" (Normal) or "L" (Large); is_logonet: LoGoNet or ULKANet.
+        num_params / gmacs: measured once (FlopCounterMode on the meta device, batch 1, 1×96³);
+            tests re-measure them.
+        paper: Table 10's parameters, MACs in G at 1×96³, inference seconds per BTCV case on one GPU.
+        aliases: further names of the same configuration.
+    """
+    args = {**_ARGS, **(_LARGE if size == "L" else _NORMAL)}
     if is_logonet:
         args.update(_LARGE_LOCAL if size == "L" else _NORMAL_LOCAL, n_cubes=8)
-        first_conv = ("global_net.encoder.0.patch_embed.proj",) + tuple(
+        first_conv: str | tuple[str, ...] = ("global_net.encoder.0.patch_embed.proj",) + tuple(
             f"local_nets.{i}.encoder.0.patch_embed.proj" for i in range(8)
         )
         encoder_prefixes = ("global_net.encoder.",) + tuple(f"local_nets.{i}.encoder." for i in range(8))
@@ -752,49 +766,57 @@ def _register(
     param_groups, feature_info = _parts(args["dims"], len(args.get("local_dims", ())), is_logonet)
     size_word = "Large" if size == "L" else "Normal"
     family_word = "logonet" if is_logonet else "ulkanet"
-    register_model(
-        ModelSpec(
-            name=name,
-            family="logonet",
+    return Variant(
+        name,
+        model_args=args,
+        meta=ModelMeta(
+            num_params=num_params,
+            gmacs=gmacs,
+            paper_params=paper[0],
+            paper_gmacs=paper[1],
+            paper_inference_s=paper[2],
+            # Table 10's setting is the registered one: one 1×96³ crop, BTCV's 14 classes, eval.
+            paper_setting=dict(input_size=(1, 96, 96, 96)),
+            flops_convention=_FLOPS_CONVENTION,
+            calibrated_to_paper=(
+                "decoder_dims / local_decoder_dims and the output width were fitted to paper_params "
+                "and paper_gmacs of all four sizes together (see notes)"
+            ),
+        ),
+        aliases=dict.fromkeys(aliases),
+        spec=SpecFields(
             builder=_create_logonet if is_logonet else _create_ulkanet,
-            model_args=args,
-            paper=_PAPER,
-            weights=(),
-            default_tag=None,
-            input_size=(1, 96, 96, 96),
-            head_keys=("classifier.",),
             first_conv=first_conv,
             encoder_prefixes=encoder_prefixes,
-            no_weights_reason=_NO_WEIGHTS,
-            meta=dict(
-                num_params=num_params,
-                gmacs=gmacs,
-                paper_params=paper[0],
-                paper_gmacs=paper[1],
-                paper_inference_s=paper[2],
-                # Table 10's setting is the registered one: one 1×96³ crop, BTCV's 14 classes, eval.
-                paper_setting=dict(input_size=(1, 96, 96, 96)),
-                flops_convention=_FLOPS_CONVENTION,
-                calibrated_to_paper=(
-                    "decoder_dims / local_decoder_dims and the output width were fitted to paper_params "
-                    "and paper_gmacs of all four sizes together (see notes)"
-                ),
-            ),
             description=f"{_DESCRIPTION[family_word]} This is the {size_word} size (Table 9).{_SSL}",
-            results_md=_RESULTS,
             notes=_NOTES_COMMON + (_NOTES_LOGONET if is_logonet else ()),
             limitations=_LIMITATIONS_COMMON + (_LIMITATIONS_LOGONET if is_logonet else ()),
-            sliding_window=dict(roi_size=(96, 96, 96), overlap=0.5),
             param_groups=param_groups,
             feature_info=feature_info,
-        )
+        ),
     )
 
 
-# meta numbers measured once (FlopCounterMode on the meta device, batch 1, 1×96³); tests re-measure them.
-_register("ulkanet", "N", False, 40_142_958, 108.725, (40_200_000, 109.94, 3.45))
-_register("logonet", "N", True, 67_466_750, 253.299, (67_500_000, 246.96, 5.38))
-_register("ulkanet-l", "L", False, 120_915_982, 212.829, (121_200_000, 218.70, 5.06))
-_register("logonet-l", "L", True, 171_682_510, 474.445, (172_540_000, 487.65, 14.49))
-register_alias("ulkanet-b", "ulkanet")
-register_alias("logonet-b", "logonet")
+register_family(
+    "logonet",
+    SpecFields(
+        paper=_PAPER,
+        weights=(),
+        default_tag=None,
+        input_size=(1, 96, 96, 96),
+        head_keys=("classifier.",),
+        no_weights_reason=_NO_WEIGHTS,
+        results_md=_RESULTS,
+        sliding_window=dict(roi_size=(96, 96, 96), overlap=0.5),
+    ),
+    [
+        _variant(
+            "ulkanet", "N", False, 40_142_958, 108.725, (40_200_000, 109.94, 3.45), aliases=("ulkanet-b",)
+        ),
+        _variant(
+            "logonet", "N", True, 67_466_750, 253.299, (67_500_000, 246.96, 5.38), aliases=("logonet-b",)
+        ),
+        _variant("ulkanet-l", "L", False, 120_915_982, 212.829, (121_200_000, 218.70, 5.06)),
+        _variant("logonet-l", "L", True, 171_682_510, 474.445, (172_540_000, 487.65, 14.49)),
+    ],
+)

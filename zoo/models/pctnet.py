@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_alias, register_model
+from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, WeightSpec, register_family
 from zoo.layers import DropPath, Mlp, check_input, int_tuple, trunc_normal_
 from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
@@ -1014,239 +1014,243 @@ _FMU_FEATURES = tuple(
     for i, c in enumerate((32, 64, 128, 256, 512))
 )
 
-register_model(
-    ModelSpec(
-        name="pctnet",
-        family="pctnet",
-        builder=_create_pctnet,
-        model_args=dict(
-            in_chans=1,
-            num_classes=5,
-            img_size=(64, 128, 128),
-            feature_chns=(24, 48, 128, 256, 512),
-            dropout=(0.0, 0.0, 0.2, 0.2, 0.2),
-            resolution_mode=1,
-            depths=(2, 2, 2),
-            num_heads=(4, 8, 16),
-            window_sizes=(6, 6, 6),
-        ),
-        paper=_PAPER,
-        weights=(
-            WeightSpec(
-                tag="vf110k",
-                license="Apache-2.0",
-                pretraining=(
-                    "Volume Fusion (K=4, 5-class pseudo-segmentation) on PData-110k: 10,137 public CT + "
-                    "~103k private chest CT; 64×128×128 crops, batch 4, Adam 1e-3, 400k iterations (2023 "
-                    "release)"
-                ),
-                covers="full",
-                hf_hub_id="medzoo/pctnet-vf110k",
-                url="https://drive.google.com/uc?export=download&id=1jQc-2hhsp3EyZj54_KEJte85diUtW8Fg",
-                upstream_digest=None,
-                upstream_format=f"pctnet_pretrain.pt: {_PYMIC_FORMAT}",
-                redistributable=True,
+
+def _vf_weights(
+    hub_name: str,
+    pretraining: str,
+    *,
+    url: str,
+    file: str,
+    notes: str,
+    img_size: tuple[int, ...] | None = None,
+) -> WeightSpec:
+    """A released Volume Fusion checkpoint: the Apache-2.0 PyMIC files on Google Drive share the rest."""
+    return WeightSpec(
+        tag=hub_name.rsplit("-", 1)[1],
+        license="Apache-2.0",
+        pretraining=pretraining,
+        covers="full",
+        hf_hub_id=f"medzoo/{hub_name}",
+        url=url,
+        upstream_digest=None,
+        upstream_format=f"{file}: {_PYMIC_FORMAT}",
+        redistributable=True,
+        in_chans=1,
+        num_classes=5,
+        img_size=img_size,
+        preprocessing=_CT_PREPROCESSING,
+        notes=notes,
+    )
+
+
+_SHARED = SpecFields(
+    paper=_PAPER, input_size=(1, 64, 128, 128), sliding_window=dict(roi_size=(64, 128, 128), overlap=0.5)
+)
+
+register_family(
+    "pctnet",
+    _SHARED,
+    [
+        Variant(
+            "pctnet",
+            model_args=dict(
                 in_chans=1,
                 num_classes=5,
                 img_size=(64, 128, 128),
-                preprocessing=_CT_PREPROCESSING,
-                notes=(
-                    "2023 release (README fe4deec), Google Drive file pctnet_pretrain.pt. No digest is "
-                    "published upstream."
+                feature_chns=(24, 48, 128, 256, 512),
+                dropout=(0.0, 0.0, 0.2, 0.2, 0.2),
+                resolution_mode=1,
+                depths=(2, 2, 2),
+                num_heads=(4, 8, 16),
+                window_sizes=(6, 6, 6),
+            ),
+            meta=ModelMeta(
+                num_params=45_289_554,
+                gmacs=355.52,
+                flops_convention=(
+                    "none: the paper has no parameter or FLOP table. For reference, the spec measured the "
+                    "authors' code (demo config, class_num=2) at 45,287,730 parameters and 356.3 GMACs "
+                    "(fvcore, 1×64×128×128, deep-supervision heads on)"
+                ),
+                reference_params_demo=45_287_730,
+                reference_gmacs_fvcore=356.3,
+                reference_note=(
+                    "The paper reports no parameter count or FLOPs. reference_* are the spec's measurements "
+                    "of the authors' code (demo config, class_num=2, fvcore MACs at 1×64×128×128)."
                 ),
             ),
-            WeightSpec(
-                tag="vf10k",
-                license="Apache-2.0",
-                pretraining=(
-                    "Volume Fusion (K=4, 5-class pseudo-segmentation) on 'CT10k' = PData-10k (10,137 public "
-                    "CT scans of head-neck, chest, abdomen/whole body) (2024/25 release)"
+            aliases={"pctnet-vf110k": "vf110k", "pctnet-vf10k": "vf10k"},
+            spec=SpecFields(
+                builder=_create_pctnet,
+                weights=(
+                    _vf_weights(
+                        "pctnet-vf110k",
+                        "Volume Fusion (K=4, 5-class pseudo-segmentation) on PData-110k: 10,137 public CT + "
+                        "~103k private chest CT; 64×128×128 crops, batch 4, Adam 1e-3, 400k iterations (2023 "
+                        "release)",
+                        url="https://drive.google.com/uc?export=download&id=1jQc-2hhsp3EyZj54_KEJte85diUtW8Fg",
+                        file="pctnet_pretrain.pt",
+                        notes="2023 release (README fe4deec), Google Drive file pctnet_pretrain.pt. No "
+                        "digest is published upstream.",
+                        img_size=(64, 128, 128),
+                    ),
+                    _vf_weights(
+                        "pctnet-vf10k",
+                        "Volume Fusion (K=4, 5-class pseudo-segmentation) on 'CT10k' = PData-10k (10,137 "
+                        "public CT scans of head-neck, chest, abdomen/whole body) (2024/25 release)",
+                        # A file of the shared folder, picked by name (zoo.hub fetches folders via gdown).
+                        url=f"{_DRIVE_FOLDER_2024}#pctnet_ct10k_volf.pt",
+                        file="pctnet_ct10k_volf.pt",
+                        notes="2024/25 release: file pctnet_ct10k_volf.pt in the shared Google Drive "
+                        "folder of the MIS-FM README. No digest is published upstream.",
+                        img_size=(64, 128, 128),
+                    ),
                 ),
-                covers="full",
-                hf_hub_id="medzoo/pctnet-vf10k",
-                # A file of the shared folder, picked by name (zoo.hub fetches folders through gdown).
-                url=f"{_DRIVE_FOLDER_2024}#pctnet_ct10k_volf.pt",
-                upstream_digest=None,
-                upstream_format=f"pctnet_ct10k_volf.pt: {_PYMIC_FORMAT}",
-                redistributable=True,
+                default_tag="vf110k",
+                head_keys=_PCT_HEADS,
+                first_conv=("embeddings.0.proj", "embeddings.1.proj", "embeddings.2.proj"),
+                param_groups=_PCT_GROUPS,
+                feature_info=_PCT_FEATURES,
+                encoder_prefixes=(
+                    "embeddings.",
+                    "pyramid_ct.down3.",
+                    "pyramid_ct.down4.",
+                    "pyramid_ct.convtrans_e2.",
+                    "pyramid_ct.convtrans_e3.",
+                    "pyramid_ct.convtrans_e4.",
+                ),
+                description=(
+                    "PCT-Net (MIS-FM, Wang et al. 2023): a hybrid 3D segmentation network — a CNN embedding "
+                    "with a 2D (in-plane) level and a 3D level, a three-level encoder–decoder of parallel "
+                    "convolution and Swin-transformer (PCT) blocks, and a CNN prediction head with "
+                    "four-scale deep supervision — pretrained on CT with Volume Fusion, a "
+                    "pseudo-segmentation pretext task that predicts the fusion coefficient (5 classes) of "
+                    "each voxel of two blended sub-volumes. The default head has 5 classes, as in the "
+                    "released pretrained weights."
+                ),
+                results_md=_RESULTS_MD,
+                notes=(
+                    _NAMING_NOTE,
+                    "Default config = the released checkpoints: channels 24/48/128/256/512, resolution_mode "
+                    "1, window 6, heads 4/8/16, depths 2/2/2, num_classes 5 (Volume Fusion head, K+1); the "
+                    "code's default channels 32/64/… are not used.",
+                    "All three embedding/prediction-head variants (embeddings.0-2, pred_heads.0-2) are "
+                    "built, as in the reference, so the released state_dict loads strictly with nothing "
+                    "dropped; only index resolution_mode runs (1.09 M unused parameters, counted in "
+                    "num_params).",
+                    "Unused per-block LayerNorm (ConvTransBlock.norm_layer) is kept for strict key "
+                    "compatibility.",
+                    "Relative-position bias uses nnFormer's index (multipliers 17/11/1 for window 6, 291 of "
+                    "1331 table rows used); the index is a persistent buffer in the checkpoint and the "
+                    "converter checks it.",
+                    "Swin blocks pad the map at the end to a multiple of the window and do not mask padded "
+                    "tokens in unshifted windows; the shifted-window mask uses -100 (reproduced for parity).",
+                    "DropPath is 0.2 in every Swin block (the reference never overrides the default); the "
+                    "decoder PCT blocks reuse their encoder level's dropout (assumed; irrelevant in eval "
+                    "mode).",
+                    "head_keys name only the class-dependent pointwise convs (out_conv*.conv.2) of all 8 "
+                    "heads, so a new num_classes keeps the heads' pretrained BN/PReLU — what PyMIC's "
+                    "shape-filtered loading does.",
+                    "The paper calls the heads 'pointwise convolutions'; in the code they are pre-activated "
+                    "BN → PReLU → 1×1×1 conv.",
+                    "Deep supervision: forward returns [full res, level 1, pyramid level 2, pyramid level "
+                    "3] when deep_supervision=True (the reference's multiscale_pred); the 2025 repo's "
+                    "net_run.py turns it off for training too, the 2023 train.py kept it on.",
+                    _UNSPECIFIED_PREPROCESSING_NOTE,
+                ),
+                limitations=(
+                    "Takes inputs of exactly img_size (64×128×128 by default): the Swin blocks are built "
+                    "for a fixed feature-map size. Use sliding-window inference; building another img_size "
+                    "keeps the weights compatible only while every pyramid level stays larger than the 6³ "
+                    "window.",
+                    "Input must have the slice axis first (N, C, D, H, W): the first level convolves and "
+                    "pools in-plane only.",
+                    "The released checkpoints were not inspected (Google Drive, no digest); their format is "
+                    "inferred from PyMIC's save code. embeddings.0/2 and pred_heads.0/2 in them are probably "
+                    "untrained.",
+                    "Intensity normalisation of the pretraining is undocumented; a mismatch degrades "
+                    "transfer.",
+                ),
+            ),
+        ),
+        Variant(
+            "fmunet",
+            model_args=dict(
                 in_chans=1,
                 num_classes=5,
-                img_size=(64, 128, 128),
-                preprocessing=_CT_PREPROCESSING,
+                feature_chns=(32, 64, 128, 256, 512),
+                dropout=0.2,
+                depth=2,
+                res_mode=0,
+            ),
+            meta=ModelMeta(
+                num_params=47_371_572,
+                gmacs=352.93,
+                flops_convention=(
+                    "none: no paper reports FMUNet's size. For reference, the spec measured the authors' "
+                    "code (demo config, class_num=2) at 47,332,680 parameters and 352.0 GMACs (fvcore, "
+                    "1×64×128×128)"
+                ),
+                reference_params_demo=47_332_680,
+                reference_gmacs_fvcore=352.0,
+                reference_note=(
+                    "No paper reports FMUNet's size. reference_* are the spec's measurements of the authors' "
+                    "code (demo config, class_num=2, fvcore MACs at 1×64×128×128)."
+                ),
+            ),
+            aliases={"fmunet-vf1k": "vf1k"},
+            spec=SpecFields(
+                builder=_create_fmunet,
+                weights=(
+                    _vf_weights(
+                        "fmunet-vf1k",
+                        "Volume Fusion (5-class pseudo-segmentation) on AbdomenCT-1K (2024/25 MIS-FM "
+                        "release)",
+                        # The cfg loads fmunet_abd1k_volf.pt, the README table says abk1k: first found wins.
+                        url=f"{_DRIVE_FOLDER_2024}#fmunet_abd1k_volf.pt,fmunet_abk1k_volf.pt",
+                        file="fmunet_abd1k_volf.pt",
+                        notes="2024/25 release: file fmunet_abd1k_volf.pt (the README table spells it "
+                        "fmunet_abk1k_volf.pt) in the shared Google Drive folder of the MIS-FM README. No "
+                        "digest is published upstream.",
+                    ),
+                ),
+                default_tag="vf1k",
+                head_keys=tuple(f"out_layers.{i}.2." for i in range(4)),
+                first_conv="project",
+                param_groups=_FMU_GROUPS,
+                feature_info=_FMU_FEATURES,
+                encoder_prefixes=("project.", "encoder."),
+                description=(
+                    "FMUNet: the 'modified 3D U-Net' released with MIS-FM — five levels (32–512 channels) of "
+                    "residual pre-activated convolutions (InstanceNorm → LeakyReLU → conv), strided-conv "
+                    "downsampling, 1×1-conv + trilinear upsampling, and 3×3×3 output heads at four scales; "
+                    "pretrained with Volume Fusion on AbdomenCT-1K. The default head has 5 classes, as in "
+                    "the released weights."
+                ),
+                results_md=_FMUNET_RESULTS_MD,
                 notes=(
-                    "2024/25 release: file pctnet_ct10k_volf.pt in the shared Google Drive folder of "
-                    "the MIS-FM README. No digest is published upstream."
+                    "FMUNet is not in the MIS-FM paper; it is the 'modified 3D UNet' of the authors' 2025 "
+                    "journal paper, released in the MIS-FM repo (net/fmunet.py, identical to PyMIC's).",
+                    "Its heads are 3×3×3 convs (not pointwise as PCT-Net's); out_layers.1-3 are built and "
+                    "loaded even when deep_supervision=False.",
+                    "num_classes=5 for the released weights is inferred from the Volume Fusion pretext task "
+                    "(K=4); the checkpoint was not inspected.",
+                    "weights_load_mode='encoder' in the reference keeps project.*/encoder.* keys: "
+                    "encoder_prefixes.",
+                    "head_keys name only the class-dependent convs (out_layers.i.2), so a new num_classes "
+                    "keeps the heads' pretrained InstanceNorm affine — what PyMIC's shape-filtered loading "
+                    "does.",
+                    _UNSPECIFIED_PREPROCESSING_NOTE,
+                ),
+                limitations=(
+                    "Spatial size must be divisible by 16 on each axis (res_mode 0); pad or use sliding "
+                    "windows.",
+                    "The released checkpoint was not inspected (Google Drive folder, no digest, file name "
+                    "differs between README and config).",
+                    "Intensity normalisation of the pretraining is undocumented; a mismatch degrades "
+                    "transfer.",
                 ),
             ),
         ),
-        default_tag="vf110k",
-        input_size=(1, 64, 128, 128),
-        head_keys=_PCT_HEADS,
-        first_conv=("embeddings.0.proj", "embeddings.1.proj", "embeddings.2.proj"),
-        param_groups=_PCT_GROUPS,
-        feature_info=_PCT_FEATURES,
-        encoder_prefixes=(
-            "embeddings.",
-            "pyramid_ct.down3.",
-            "pyramid_ct.down4.",
-            "pyramid_ct.convtrans_e2.",
-            "pyramid_ct.convtrans_e3.",
-            "pyramid_ct.convtrans_e4.",
-        ),
-        meta=dict(
-            num_params=45_289_554,
-            gmacs=355.52,
-            flops_convention=(
-                "none: the paper has no parameter or FLOP table. For reference, the spec measured the "
-                "authors' code (demo config, class_num=2) at 45,287,730 parameters and 356.3 GMACs (fvcore, "
-                "1×64×128×128, deep-supervision heads on)"
-            ),
-            reference_params_demo=45_287_730,
-            reference_gmacs_fvcore=356.3,
-            reference_note=(
-                "The paper reports no parameter count or FLOPs. reference_* are the spec's measurements of "
-                "the authors' code (demo config, class_num=2, fvcore MACs at 1×64×128×128)."
-            ),
-        ),
-        description=(
-            "PCT-Net (MIS-FM, Wang et al. 2023): a hybrid 3D segmentation network — a CNN embedding with a "
-            "2D (in-plane) level and a 3D level, a three-level encoder–decoder of parallel convolution and "
-            "Swin-transformer (PCT) blocks, and a CNN prediction head with four-scale deep supervision — "
-            "pretrained on CT with Volume Fusion, a pseudo-segmentation pretext task that predicts the "
-            "fusion coefficient (5 classes) of each voxel of two blended sub-volumes. The default head has "
-            "5 classes, as in the released pretrained weights."
-        ),
-        results_md=_RESULTS_MD,
-        notes=(
-            _NAMING_NOTE,
-            "Default config = the released checkpoints: channels 24/48/128/256/512, resolution_mode 1, "
-            "window 6, heads 4/8/16, depths 2/2/2, num_classes 5 (Volume Fusion head, K+1); the code's "
-            "default channels 32/64/… are not used.",
-            "All three embedding/prediction-head variants (embeddings.0-2, pred_heads.0-2) are built, as in "
-            "the reference, so the released state_dict loads strictly with nothing dropped; only index "
-            "resolution_mode runs (1.09 M unused parameters, counted in num_params).",
-            "Unused per-block LayerNorm (ConvTransBlock.norm_layer) is kept for strict key compatibility.",
-            "Relative-position bias uses nnFormer's index (multipliers 17/11/1 for window 6, 291 of 1331 "
-            "table rows used); the index is a persistent buffer in the checkpoint and the converter checks "
-            "it.",
-            "Swin blocks pad the map at the end to a multiple of the window and do not mask padded tokens "
-            "in unshifted windows; the shifted-window mask uses -100 (reproduced for parity).",
-            "DropPath is 0.2 in every Swin block (the reference never overrides the default); the decoder "
-            "PCT blocks reuse their encoder level's dropout (assumed; irrelevant in eval mode).",
-            "head_keys name only the class-dependent pointwise convs (out_conv*.conv.2) of all 8 heads, so "
-            "a new num_classes keeps the heads' pretrained BN/PReLU — what PyMIC's shape-filtered loading "
-            "does.",
-            "The paper calls the heads 'pointwise convolutions'; in the code they are pre-activated BN → "
-            "PReLU → 1×1×1 conv.",
-            "Deep supervision: forward returns [full res, level 1, pyramid level 2, pyramid level 3] when "
-            "deep_supervision=True (the reference's multiscale_pred); the 2025 repo's net_run.py turns it "
-            "off for training too, the 2023 train.py kept it on.",
-            _UNSPECIFIED_PREPROCESSING_NOTE,
-        ),
-        limitations=(
-            "Takes inputs of exactly img_size (64×128×128 by default): the Swin blocks are built for a "
-            "fixed feature-map size. Use sliding-window inference; building another img_size keeps the "
-            "weights compatible only while every pyramid level stays larger than the 6³ window.",
-            "Input must have the slice axis first (N, C, D, H, W): the first level convolves and pools "
-            "in-plane only.",
-            "The released checkpoints were not inspected (Google Drive, no digest); their format is "
-            "inferred from PyMIC's save code. embeddings.0/2 and pred_heads.0/2 in them are probably "
-            "untrained.",
-            "Intensity normalisation of the pretraining is undocumented; a mismatch degrades transfer.",
-        ),
-        sliding_window=dict(roi_size=(64, 128, 128), overlap=0.5),
-    )
+    ],
 )
-
-register_model(
-    ModelSpec(
-        name="fmunet",
-        family="pctnet",
-        builder=_create_fmunet,
-        model_args=dict(
-            in_chans=1,
-            num_classes=5,
-            feature_chns=(32, 64, 128, 256, 512),
-            dropout=0.2,
-            depth=2,
-            res_mode=0,
-        ),
-        paper=_PAPER,
-        weights=(
-            WeightSpec(
-                tag="vf1k",
-                license="Apache-2.0",
-                pretraining=(
-                    "Volume Fusion (5-class pseudo-segmentation) on AbdomenCT-1K (2024/25 MIS-FM release)"
-                ),
-                covers="full",
-                hf_hub_id="medzoo/fmunet-vf1k",
-                # The cfg loads fmunet_abd1k_volf.pt, the README table says abk1k: the first found wins.
-                url=f"{_DRIVE_FOLDER_2024}#fmunet_abd1k_volf.pt,fmunet_abk1k_volf.pt",
-                upstream_digest=None,
-                upstream_format=f"fmunet_abd1k_volf.pt: {_PYMIC_FORMAT}",
-                redistributable=True,
-                in_chans=1,
-                num_classes=5,
-                preprocessing=_CT_PREPROCESSING,
-                notes=(
-                    "2024/25 release: file fmunet_abd1k_volf.pt (the README table spells it "
-                    "fmunet_abk1k_volf.pt) in the shared Google Drive folder of the MIS-FM README. No "
-                    "digest is published upstream."
-                ),
-            ),
-        ),
-        default_tag="vf1k",
-        input_size=(1, 64, 128, 128),
-        head_keys=tuple(f"out_layers.{i}.2." for i in range(4)),
-        first_conv="project",
-        param_groups=_FMU_GROUPS,
-        feature_info=_FMU_FEATURES,
-        encoder_prefixes=("project.", "encoder."),
-        meta=dict(
-            num_params=47_371_572,
-            gmacs=352.93,
-            flops_convention=(
-                "none: no paper reports FMUNet's size. For reference, the spec measured the authors' code "
-                "(demo config, class_num=2) at 47,332,680 parameters and 352.0 GMACs (fvcore, 1×64×128×128)"
-            ),
-            reference_params_demo=47_332_680,
-            reference_gmacs_fvcore=352.0,
-            reference_note=(
-                "No paper reports FMUNet's size. reference_* are the spec's measurements of the authors' "
-                "code (demo config, class_num=2, fvcore MACs at 1×64×128×128)."
-            ),
-        ),
-        description=(
-            "FMUNet: the 'modified 3D U-Net' released with MIS-FM — five levels (32–512 channels) of "
-            "residual pre-activated convolutions (InstanceNorm → LeakyReLU → conv), strided-conv "
-            "downsampling, 1×1-conv + trilinear upsampling, and 3×3×3 output heads at four scales; "
-            "pretrained with Volume Fusion on AbdomenCT-1K. The default head has 5 classes, as in the "
-            "released weights."
-        ),
-        results_md=_FMUNET_RESULTS_MD,
-        notes=(
-            "FMUNet is not in the MIS-FM paper; it is the 'modified 3D UNet' of the authors' 2025 journal "
-            "paper, released in the MIS-FM repo (net/fmunet.py, identical to PyMIC's).",
-            "Its heads are 3×3×3 convs (not pointwise as PCT-Net's); out_layers.1-3 are built and loaded "
-            "even when deep_supervision=False.",
-            "num_classes=5 for the released weights is inferred from the Volume Fusion pretext task (K=4); "
-            "the checkpoint was not inspected.",
-            "weights_load_mode='encoder' in the reference keeps project.*/encoder.* keys: encoder_prefixes.",
-            "head_keys name only the class-dependent convs (out_layers.i.2), so a new num_classes keeps the "
-            "heads' pretrained InstanceNorm affine — what PyMIC's shape-filtered loading does.",
-            _UNSPECIFIED_PREPROCESSING_NOTE,
-        ),
-        limitations=(
-            "Spatial size must be divisible by 16 on each axis (res_mode 0); pad or use sliding windows.",
-            "The released checkpoint was not inspected (Google Drive folder, no digest, file name differs "
-            "between README and config).",
-            "Intensity normalisation of the pretraining is undocumented; a mismatch degrades transfer.",
-        ),
-        sliding_window=dict(roi_size=(64, 128, 128), overlap=0.5),
-    )
-)
-
-register_alias("pctnet-vf110k", "pctnet.vf110k")
-register_alias("pctnet-vf10k", "pctnet.vf10k")
-register_alias("fmunet-vf1k", "fmunet.vf1k")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo._registry import ModelSpec, PaperInfo, WeightSpec, register_model
+from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, WeightSpec, register_family
 from zoo.layers import DropPath, InvalidArgumentError, Mlp
 from zoo.layers.tracing import is_tracing
 from zoo.layers.window_attention_3d import (
@@ -721,6 +721,23 @@ _SSL_METHOD = (
     "network's encoder."
 )
 
+
+def _zscore_prep(
+    spacing: float, roi: int, *, channel_wise: bool = False, channels: list[str] | None = None, **text: str
+) -> dict:
+    """The released encoders' preprocessing: RAS, isotropic spacing, foreground crop, nonzero z-score."""
+    prep: dict = {"orientation": "RAS", "spacing_mm": [spacing] * 3}
+    if channels:
+        prep["channels"] = channels
+    prep["crop_foreground"] = text.get("crop_foreground", "image > 0")
+    prep["intensity"] = text.get(
+        "intensity", "z-score over nonzero voxels" + (", channel-wise" if channel_wise else "")
+    )
+    prep["intensity_transform"] = {"kind": "zscore", "nonzero": True, "channel_wise": channel_wise}
+    prep["roi_size"] = [roi] * 3
+    return prep
+
+
 # tag → (upstream dataset dir, in_chans, img_size, pretraining sentence, preprocessing)
 _SSL_DATA = {
     "ct-ssl": (
@@ -730,72 +747,42 @@ _SSL_DATA = {
         "CT-SSL: 3,597 public TCIA CT scans (CT Lymph Nodes, CT Colonography, COVID-19-AR, "
         "MIDRC-RICORD-1A/1B, Pelvic Reference Data, Stage II Colorectal CT, LIDC; 100 held out), "
         "96³ crops, 150 epochs.",
-        {
-            "orientation": "RAS",
-            "spacing_mm": [1.0, 1.0, 1.0],
-            "crop_foreground": "image > 0, margin 1",
-            "intensity": "z-score of raw HU over nonzero voxels (no HU clipping)",
-            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": False},
-            "roi_size": [96, 96, 96],
-        },
+        _zscore_prep(
+            1.0,
+            96,
+            crop_foreground="image > 0, margin 1",
+            intensity="z-score of raw HU over nonzero voxels (no HU clipping)",
+        ),
     ),
     "brats-ssl": (
         "BraTS-SSL",
         4,
         (128, 128, 128),
         "BraTS 2021 training split (in-task), 4 MRI modalities, 128³ crops, 350 epochs.",
-        {
-            "orientation": "RAS",
-            "spacing_mm": [1.0, 1.0, 1.0],
-            "channels": ["T1 (t1n)", "T1ce (t1c)", "T2 (t2w)", "FLAIR (t2f)"],
-            "crop_foreground": "image > 0",
-            "intensity": "z-score over nonzero voxels, channel-wise",
-            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": True},
-            "roi_size": [128, 128, 128],
-        },
+        _zscore_prep(
+            1.0, 128, channel_wise=True, channels=["T1 (t1n)", "T1ce (t1c)", "T2 (t2w)", "FLAIR (t2f)"]
+        ),
     ),
     "msd-task02-ssl": (
         "MSD-SSL-Task02",
         1,
         (96, 96, 96),
         "MSD Task02 Heart MRI (in-task), 96³ crops, 350 epochs.",
-        {
-            "orientation": "RAS",
-            "spacing_mm": [1.0, 1.0, 1.0],
-            "crop_foreground": "image > 0",
-            "intensity": "z-score over nonzero voxels",
-            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": False},
-            "roi_size": [96, 96, 96],
-        },
+        _zscore_prep(1.0, 96),
     ),
     "msd-task04-ssl": (
         "MSD-SSL-Task04",
         1,
         (96, 96, 96),
         "MSD Task04 Hippocampus MRI (in-task, upsampled to 0.2 mm), 96³ crops, 350 epochs.",
-        {
-            "orientation": "RAS",
-            "spacing_mm": [0.2, 0.2, 0.2],
-            "crop_foreground": "image > 0",
-            "intensity": "z-score over nonzero voxels",
-            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": False},
-            "roi_size": [96, 96, 96],
-        },
+        _zscore_prep(0.2, 96),
     ),
     "msd-task05-ssl": (
         "MSD-SSL-Task05",
         2,
         (96, 96, 96),
         "MSD Task05 Prostate MRI (in-task, T2 + ADC), 96³ crops, 350 epochs.",
-        {
-            "orientation": "RAS",
-            "spacing_mm": [0.5, 0.5, 0.5],
-            "channels": ["T2", "ADC"],
-            "crop_foreground": "image > 0",
-            "intensity": "z-score over nonzero voxels, channel-wise",
-            "intensity_transform": {"kind": "zscore", "nonzero": True, "channel_wise": True},
-            "roi_size": [96, 96, 96],
-        },
+        _zscore_prep(0.5, 96, channel_wise=True, channels=["T2", "ADC"]),
     ),
 }
 
@@ -893,41 +880,28 @@ def _create(**kwargs) -> QTUNet:
     return QTUNet(**kwargs)
 
 
-# name → (embed dim, decoder, merge_depth, paper params (M), paper GFLOPs (= fvcore MACs), label)
-_VARIANTS = {
-    "qtunet-t": (48, "qt", True, 6.4, 32.5, "QT-UNet-T"),
-    "qtunet-s": (72, "qt", True, 14.5, 61.3, "QT-UNet-S"),
-    "qtunet-b": (96, "qt", True, 25.5, 98.5, "QT-UNet-B"),
-    "qtunet-a-t": (48, "qt", False, 5.9, 47.7, "QT-UNet-A-T"),
-    "qtunet-a-s": (72, "qt", False, 12.8, 91.2, "QT-UNet-A-S"),
-    "qtunet-a-b": (96, "qt", False, 22.4, 147.8, "QT-UNet-A-B"),
-    "vtunet-t": (48, "vt", False, 5.4, 52.0, "VT-UNet-T"),
-    "vtunet-s": (72, "vt", False, 11.8, 100.8, "VT-UNet-S"),
-    "vtunet-b": (96, "vt", False, 20.8, 165.0, "VT-UNet-B"),
-    "vtunet-a-t": (48, "vt", True, 6.2, 35.0, "VT-UNet-A-T"),
-    "vtunet-a-s": (72, "vt", True, 13.5, 67.0, "VT-UNet-A-S"),
-    "vtunet-a-b": (96, "vt", True, 23.9, 108.7, "VT-UNet-A-B"),
-}
-
-# Measured here: exact trainable parameters of the default config (1×96³ → 14), and
-# FlopCounterMode MACs (G) at 1×96³ → 14 and at the paper's BraTS config 4×128³ → 3. The
-# BraTS figures are ~1–2 % below the paper's fvcore counts, which also count LayerNorms.
-_MEASURED: dict[str, tuple[int, float, float]] = {
-    "qtunet-t": (6_638_430, 12.382, 31.819),
-    "qtunet-s": (14_496_486, 23.236, 60.338),
-    "qtunet-b": (25_490_286, 37.197, 97.263),
-    "qtunet-a-t": (5_861_598, 17.132, 46.971),
-    "qtunet-a-s": (12_750_630, 32.743, 90.126),
-    "qtunet-a-b": (22_388_334, 53.049, 146.395),
-    "vtunet-t": (5_378_220, 19.360, 51.255),
-    "vtunet-s": (11_781_396, 37.755, 99.766),
-    "vtunet-b": (20_739_708, 61.960, 163.532),
-    "vtunet-a-t": (6_155_052, 13.663, 34.335),
-    "vtunet-a-s": (13_527_252, 26.117, 65.999),
-    "vtunet-a-b": (23_841_660, 42.320, 107.328),
-}
-
 _SIZE_DIR = {48: "Tiny", 72: "Small", 96: "Base"}
+
+_KIND = {
+    ("qt", True): "QT-UNet, the proposed model: patch merging and expansion in D, H and W",
+    ("qt", False): "QT-UNet-A, an ablation of QT-UNet with patch merging and expansion in H and W only",
+    ("vt", False): "VT-UNet (Peiris et al.) as re-implemented by the QT-UNet authors: "
+    "patch merging and expansion in H and W only",
+    ("vt", True): "VT-UNet-A, an ablation of VT-UNet with patch merging and expansion in D, H and W",
+}
+
+_LIMITATIONS = (
+    "Fixed input size: the network accepts only img_size (a multiple of 32 with H == W); "
+    "use sliding-window inference (overlap 0.5 as the authors) for whole volumes.",
+    "The authors report poor results on BTCV and MSD (all QT-UNet variants scored 0 on "
+    "MSD Task07 pancreas after training collapsed).",
+)
+_LIMITATIONS_WEIGHTS = (
+    "Published weights cover the encoder only (self-supervised); the decoder and "
+    "head are newly initialised and must be fine-tuned.",
+    "The authors report that Base pretraining on CT-SSL probably collapsed.",
+    "The upstream repository has no licence file; weights are fetched from it, not redistributed.",
+)
 
 
 def _parts(dim: int, is_qt: bool) -> tuple[dict, tuple]:
@@ -949,106 +923,132 @@ def _parts(dim: int, is_qt: bool) -> tuple[dict, tuple]:
     return groups, features
 
 
-for _name, (_dim, _dec, _md, _pp, _pg, _label) in _VARIANTS.items():
-    _is_qt = _dec == "qt"
-    _weights = _ssl_weights(_SIZE_DIR[_dim]) if _name in ("qtunet-t", "qtunet-s", "qtunet-b") else ()
-    _num, _gmacs, _gmacs_brats = _MEASURED[_name]
-    _kind = {
-        ("qt", True): "QT-UNet, the proposed model: patch merging and expansion in D, H and W",
-        ("qt", False): "QT-UNet-A, an ablation of QT-UNet with patch merging and expansion in H and W only",
-        ("vt", False): "VT-UNet (Peiris et al.) as re-implemented by the QT-UNet authors: "
-        "patch merging and expansion in H and W only",
-        ("vt", True): "VT-UNet-A, an ablation of VT-UNet with patch merging and expansion in D, H and W",
-    }[(_dec, _md)]
-    _decoder_text = (
+def _variant(
+    name: str,
+    label: str,
+    dim: int,
+    decoder: str,
+    merge_depth: bool,
+    paper: tuple[float, float],
+    measured: tuple[int, float, float],
+    weights: bool = False,
+) -> Variant:
+    """One row of the table below.
+
+    Args:
+        name: registry name; label: the paper's name for it.
+        dim / decoder / merge_depth: embed dim, "qt" or "vt", patch merging in D too.
+        paper: Table 19's parameters (M) and GFLOPs (= fvcore MACs), BraTS config.
+        measured: exact trainable parameters of the default config (1×96³ → 14), and
+            FlopCounterMode MACs (G) at 1×96³ → 14 and at the paper's BraTS config 4×128³ → 3
+            (~1–2 % below the paper's fvcore counts, which also count LayerNorms).
+        weights: whether the authors released its SSL encoders (QT-UNet T/S/B only).
+    """
+    is_qt = decoder == "qt"
+    num, gmacs, gmacs_brats = measured
+    ssl = _ssl_weights(_SIZE_DIR[dim]) if weights else ()
+    param_groups, feature_info = _parts(dim, is_qt)
+    decoder_text = (
         "Its decoder blocks make their own keys and values from the same-stage encoder skip "
         '("self-querying" window cross-attention, post-norm blocks).'
-        if _is_qt
+        if is_qt
         else "Its decoder blocks reuse the keys and values computed inside the mirrored encoder "
         "blocks and fuse self- and cross-attention branches 0.5/0.5 with a fixed position code."
     )
-    register_model(
-        ModelSpec(
-            name=_name,
-            family="qtunet",
-            builder=_create,
-            model_args=dict(
-                embed_dim=_dim,
-                decoder=_dec,
-                merge_depth=_md,
-                in_chans=1,
-                num_classes=14,
-                img_size=(96, 96, 96),
+    return Variant(
+        name,
+        model_args=dict(
+            embed_dim=dim,
+            decoder=decoder,
+            merge_depth=merge_depth,
+            in_chans=1,
+            num_classes=14,
+            img_size=(96, 96, 96),
+        ),
+        meta=ModelMeta(
+            num_params=num,
+            gmacs=gmacs,
+            gmacs_brats=gmacs_brats,
+            # The paper's params and FLOPs are for the BraTS config (4 channels in, 3 out):
+            # compare them with params_brats / gmacs_brats. Only the patch embedding
+            # (C·64 per input channel) and the head (C per class) depend on the config.
+            params_brats=num + dim * (64 * 3 - 11),
+            paper_setting_params=num + dim * (64 * 3 - 11),
+            paper_setting_gmacs=gmacs_brats,
+            # What `zoo bench` builds to compare with the paper's table (see flops_convention).
+            paper_setting=dict(
+                input_size=(4, 128, 128, 128),
+                model_args=dict(in_chans=4, num_classes=3, img_size=(128, 128, 128)),
+                train_mode=True,
             ),
-            paper=_PAPER,
-            weights=_weights,
-            default_tag="ct-ssl" if _weights else None,
-            input_size=(1, 96, 96, 96),
-            head_keys=("output.",),
-            first_conv="encoder.patch_embed.proj" if _is_qt else "patch_embed.proj",
-            encoder_prefixes=("encoder.",) if _is_qt else ("patch_embed.", "layers.", "norm."),
-            param_groups=_parts(_dim, _is_qt)[0],
-            feature_info=_parts(_dim, _is_qt)[1],
+            paper_params=int(round(paper[0] * 1e6)),
+            paper_gmacs=paper[1],
+            flops_convention=_FLOPS_CONVENTION,
+            gmacs_convention="torch.utils.flop_counter.FlopCounterMode flops / 2, eval, batch 1",
+        ),
+        spec=SpecFields(
+            weights=ssl,
+            default_tag="ct-ssl" if ssl else None,
+            first_conv="encoder.patch_embed.proj" if is_qt else "patch_embed.proj",
+            encoder_prefixes=("encoder.",) if is_qt else ("patch_embed.", "layers.", "norm."),
+            param_groups=param_groups,
+            feature_info=feature_info,
             no_weights_reason=None
-            if _weights
+            if ssl
             else "The authors released self-supervised encoder checkpoints for QT-UNet (T/S/B) only; "
             "no weights of the ablation and VT-UNet baselines were published.",
-            meta=dict(
-                num_params=_num,
-                gmacs=_gmacs,
-                gmacs_brats=_gmacs_brats,
-                # The paper's params and FLOPs are for the BraTS config (4 channels in, 3 out):
-                # compare them with params_brats / gmacs_brats. Only the patch embedding
-                # (C·64 per input channel) and the head (C per class) depend on the config.
-                params_brats=_num + _dim * (64 * 3 - 11),
-                paper_setting_params=_num + _dim * (64 * 3 - 11),
-                paper_setting_gmacs=_gmacs_brats,
-                # What `zoo bench` builds to compare with the paper's table (see flops_convention).
-                paper_setting=dict(
-                    input_size=(4, 128, 128, 128),
-                    model_args=dict(in_chans=4, num_classes=3, img_size=(128, 128, 128)),
-                    train_mode=True,
-                ),
-                paper_params=int(round(_pp * 1e6)),
-                paper_gmacs=_pg,
-                flops_convention=_FLOPS_CONVENTION,
-                gmacs_convention="torch.utils.flop_counter.FlopCounterMode flops / 2, eval, batch 1",
-            ),
             description=(
-                f"{_label}: {_kind}. An all-Swin-Transformer 3D U-Net (embed dim {_dim}; 4³ patches; "
-                "stages of depth 2, 2, 2, 1 with 3, 6, 12, 24 heads; 7³ shifted windows). "
-                f"{_decoder_text} Outputs raw logits at input resolution; it takes exactly its "
+                f"{label}: {_KIND[(decoder, merge_depth)]}. An all-Swin-Transformer 3D U-Net (embed dim "
+                f"{dim}; 4³ patches; stages of depth 2, 2, 2, 1 with 3, 6, 12, 24 heads; 7³ shifted "
+                "windows). "
+                f"{decoder_text} Outputs raw logits at input resolution; it takes exactly its "
                 "img_size (96³ by default, the BTCV/CT crop), so whole volumes go through "
                 "sliding-window inference."
             ),
-            results_md=_TABLE19 + ("\n" + _TABLE8 if _is_qt and _md else ""),
+            results_md=_TABLE19 + ("\n" + _TABLE8 if is_qt and merge_depth else ""),
             notes=_COMMON_NOTES
-            + (_QT_NOTES if _is_qt else _VT_NOTES)
+            + (_QT_NOTES if is_qt else _VT_NOTES)
             + (
                 (
                     "Paper Table 19 gives 6.4 M parameters for QT-UNet-T; the code has 6.65 M at the "
                     "BraTS config (the paper's figure looks wrong; 11 of 12 others match).",
                 )
-                if _name == "qtunet-t"
+                if name == "qtunet-t"
                 else ()
             ),
-            limitations=(
-                "Fixed input size: the network accepts only img_size (a multiple of 32 with H == W); "
-                "use sliding-window inference (overlap 0.5 as the authors) for whole volumes.",
-                "The authors report poor results on BTCV and MSD (all QT-UNet variants scored 0 on "
-                "MSD Task07 pancreas after training collapsed).",
-            )
-            + (
-                (
-                    "Published weights cover the encoder only (self-supervised); the decoder and "
-                    "head are newly initialised and must be fine-tuned.",
-                    "The authors report that Base pretraining on CT-SSL probably collapsed.",
-                    "The upstream repository has no licence file; weights are fetched from it, "
-                    "not redistributed.",
-                )
-                if _weights
-                else ("No pretrained weights exist: train from scratch.",)
-            ),
-            sliding_window=dict(roi_size=(96, 96, 96), overlap=0.5),
-        )
+            limitations=_LIMITATIONS
+            + (_LIMITATIONS_WEIGHTS if ssl else ("No pretrained weights exist: train from scratch.",)),
+        ),
     )
+
+
+register_family(
+    "qtunet",
+    SpecFields(
+        builder=_create,
+        paper=_PAPER,
+        input_size=(1, 96, 96, 96),
+        head_keys=("output.",),
+        sliding_window=dict(roi_size=(96, 96, 96), overlap=0.5),
+    ),
+    [
+        _variant(
+            "qtunet-t", "QT-UNet-T", 48, "qt", True, (6.4, 32.5), (6_638_430, 12.382, 31.819), weights=True
+        ),
+        _variant(
+            "qtunet-s", "QT-UNet-S", 72, "qt", True, (14.5, 61.3), (14_496_486, 23.236, 60.338), weights=True
+        ),
+        _variant(
+            "qtunet-b", "QT-UNet-B", 96, "qt", True, (25.5, 98.5), (25_490_286, 37.197, 97.263), weights=True
+        ),
+        _variant("qtunet-a-t", "QT-UNet-A-T", 48, "qt", False, (5.9, 47.7), (5_861_598, 17.132, 46.971)),
+        _variant("qtunet-a-s", "QT-UNet-A-S", 72, "qt", False, (12.8, 91.2), (12_750_630, 32.743, 90.126)),
+        _variant("qtunet-a-b", "QT-UNet-A-B", 96, "qt", False, (22.4, 147.8), (22_388_334, 53.049, 146.395)),
+        _variant("vtunet-t", "VT-UNet-T", 48, "vt", False, (5.4, 52.0), (5_378_220, 19.360, 51.255)),
+        _variant("vtunet-s", "VT-UNet-S", 72, "vt", False, (11.8, 100.8), (11_781_396, 37.755, 99.766)),
+        _variant("vtunet-b", "VT-UNet-B", 96, "vt", False, (20.8, 165.0), (20_739_708, 61.960, 163.532)),
+        _variant("vtunet-a-t", "VT-UNet-A-T", 48, "vt", True, (6.2, 35.0), (6_155_052, 13.663, 34.335)),
+        _variant("vtunet-a-s", "VT-UNet-A-S", 72, "vt", True, (13.5, 67.0), (13_527_252, 26.117, 65.999)),
+        _variant("vtunet-a-b", "VT-UNet-A-B", 96, "vt", True, (23.9, 108.7), (23_841_660, 42.320, 107.328)),
+    ],
+)

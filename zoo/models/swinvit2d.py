@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from zoo._registry import ModelSpec, PaperInfo, register_alias, register_model
+from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, register_family
 
 if TYPE_CHECKING:
     from zoo.models._swinvit2d_net import SwinUNETR2d, SwinViT2d, SwinViT2dSimSiam
@@ -120,15 +120,9 @@ _SIMSIAM_RECIPE = {
     "ShiftIntensity ±0.1 p.75, GaussianSmooth σ∈[0.25,1.5] p.25, GaussianNoise σ=0.01 p.25",
 }
 
-_BACKBONE_ARGS = dict(
-    in_chans=1,
-    embed_dim=48,
-    depths=(2, 2, 2, 2),
-    num_heads=(3, 6, 12, 24),
-    window_size=7,
-    patch_size=2,
-    img_size=(96, 96),
-)
+# The Swin layout every thesis run uses, for the encoder alone and inside Swin-UNETR.
+_SWIN = dict(depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7, patch_size=2, img_size=(96, 96))
+_BACKBONE_ARGS = dict(in_chans=1, embed_dim=48, **_SWIN)
 
 
 def _no_head(name: str, kwargs: dict) -> dict:
@@ -179,136 +173,131 @@ def _create_segmenter(**kwargs: Any) -> SwinUNETR2d:
     return SwinUNETR2d(**kwargs)
 
 
-register_model(
-    ModelSpec(
-        name="swinvit2d-c48",
-        family="swinvit2d",
-        builder=_create_backbone,
-        model_args=dict(_BACKBONE_ARGS),
-        paper=_PAPER,
-        input_size=(1, 96, 96),
-        first_conv="model.patch_embed.proj",
-        param_groups=_BACKBONE_GROUPS,
-        feature_info=_BACKBONE_FEATURES,
-        encoder_prefixes=("model.",),
-        no_weights_reason=_NO_WEIGHTS,
-        meta=dict(num_params=6_306_810, gmacs=0.63168, preprocessing=_PREPROCESSING),
-        description=(
-            "The 2D Swin-UNETR encoder (MONAI SwinTransformer, C=48, depths 2-2-2-2, heads 3-6-12-24, "
-            "window 7, patch 2) that the thesis pretrains with SimSiam on IoU-based positive pairs of "
-            "FLARE 2022 CT slices. It returns the 768-d SSL feature: the deepest 3×3 map of a 96×96 "
-            "crop after MONAI's parameter-free channel LayerNorm, averaged over space; "
-            "forward_features gives the 5 multi-scale maps. Loads SimSiam, DINO (bare keys) and "
-            "fine-tuned SwinUNETR checkpoints through the swinvit2d converter. Input: 1-channel axial "
-            "slices, RAS, 1×1 mm in-plane (2.5 mm slices), HU clipped to [-500, 500] and scaled to [0, 1]."
-        ),
-        results_md=_RESULTS_MD,
-        notes=_NOTES_COMMON
-        + ("Built with drop_path_rate=0 (a feature extractor); the thesis pretrains with 0.1.",),
-        limitations=(
-            "No pretrained weights exist; the model starts from random initialisation.",
-            "2D only; any H×W is accepted (MONAI pads), but the thesis used 96×96 crops.",
-        ),
-    )
+_SHARED = SpecFields(
+    paper=_PAPER,
+    input_size=(1, 96, 96),
+    no_weights_reason=_NO_WEIGHTS,
+    results_md=_RESULTS_MD,
 )
 
-register_model(
-    ModelSpec(
-        name="swinvit2d-c48-simsiam-iou30-60",
-        family="swinvit2d",
-        builder=_create_simsiam,
-        model_args=dict(
-            _BACKBONE_ARGS, drop_path_rate=0.1, proj_hidden_dim=2048, out_dim=2048, pred_hidden_dim=512
+register_family(
+    "swinvit2d",
+    _SHARED,
+    [
+        Variant(
+            "swinvit2d-c48",
+            model_args=dict(_BACKBONE_ARGS),
+            meta=ModelMeta(num_params=6_306_810, gmacs=0.63168, preprocessing=_PREPROCESSING),
+            spec=SpecFields(
+                builder=_create_backbone,
+                first_conv="model.patch_embed.proj",
+                param_groups=_BACKBONE_GROUPS,
+                feature_info=_BACKBONE_FEATURES,
+                encoder_prefixes=("model.",),
+                description=(
+                    "The 2D Swin-UNETR encoder (MONAI SwinTransformer, C=48, depths 2-2-2-2, heads "
+                    "3-6-12-24, window 7, patch 2) that the thesis pretrains with SimSiam on IoU-based "
+                    "positive pairs of FLARE 2022 CT slices. It returns the 768-d SSL feature: the deepest "
+                    "3×3 map of a 96×96 crop after MONAI's parameter-free channel LayerNorm, averaged over "
+                    "space; forward_features gives the 5 multi-scale maps. Loads SimSiam, DINO (bare keys) "
+                    "and fine-tuned SwinUNETR checkpoints through the swinvit2d converter. Input: 1-channel "
+                    "axial slices, RAS, 1×1 mm in-plane (2.5 mm slices), HU clipped to [-500, 500] and "
+                    "scaled to [0, 1]."
+                ),
+                notes=_NOTES_COMMON
+                + ("Built with drop_path_rate=0 (a feature extractor); the thesis pretrains with 0.1.",),
+                limitations=(
+                    "No pretrained weights exist; the model starts from random initialisation.",
+                    "2D only; any H×W is accepted (MONAI pads), but the thesis used 96×96 crops.",
+                ),
+            ),
         ),
-        paper=_PAPER,
-        input_size=(1, 96, 96),
-        first_conv="backbone.model.patch_embed.proj",
-        param_groups=_SIMSIAM_GROUPS,
-        feature_info=_SIMSIAM_FEATURES,
-        encoder_prefixes=("backbone.",),
-        no_weights_reason=_NO_WEIGHTS,
-        meta=dict(
-            num_params=18_376_698,
-            gmacs=0.64374,
-            preprocessing=_PREPROCESSING,
-            pretraining_recipe=_SIMSIAM_RECIPE,
+        Variant(
+            "swinvit2d-c48-simsiam-iou30-60",
+            model_args=dict(
+                _BACKBONE_ARGS, drop_path_rate=0.1, proj_hidden_dim=2048, out_dim=2048, pred_hidden_dim=512
+            ),
+            meta=ModelMeta(
+                num_params=18_376_698,
+                gmacs=0.64374,
+                preprocessing=_PREPROCESSING,
+                pretraining_recipe=_SIMSIAM_RECIPE,
+            ),
+            aliases={"swinvit2d-c48-simsiam-iou30-60-flare22": None},
+            spec=SpecFields(
+                builder=_create_simsiam,
+                first_conv="backbone.model.patch_embed.proj",
+                param_groups=_SIMSIAM_GROUPS,
+                feature_info=_SIMSIAM_FEATURES,
+                encoder_prefixes=("backbone.",),
+                description=(
+                    "The thesis's pretraining module: the 2D Swin-UNETR encoder (C=48) with lightly-style "
+                    "SimSiam heads (projector 768→2048→2048→2048 with BN, last BN non-affine; predictor "
+                    "2048→512→2048), configured as the best run pretrained on crop pairs whose box IoU lies "
+                    "in [0.3, 0.6] (100 epochs, batch 128, SGD lr 0.025, FLARE 2022's 2,000 unlabelled CTs "
+                    "as 237,449 slices). forward returns (z.detach(), p); backbone(x) gives the 768-d "
+                    "feature. A full SimSiam state_dict (backbone.model.*, projection_head.layers.*, "
+                    "prediction_head.layers.*) loads strictly. Input: 1-channel axial slices, RAS, 1×1 mm "
+                    "in-plane (2.5 mm slices), HU clipped to [-500, 500] and scaled to [0, 1], 96×96 crops."
+                ),
+                notes=_NOTES_COMMON
+                + (
+                    "Registered as its own name with the SimSiam heads rather than as an alias: an alias "
+                    "needs a weights tag to carry the pretraining, and no weights exist; the recipe is in "
+                    "meta.",
+                    "The IoU interval is a data-pipeline choice: the architecture is the same for every "
+                    "interval.",
+                    "The projector and predictor are SSL heads, not a classifier: head_keys is empty and "
+                    "num_classes cannot be set.",
+                    "forward returns z detached (SimSiam's stop-gradient), as the reference does.",
+                ),
+                limitations=(
+                    "No pretrained weights exist; the model starts from random initialisation.",
+                    "Training-mode forwards need a batch > 1 (BatchNorm1d in the heads).",
+                ),
+            ),
         ),
-        description=(
-            "The thesis's pretraining module: the 2D Swin-UNETR encoder (C=48) with lightly-style SimSiam "
-            "heads (projector 768→2048→2048→2048 with BN, last BN non-affine; predictor 2048→512→2048), "
-            "configured as the best run pretrained on crop pairs whose box IoU lies in [0.3, 0.6] "
-            "(100 epochs, batch 128, SGD lr 0.025, FLARE 2022's 2,000 unlabelled CTs as 237,449 slices). "
-            "forward returns (z.detach(), p); backbone(x) gives the 768-d feature. A full SimSiam "
-            "state_dict (backbone.model.*, projection_head.layers.*, prediction_head.layers.*) loads "
-            "strictly. Input: 1-channel axial slices, RAS, 1×1 mm in-plane (2.5 mm slices), HU clipped "
-            "to [-500, 500] and scaled to [0, 1], 96×96 crops."
+        Variant(
+            "swinunetr2d-c48",
+            model_args=dict(in_chans=1, num_classes=14, feature_size=48, **_SWIN),
+            meta=ModelMeta(num_params=25_138_568, gmacs=2.51086, preprocessing=_PREPROCESSING),
+            spec=SpecFields(
+                builder=_create_segmenter,
+                head_keys=("out.",),
+                # Both the Swin patch embedding and Swin-UNETR's encoder1 skip convs read the raw input.
+                first_conv=(
+                    "swinViT.patch_embed.proj",
+                    "encoder1.layer.conv1.conv",
+                    "encoder1.layer.conv3.conv",
+                ),
+                param_groups=_UNETR_GROUPS,
+                feature_info=_UNETR_FEATURES,
+                encoder_prefixes=("swinViT.",),
+                description=(
+                    "MONAI SwinUNETR in 2D (feature_size 48, 14 outputs: background + 13 FLARE 2022 "
+                    "abdominal organs), the model the thesis fine-tunes from the IoU-based SimSiam encoder: "
+                    "the encoder (swinViT.*) comes from the SimSiam checkpoint (backbone.model.X → "
+                    "swinViT.X), the decoder starts random. Fine-tuning: 15 labelled CTs, 225 epochs max, "
+                    "batch 32 slices × 2 crops, DiceCE, AdamW 1e-3 with 10-epoch warmup, cosine to 5e-5; "
+                    "inference by sliding window 96×96, overlap 0.25. Input: 1-channel axial slices, RAS, "
+                    "1×1 mm in-plane (2.5 mm slices), HU clipped to [-500, 500] and scaled to [0, 1]; H and "
+                    "W divisible by 32."
+                ),
+                notes=_NOTES_COMMON
+                + (
+                    "MONAI 1.5 removed SwinUNETR's img_size argument that the reference passes; it had no "
+                    "effect on weights or outputs and is dropped (kept only as our ROI metadata).",
+                    "Label ids follow the FLARE order: 1 liver, 2 RK, 3 spleen, 4 pancreas, 5 aorta, 6 IVC, "
+                    "7 RAG, 8 LAG, 9 gallbladder, 10 esophagus, 11 stomach, 12 duodenum, 13 LK.",
+                    "The reported DSC is per 2D slice with background included, not FLARE's volumetric organ "
+                    "DSC.",
+                ),
+                limitations=(
+                    "No pretrained or fine-tuned weights exist; the model starts from random initialisation.",
+                    "2D only; H and W must be divisible by 32.",
+                ),
+                sliding_window=dict(roi_size=(96, 96), overlap=0.25),
+            ),
         ),
-        results_md=_RESULTS_MD,
-        notes=_NOTES_COMMON
-        + (
-            "Registered as its own name with the SimSiam heads rather than as an alias: an alias needs a "
-            "weights tag to carry the pretraining, and no weights exist; the recipe is in meta.",
-            "The IoU interval is a data-pipeline choice: the architecture is the same for every interval.",
-            "The projector and predictor are SSL heads, not a classifier: head_keys is empty and "
-            "num_classes cannot be set.",
-            "forward returns z detached (SimSiam's stop-gradient), as the reference does.",
-        ),
-        limitations=(
-            "No pretrained weights exist; the model starts from random initialisation.",
-            "Training-mode forwards need a batch > 1 (BatchNorm1d in the heads).",
-        ),
-    )
+    ],
 )
-
-register_model(
-    ModelSpec(
-        name="swinunetr2d-c48",
-        family="swinvit2d",
-        builder=_create_segmenter,
-        model_args=dict(
-            in_chans=1,
-            num_classes=14,
-            feature_size=48,
-            depths=(2, 2, 2, 2),
-            num_heads=(3, 6, 12, 24),
-            window_size=7,
-            patch_size=2,
-            img_size=(96, 96),
-        ),
-        paper=_PAPER,
-        input_size=(1, 96, 96),
-        head_keys=("out.",),
-        # Both the Swin patch embedding and Swin-UNETR's encoder1 skip convs read the raw input.
-        first_conv=("swinViT.patch_embed.proj", "encoder1.layer.conv1.conv", "encoder1.layer.conv3.conv"),
-        param_groups=_UNETR_GROUPS,
-        feature_info=_UNETR_FEATURES,
-        encoder_prefixes=("swinViT.",),
-        no_weights_reason=_NO_WEIGHTS,
-        meta=dict(num_params=25_138_568, gmacs=2.51086, preprocessing=_PREPROCESSING),
-        description=(
-            "MONAI SwinUNETR in 2D (feature_size 48, 14 outputs: background + 13 FLARE 2022 abdominal "
-            "organs), the model the thesis fine-tunes from the IoU-based SimSiam encoder: the encoder "
-            "(swinViT.*) comes from the SimSiam checkpoint (backbone.model.X → swinViT.X), the decoder "
-            "starts random. Fine-tuning: 15 labelled CTs, 225 epochs max, batch 32 slices × 2 crops, "
-            "DiceCE, AdamW 1e-3 with 10-epoch warmup, cosine to 5e-5; inference by sliding window "
-            "96×96, overlap 0.25. Input: 1-channel axial slices, RAS, 1×1 mm in-plane (2.5 mm slices), "
-            "HU clipped to [-500, 500] and scaled to [0, 1]; H and W divisible by 32."
-        ),
-        results_md=_RESULTS_MD,
-        notes=_NOTES_COMMON
-        + (
-            "MONAI 1.5 removed SwinUNETR's img_size argument that the reference passes; it had no effect "
-            "on weights or outputs and is dropped (kept only as our ROI metadata).",
-            "Label ids follow the FLARE order: 1 liver, 2 RK, 3 spleen, 4 pancreas, 5 aorta, 6 IVC, 7 RAG, "
-            "8 LAG, 9 gallbladder, 10 esophagus, 11 stomach, 12 duodenum, 13 LK.",
-            "The reported DSC is per 2D slice with background included, not FLARE's volumetric organ DSC.",
-        ),
-        limitations=(
-            "No pretrained or fine-tuned weights exist; the model starts from random initialisation.",
-            "2D only; H and W must be divisible by 32.",
-        ),
-        sliding_window=dict(roi_size=(96, 96), overlap=0.25),
-    )
-)
-
-register_alias("swinvit2d-c48-simsiam-iou30-60-flare22", "swinvit2d-c48-simsiam-iou30-60")

@@ -27,6 +27,7 @@ __all__ = [
     "read_checkpoint",
     "convert_checkpoint",
     "tensor_dict",
+    "layout_keys",
 ]
 
 
@@ -44,6 +45,25 @@ def tensor_dict(obj: Any, what: str = "checkpoint") -> dict[str, torch.Tensor]:
             f"{what}: expected a flat mapping of name → tensor; entries {bad[:5]} are not tensors"
         )
     return dict(obj)
+
+
+def layout_keys(sd: Mapping[str, torch.Tensor], family: str) -> list[str]:
+    """The keys of a flat state_dict whose layout a converter is about to recognise.
+
+    Args:
+        sd: the unwrapped state_dict.
+        family: the converter's family, for the message.
+
+    Returns:
+        The keys, in order.
+
+    Raises:
+        CheckpointFormatError: when there are none (an empty file or container).
+    """
+    keys = list(sd)
+    if not keys:
+        raise CheckpointFormatError(f"{family}: checkpoint holds no tensors")
+    return keys
 
 
 def unwrap_container(obj: Any, containers: Iterable[str]) -> tuple[Any, str | None]:

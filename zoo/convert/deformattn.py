@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert import CheckpointFormatError, strip_prefix, tensor_dict, unwrap_container
+from zoo.convert import CheckpointFormatError, layout_keys, strip_prefix, tensor_dict, unwrap_container
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
     Raises:
         CheckpointFormatError: for keys that fit none of them.
     """
-    keys = list(sd)
-    if not keys:
-        raise CheckpointFormatError("deformattn: empty state_dict")
+    keys = layout_keys(sd, "deformattn")
     if any(k.startswith("encoder.encoder.layers.") for k in keys):
         return "mask"
     if all(k.startswith(_OUR_PREFIXES) for k in keys):

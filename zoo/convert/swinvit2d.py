@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from zoo.convert import CheckpointFormatError, strip_prefix, tensor_dict
+from zoo.convert import CheckpointFormatError, layout_keys, strip_prefix, tensor_dict
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     Raises:
         CheckpointFormatError: when the keys fit none of them.
     """
-    keys = list(sd)
-    if not keys:
-        raise CheckpointFormatError("checkpoint holds no tensors")
+    keys = layout_keys(sd, "swinvit2d")
     if any(k.startswith("backbone.model.") for k in keys):
         bad = [k for k in keys if not k.startswith(("backbone.model.", *_SSL_HEADS))]
         if bad:

@@ -26,6 +26,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _in_range(value: Any, must: str, minimum: Any, maximum: Any) -> Any:
+    """``value`` if within the bounds that are not None, else an error that starts with ``must``."""
+    if minimum is not None and value < minimum:
+        raise InvalidArgumentError(f"{must} ≥ {minimum}, found {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgumentError(f"{must} ≤ {maximum}, found {value}")
+    return value
+
+
 def as_int(value: Any, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
     """``value`` as an ``int`` within ``[minimum, maximum]``, or a ``ValueError`` naming ``name``.
 
@@ -43,22 +52,14 @@ def as_int(value: Any, name: str, minimum: int | None = 1, maximum: int | None =
     """
     if not _is_int(value):
         raise InvalidArgumentError(f"{name} must be an int, found {type(value).__name__} {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int ≥ {minimum}, found {value}")
-    if maximum is not None and value > maximum:
-        raise InvalidArgumentError(f"{name} must be an int ≤ {maximum}, found {value}")
-    return value
+    return _in_range(int(value), f"{name} must be an int", minimum, maximum)
 
 
 def as_float(value: Any, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
     """``value`` as a ``float`` within ``[minimum, maximum]`` (ints accepted), or a ``ValueError``.
 
     Args:
-        value: the argument's value.
-        name: the argument's name, for the message.
-        minimum: smallest allowed value (None: no bound).
-        maximum: largest allowed value (None: no bound).
+        value, name, minimum, maximum: as for :func:`as_int`; NaN is refused.
 
     Returns:
         The value as a Python ``float``.
@@ -68,11 +69,7 @@ def as_float(value: Any, name: str, minimum: float | None = None, maximum: float
     value = float(value)
     if value != value:  # NaN compares unequal to itself and would pass both range checks
         raise InvalidArgumentError(f"{name} must be a number, found nan")
-    if minimum is not None and value < minimum:
-        raise InvalidArgumentError(f"{name} must be ≥ {minimum}, found {value}")
-    if maximum is not None and value > maximum:
-        raise InvalidArgumentError(f"{name} must be ≤ {maximum}, found {value}")
-    return value
+    return _in_range(value, f"{name} must be", minimum, maximum)
 
 
 def int_tuple(value: Any, n: int, name: str, minimum: int | None = 1) -> tuple[int, ...]:

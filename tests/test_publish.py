@@ -204,6 +204,31 @@ def test_offline_loads_from_the_cache_and_says_offline_otherwise(tmp_path, hub, 
         zoo.create("hf-hub:org/never-loaded")
 
 
+def test_hub_id_weights_past_the_byte_bound_are_refused_before_the_transfer(tmp_path, hub, monkeypatch):
+    from zoo.hub import HubError
+
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out")
+    size = (tmp_path / "out" / "model.safetensors").stat().st_size
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_MAX_BYTES", str(size - 1))
+    with pytest.raises(HubError) as e:
+        zoo.create("hf-hub:org/tiny-qt")
+    commit = hub.head("org/tiny-qt")
+    assert e.value.kind == "too-large"
+    assert str(e.value) == (
+        f"hf-hub:org/tiny-qt@{commit} model.safetensors: the server announces {size:,} bytes, over the "
+        f"{size - 1:,}-byte bound for this file; refused (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if "
+        "the file really grew)"
+    )
+    # config.json (a fixed bound, not the weights') was read; the weights were never requested.
+    gets = [path for method, path, _ in hub.state.requests if method == "GET"]
+    assert any(p.endswith("/config.json") for p in gets)
+    assert not any(p.endswith("/model.safetensors") for p in gets)
+    assert not list((tmp_path / "hf-cache").rglob("model.safetensors*"))  # nothing half-written cached
+    # The bound raised to the file's size: the same id loads.
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_MAX_BYTES", str(size))
+    assert zoo.create("hf-hub:org/tiny-qt").pretrained_cfg["hub"]["commit"] == commit
+
+
 # ------------------------------------------------------------------------- the output folder
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "DownloadLimits",
     "cache_dir",
     "download_limits",
+    "limits_for",
     "fetch_weights",
     "file_digest",
     "file_digests",
@@ -222,17 +223,28 @@ def size_bound(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> tuple[int,
     return 4 << 30, False
 
 
-def download_limits(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> DownloadLimits:
-    """The size bound, stall timeout and deadline for a download of ``ws`` (environment applied).
+def limits_for(bound: int, fixed: bool = False) -> DownloadLimits:
+    """The limits of a download expected to bring at most ``bound`` bytes (environment applied).
+
+    Args:
+        bound: the size bound in bytes.
+        fixed: keep ``bound`` even when ``MEDZOO_DOWNLOAD_MAX_BYTES`` is set (for a file whose
+            size is a property of its format, such as a config, not of a model).
 
     Returns:
-        ``MEDZOO_DOWNLOAD_MAX_BYTES`` or :func:`size_bound`; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT``
-        or 60 s; ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
+        ``MEDZOO_DOWNLOAD_MAX_BYTES`` or ``bound``; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT`` or 60 s;
+        ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
     """
-    max_bytes = int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(size_bound(spec, ws, hub)[0])))
+    max_bytes = bound if fixed else int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(bound)))
     stall = _env_number("MEDZOO_DOWNLOAD_STALL_TIMEOUT", 60.0)
     deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", 120.0 + max_bytes / (256 * 1024))
     return DownloadLimits(max_bytes=max_bytes, stall_s=stall, deadline_s=deadline)
+
+
+def download_limits(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> DownloadLimits:
+    """The size bound, stall timeout and deadline for a download of ``ws``: :func:`limits_for`
+    of :func:`size_bound`."""
+    return limits_for(size_bound(spec, ws, hub)[0])
 
 
 class _Transfer:
@@ -319,8 +331,8 @@ def _page_error(what: str, url: str, excerpt: str) -> DownloadError:
 # ---------------------------------------------------------------------------- Hub
 
 
-def _hub_label(ws: WeightSpec) -> str:
-    return f"{ws.hf_hub_id}/{ws.hf_filename}@{ws.hf_revision or 'main'}"
+def _hub_label(repo_id: str, filename: str, revision: str | None) -> str:
+    return f"Hub {repo_id}/{filename}@{revision or 'main'}"
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
@@ -339,8 +351,15 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _hub_error(e: BaseException, ws: WeightSpec, spec: ModelSpec, stall: float) -> HubError | None:
-    """One clear :class:`HubError` for a failure of the Hub client, or None if ``e`` is not one."""
+def _hub_error(e: BaseException, where: str, stall: float, refetch: str) -> HubError | None:
+    """One clear :class:`HubError` for a failure of the Hub client, or None if ``e`` is not one.
+
+    Args:
+        e: what the client raised.
+        where: the file, as messages name it (``Hub ORG/NAME/FILE@REV``).
+        stall: the timeout that applied, for the message.
+        refetch: how to get the file into the cache, for the offline message.
+    """
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -351,20 +370,19 @@ def _hub_error(e: BaseException, ws: WeightSpec, spec: ModelSpec, stall: float) 
         RevisionNotFoundError,
     )
 
-    where, ident = _hub_label(ws), f"{spec.name}.{ws.tag}"
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(e, GatedRepoError) or (isinstance(e, HfHubHTTPError) and status in (401, 403)):
         return HubError(
             "unauthorised",
-            f"Hub {where}: access refused (HTTP {status}); log in with `hf auth login` or set HF_TOKEN to a "
+            f"{where}: access refused (HTTP {status}); log in with `hf auth login` or set HF_TOKEN to a "
             "token that may read this repository",
         )
     if isinstance(e, OfflineModeIsEnabled) or (isinstance(e, LocalEntryNotFoundError) and is_offline()):
         return HubError(
             "offline",
-            f"Hub {where}: not in the local Hub cache and offline mode is on "
-            f"(HF_HUB_OFFLINE/MEDZOO_OFFLINE); run `zoo download {ident}` once while online",
+            f"{where}: not in the local Hub cache and offline mode is on "
+            f"(HF_HUB_OFFLINE/MEDZOO_OFFLINE); {refetch}",
         )
     # LocalEntryNotFoundError is an EntryNotFoundError too: a cache miss, not a 404.
     if isinstance(e, RepositoryNotFoundError | RevisionNotFoundError | EntryNotFoundError) and not isinstance(
@@ -372,22 +390,20 @@ def _hub_error(e: BaseException, ws: WeightSpec, spec: ModelSpec, stall: float) 
     ):
         return HubError(
             "not-found",
-            f"Hub {where}: not found (HTTP 404, {type(e).__name__}) on {endpoint}; check the repository, "
+            f"{where}: not found (HTTP 404, {type(e).__name__}) on {endpoint}; check the repository, "
             "file and revision in the registry",
         )
     cause = e.__cause__ if isinstance(e, LocalEntryNotFoundError) and e.__cause__ is not None else e
     if isinstance(cause, _network_errors()):
         return HubError(
             "unreachable",
-            f"Hub {where}: {endpoint} did not answer within {stall:g} s ({type(cause).__name__}); check the "
+            f"{where}: {endpoint} did not answer within {stall:g} s ({type(cause).__name__}); check the "
             "network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what is cached",
         )
     if isinstance(e, LocalEntryNotFoundError):
-        return HubError(
-            "unreachable", f"Hub {where}: {endpoint} could not be queried ({e}); check the network"
-        )
+        return HubError("unreachable", f"{where}: {endpoint} could not be queried ({e}); check the network")
     if isinstance(e, HfHubHTTPError):
-        return HubError("http", f"Hub {where}: HTTP {status} from {endpoint}; retry later")
+        return HubError("http", f"{where}: HTTP {status} from {endpoint}; retry later")
     return None
 
 
@@ -398,37 +414,82 @@ def _remove_hub_file(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _remove_hub_incomplete(ws: WeightSpec) -> None:
-    """Delete the Hub client's partial blobs of ``ws``'s repository (an aborted transfer)."""
+def _remove_hub_incomplete(repo_id: str) -> None:
+    """Delete the Hub client's partial blobs of a repository (an aborted transfer)."""
     from huggingface_hub import constants
 
     root = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-    folder = root / ("models--" + str(ws.hf_hub_id).replace("/", "--")) / "blobs"
+    folder = root / ("models--" + repo_id.replace("/", "--")) / "blobs"
     for p in folder.glob("*.incomplete"):
         p.unlink(missing_ok=True)
 
 
-def _hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
-    """``hf_hub_download`` of ``ws`` within the download limits, its failures as :class:`HubError`."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+def _hub_download(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    limits: DownloadLimits,
+    *,
+    refetch: str,
+    where: str | None = None,
+    **extra: Any,
+) -> Path:
+    """``hf_hub_download`` of one file within ``limits``, its failures as one :class:`HubError`.
+
+    Args:
+        repo_id / filename / revision: the file (revision None: the default branch).
+        limits: byte bound, stall timeout and deadline (:func:`limits_for`).
+        refetch: how to get the file into the cache, for the offline message.
+        where: how messages name the file (default ``Hub ORG/NAME/FILE@REV``).
+        **extra: further ``hf_hub_download`` arguments (``force_download``, ``library_name`` …).
+
+    Returns:
+        The path of the file in the Hub cache.
+
+    Raises:
+        HubError: ``kind`` offline, unreachable, not-found, unauthorised, too-large or http;
+            the client's own exception is its ``__cause__``. Partial blobs are removed.
+    """
+    from huggingface_hub import constants
+
+    offline = is_offline()
+    # The client reads HF_HUB_OFFLINE once, at import, and its read timeout from a module constant at
+    # each download: both are set for this call and put back after it, so that a later upload (or
+    # any other client call in this process) does not inherit an offline mode that has been lifted.
+    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT
+    constants.HF_HUB_OFFLINE = offline
+    if "HF_HUB_DOWNLOAD_TIMEOUT" not in os.environ:
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = limits.stall_s
+    try:
+        return _bounded_hub_download(repo_id, filename, revision, limits, refetch, where, offline, **extra)
+    finally:
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved
+
+
+def _bounded_hub_download(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    limits: DownloadLimits,
+    refetch: str,
+    where: str | None,
+    offline: bool,
+    **extra: Any,
+) -> Path:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.utils import tqdm as hf_tqdm
 
-    limits = download_limits(spec, ws, hub=True)
     endpoint = os.environ.get("HF_ENDPOINT") or None
-    offline = is_offline()
-    constants.HF_HUB_OFFLINE = offline  # the client reads the variable once, at import; we read it per call
-    if "HF_HUB_DOWNLOAD_TIMEOUT" not in os.environ:
-        # The client reads its read timeout from this module constant at each download.
-        constants.HF_HUB_DOWNLOAD_TIMEOUT = limits.stall_s
     etag_timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or limits.stall_s)
-    where = _hub_label(ws)
-    transfer = _Transfer(f"Hub {where}", limits, HubError)
+    where = where or _hub_label(repo_id, filename, revision)
+    transfer = _Transfer(where, limits, HubError)
     try:
         if not offline and not extra.get("force_download"):
             # One HEAD without retries first: the client alone retries an endpoint that does not
             # answer for minutes (a 60 s timeout, 5 times), then reports it as "not cached".
-            url = hf_hub_url(ws.hf_hub_id, ws.hf_filename, revision=ws.hf_revision, endpoint=endpoint)
-            meta = get_hf_file_metadata(url, timeout=etag_timeout, endpoint=endpoint)
+            url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+            agent = {k: extra[k] for k in ("library_name", "library_version", "user_agent") if k in extra}
+            meta = get_hf_file_metadata(url, timeout=etag_timeout, endpoint=endpoint, **agent)
             transfer.announce(meta.size)
 
         class _Bounded(hf_tqdm):  # the client reports every chunk here: the byte bound and deadline
@@ -437,9 +498,9 @@ def _hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
                 return super().update(n)
 
         path = hf_hub_download(
-            repo_id=ws.hf_hub_id,
-            filename=ws.hf_filename,
-            revision=ws.hf_revision,
+            repo_id=repo_id,
+            filename=filename,
+            revision=revision,
             endpoint=endpoint,
             cache_dir=os.environ.get("HF_HUB_CACHE") or None,
             local_files_only=offline,
@@ -449,29 +510,41 @@ def _hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
         )
         return Path(path)
     except HubError:
-        _remove_hub_incomplete(ws)
+        _remove_hub_incomplete(repo_id)
         raise
     except Exception as e:
-        err = _hub_error(e, ws, spec, limits.stall_s)
+        err = _hub_error(e, where, limits.stall_s, refetch)
         if err is None:
             raise
-        _remove_hub_incomplete(ws)
+        _remove_hub_incomplete(repo_id)
         raise err from e
 
 
+def _registry_hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
+    """The Hub file of a registered weights tag, bounded by its recorded size."""
+    return _hub_download(
+        str(ws.hf_hub_id),
+        ws.hf_filename,
+        ws.hf_revision,
+        download_limits(spec, ws, hub=True),
+        refetch=f"run `zoo download {spec.name}.{ws.tag}` once while online",
+        **extra,
+    )
+
+
 def _from_hub(spec: ModelSpec, ws: WeightSpec) -> Path:
-    path = _hub_download(spec, ws)
-    where = _hub_label(ws)
+    path = _registry_hub_download(spec, ws)
+    where = _hub_label(str(ws.hf_hub_id), ws.hf_filename, ws.hf_revision)
     if ws.sha256 is None:
         sha = file_digest(path)
-        _warn_unpinned(f"{spec.name}.{ws.tag} (Hub {where})", sha, f"sha256={sha!r}")
+        _warn_unpinned(f"{spec.name}.{ws.tag} ({where})", sha, f"sha256={sha!r}")
         return path
     advice = (
         "; the copy was removed. The repository no longer holds the pinned file: report it, or pin "
         "the new digest only if you trust the new file"
     )
     try:
-        _check_digest(path, f"sha256:{ws.sha256}", f"Hub {where}")
+        _check_digest(path, f"sha256:{ws.sha256}", where)
         return path
     except DigestMismatchError as e:
         _remove_hub_file(path)
@@ -480,9 +553,9 @@ def _from_hub(spec: ModelSpec, ws: WeightSpec) -> Path:
                 f"{e}; the cached copy was removed and offline mode forbids a new download"
             ) from e
         log.warning("%s; removed it, downloading again", e)
-    path = _hub_download(spec, ws, force_download=True)
+    path = _registry_hub_download(spec, ws, force_download=True)
     try:
-        _check_digest(path, f"sha256:{ws.sha256}", f"Hub {where}")
+        _check_digest(path, f"sha256:{ws.sha256}", where)
     except DigestMismatchError as e:
         _remove_hub_file(path)
         raise DigestMismatchError(f"{e}{advice}") from e

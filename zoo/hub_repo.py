@@ -12,11 +12,13 @@ Both go through ``huggingface_hub`` (its cache, ``HF_ENDPOINT``, ``HF_HUB_CACHE`
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zoo.hub import DownloadLimits
 
 __all__ = ["HUB_PREFIX", "HubRepo", "is_hub_id", "parse_hub_id", "fetch_repo", "hub_model_name"]
 
@@ -58,65 +60,43 @@ def parse_hub_id(value: str) -> tuple[str, str | None]:
     return repo_id, (revision or None)
 
 
-def _download(repo_id: str, filename: str, revision: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
+def _fetch(repo_id: str, filename: str, revision: str | None, what: str, limits: DownloadLimits) -> Path:
+    """One file of the repository through :func:`zoo.hub._hub_download` (its byte bound, stall
+    timeout, deadline and failure kinds), with the messages of a ``hf-hub:`` id."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     import zoo
-    from zoo.hub import is_offline
-
-    return Path(
-        hf_hub_download(
-            repo_id=repo_id,
-            filename=filename,
-            revision=revision,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-            local_files_only=is_offline(),
-            library_name="medzoo",
-            library_version=zoo.__version__,
-        )
-    )
-
-
-def _fetch(repo_id: str, filename: str, revision: str | None, what: str) -> Path:
-    """One file of the repository, with Hub errors turned into one clear message."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from zoo.hub import WeightsUnavailableError, is_offline
+    from zoo.hub import HubError, WeightsUnavailableError, _hub_download
 
     at = f"@{revision}" if revision else ""
     try:
-        return _download(repo_id, filename, revision)
-    except LocalEntryNotFoundError as e:
-        if is_offline():
+        return _hub_download(
+            repo_id,
+            filename,
+            revision,
+            limits,
+            refetch="load it once while online",
+            where=f"hf-hub:{repo_id}{at} {filename}",
+            library_name="medzoo",
+            library_version=zoo.__version__,
+        )
+    except HubError as e:
+        cause = e.__cause__
+        # The Hub answers 401 for a repository that does not exist as well as for a private one.
+        if isinstance(cause, RepositoryNotFoundError) and not isinstance(cause, GatedRepoError):
             raise WeightsUnavailableError(
-                f"hf-hub:{repo_id}{at}: offline mode is on (HF_HUB_OFFLINE/MEDZOO_OFFLINE) and {filename} "
-                "is not in the Hub cache; load it once while online"
+                f"hf-hub:{repo_id}: no such repository on the Hub (or no access)"
             ) from e
-        raise WeightsUnavailableError(
-            f"hf-hub:{repo_id}{at}: cannot reach the Hub for {filename} ({e})"
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise WeightsUnavailableError(
-            f"hf-hub:{repo_id}: no such repository on the Hub (or no access)"
-        ) from e
-    except RevisionNotFoundError as e:
-        raise WeightsUnavailableError(f"hf-hub:{repo_id}: the repository has no revision {revision!r}") from e
-    except EntryNotFoundError as e:
-        raise ValueError(
-            f"hf-hub:{repo_id}{at} is not a medzoo repository: it has no {filename} ({what}); "
-            "a medzoo repository holds config.json and model.safetensors, as `zoo publish` writes them"
-        ) from e
-    except HfHubHTTPError as e:
-        raise WeightsUnavailableError(
-            f"hf-hub:{repo_id}{at}: the Hub answered an error for {filename}: {e}"
-        ) from e
+        if isinstance(cause, RevisionNotFoundError):
+            raise WeightsUnavailableError(
+                f"hf-hub:{repo_id}: the repository has no revision {revision!r}"
+            ) from e
+        if e.kind == "not-found":  # the repository and revision exist: the file does not
+            raise ValueError(
+                f"hf-hub:{repo_id}{at} is not a medzoo repository: it has no {filename} ({what}); "
+                "a medzoo repository holds config.json and model.safetensors, as `zoo publish` writes them"
+            ) from e
+        raise
 
 
 def _commit_of(path: Path, filename: str) -> str:
@@ -146,26 +126,46 @@ def _read_config(path: Path, repo_id: str) -> dict[str, Any]:
 
 def fetch_config(hub_id: str) -> tuple[str, str | None, str, dict[str, Any]]:
     """``(repo_id, revision, commit, config)`` of a Hub id: ``config.json`` only, no weights."""
+    from zoo.hub import limits_for
+
     repo_id, revision = parse_hub_id(hub_id)
-    path = _fetch(repo_id, "config.json", revision, "model name, arguments and preprocessing")
+    limits = limits_for(_CONFIG_MAX_BYTES, fixed=True)
+    path = _fetch(repo_id, "config.json", revision, "model name, arguments and preprocessing", limits)
     return repo_id, revision, _commit_of(path, "config.json"), _read_config(path, repo_id)
 
 
-def fetch_repo(hub_id: str) -> HubRepo:
+def fetch_repo(hub_id: str, expect: str | None = None, **overrides: Any) -> HubRepo:
     """Fetch ``config.json`` then ``model.safetensors`` of a medzoo repository, at one commit.
+
+    The weights download is bounded by the size of the model that the config describes (built
+    on the meta device: no memory), so a repository cannot make us store far more than that.
 
     Args:
         hub_id: ``hf-hub:ORG/NAME`` or ``hf-hub:ORG/NAME@REVISION``.
+        expect: the model the caller expects; another one is refused before the weights.
+        **overrides: model arguments that replace the config's (as ``zoo.create`` takes them).
 
     Returns:
         The :class:`HubRepo` with the config and the cached weights file.
 
     Raises:
         ValueError: for a malformed id or a repository that is not a medzoo one.
-        zoo.hub.WeightsUnavailableError: when the Hub cannot provide the files (offline, no repo).
+        zoo.hub.WeightsUnavailableError: when the Hub cannot provide the files (offline, no
+            repository, a file past its bound: ``HubError`` kind ``too-large``).
     """
+    from zoo._registry import resolve
+    from zoo.hub import limits_for
+
     repo_id, revision, commit, config = fetch_config(hub_id)
-    weights = _fetch(repo_id, "model.safetensors", commit, "the weights")
+    spec, args = _spec_and_args(config, overrides)
+    if expect is not None and resolve(expect)[0].name != spec.name:
+        raise ValueError(f"{hub_id} holds a {spec.name!r} model, not {expect!r}: create({hub_id!r}, ...)")
+    need = _model_bytes(spec, args)
+    # The file holds the state_dict once; twice that, plus 64 MiB, leaves room for metadata and
+    # a float64 export. Unknown size (arguments the builder refuses): the registered bound.
+    params = int(spec.meta.get("num_params") or 0)
+    bound = 2 * need + (64 << 20) if need is not None else 16 * params + (64 << 20) if params else 4 << 30
+    weights = _fetch(repo_id, "model.safetensors", commit, "the weights", limits_for(bound))
     return HubRepo(repo_id, revision, commit, config, weights)
 
 
@@ -176,21 +176,42 @@ def hub_model_name(name: str) -> str:
     return str(fetch_config(name)[3]["model_name"])
 
 
-def _check_size(spec: Any, args: dict[str, Any], repo: HubRepo) -> None:
-    """Refuse model arguments that build a model far larger than the weights the repository holds.
+def _spec_and_args(config: dict[str, Any], overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The registered spec a config names, and the model arguments: config's, then ``overrides``."""
+    from zoo._registry import resolve
 
-    The arguments come from someone else's ``config.json``: ``embed_dim: 100000`` must not
-    allocate 100 GB here. The model is built on the meta device (no memory) and measured.
-    """
+    spec = resolve(str(config["model_name"]))[0]
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.get("model_args") or {}).items()}
+    for key in ("in_chans", "num_classes", "img_size"):
+        value = config.get(key)
+        if value is not None and key in spec.model_args:
+            args.setdefault(key, tuple(value) if isinstance(value, list) else value)
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return spec, args
+
+
+def _model_bytes(spec: Any, args: dict[str, Any]) -> int | None:
+    """Bytes of the parameters and buffers of ``spec`` built with ``args``, measured on the meta
+    device (no memory); None when the builder refuses the arguments (the real build reports why)."""
     import torch
 
     try:
         with torch.device("meta"):
             probe = spec.builder(**args)
-    except Exception:  # a bad argument is reported by the real build, with its own message
+    except Exception:
+        return None
+    return sum(t.numel() * t.element_size() for t in [*probe.parameters(), *probe.buffers()])
+
+
+def _check_size(spec: Any, args: dict[str, Any], repo: HubRepo) -> None:
+    """Refuse model arguments that build a model far larger than the weights the repository holds.
+
+    The arguments come from someone else's ``config.json``: ``embed_dim: 100000`` must not
+    allocate 100 GB here.
+    """
+    need = _model_bytes(spec, args)
+    if need is None:
         return
-    tensors = [*probe.parameters(), *probe.buffers()]
-    need = sum(t.numel() * t.element_size() for t in tensors)
     have = repo.weights.stat().st_size
     # An encoder-only file may be a fraction of the model; 8x plus 256 MiB leaves room for that.
     if need > 8 * have + (256 << 20):
@@ -223,23 +244,12 @@ def create_from_hub(
         for and the commit read; ``pretrained_cfg["weights"]["source"]`` is ``"hf-hub"``.
     """
     from zoo._factory import create
-    from zoo._registry import resolve
 
     if kwargs.pop("weights", None) is not None:
         raise ValueError(f"{hub_id} names its weights already; weights= cannot be combined with it")
     kwargs.pop("pretrained", None)  # a Hub id always loads its weights
-    repo = fetch_repo(hub_id)
-    spec = resolve(str(repo.config["model_name"]))[0]
-    if name is not None and resolve(name)[0].name != spec.name:
-        raise ValueError(f"{hub_id} holds a {spec.name!r} model, not {name!r}: create({hub_id!r}, ...)")
-    args = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in (repo.config.get("model_args") or {}).items()
-    }
-    for key in ("in_chans", "num_classes", "img_size"):
-        value = repo.config.get(key)
-        if value is not None and key in spec.model_args:
-            args.setdefault(key, tuple(value) if isinstance(value, list) else value)
-    args.update({k: v for k, v in kwargs.items() if v is not None})
+    repo = fetch_repo(hub_id, expect=name, **kwargs)
+    spec, args = _spec_and_args(repo.config, kwargs)
     _check_size(spec, args, repo)
     model = create(spec.name, checkpoint_path=repo.weights, **args)
     cfg = model.pretrained_cfg

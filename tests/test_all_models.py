@@ -3,7 +3,7 @@ every parameter receives a finite gradient (nothing is detached or left out of t
 
 Widths and input sizes are reduced through the model arguments; depths are the registered ones,
 so each block of the real configuration is exercised. A new registration is covered
-automatically; a family without an entry in ``SMALL`` fails here until it gets one.
+automatically; a family without an entry in ``tests/small_configs.py`` fails here until it gets one.
 """
 
 from __future__ import annotations
@@ -15,48 +15,10 @@ import torch
 from torch import nn
 
 import zoo
+from tests.small_configs import small_config
 from zoo._registry import iter_specs
 
 SPECS = list(iter_specs())
-
-# name glob → (model arguments, input shape with batch 2: BatchNorm in train mode needs > 1 sample).
-SMALL: dict[str, tuple[dict, tuple[int, ...]]] = {
-    "qtunet-*": (dict(img_size=32, embed_dim=12), (2, 1, 32, 32, 32)),
-    "vtunet-*": (dict(img_size=32, embed_dim=12), (2, 1, 32, 32, 32)),
-    "ulkanet*": (
-        dict(img_size=32, dims=(8, 16, 32, 64), decoder_dims=(16, 16, 16, 8, 8)),
-        (2, 1, 32, 32, 32),
-    ),
-    "logonet*": (
-        dict(
-            img_size=32,
-            dims=(8, 16, 32, 64),
-            decoder_dims=(16, 16, 16, 8, 8),
-            local_dims=(8, 16),
-            local_decoder_dims=(8, 8, 8),
-        ),
-        (2, 1, 32, 32, 32),
-    ),
-    "pctnet*": (
-        dict(
-            img_size=(16, 32, 32), feature_chns=(4, 8, 16, 32, 64), num_heads=(1, 2, 4), deep_supervision=True
-        ),
-        (2, 1, 16, 32, 32),
-    ),
-    "fmunet*": (dict(feature_chns=(4, 8, 16, 32, 64), deep_supervision=True), (2, 1, 16, 32, 32)),
-    # The inter-slice attention runs along the slices: n_frames must divide by its 8 heads.
-    "resnet50-deformattn*": (
-        dict(n_frames=8, img_size=(32, 32), embed_dim=64, ffn_hidden=32),
-        (2, 8, 3, 32, 32),
-    ),
-    "swinvit2d-*simsiam*": (
-        dict(img_size=(32, 32), embed_dim=12, proj_hidden_dim=16, out_dim=16, pred_hidden_dim=8),
-        (2, 1, 32, 32),
-    ),
-    "swinvit2d-c48": (dict(img_size=(32, 32), embed_dim=12), (2, 1, 32, 32)),
-    # Swin-UNETR's residual units normalise per instance: the deepest map must be larger than 1×1.
-    "swinunetr2d-*": (dict(img_size=(64, 64), feature_size=12), (2, 1, 64, 64)),
-}
 
 # Parameters that by design take no part in a forward pass, by model glob → key globs, with why.
 UNUSED_BY_DESIGN: dict[str, tuple[str, ...]] = {
@@ -65,13 +27,6 @@ UNUSED_BY_DESIGN: dict[str, tuple[str, ...]] = {
     # norm layer the reference never calls.
     "pctnet*": ("embeddings.0.*", "embeddings.2.*", "pred_heads.0.*", "pred_heads.2.*", "*.norm_layer.*"),
 }
-
-
-def _small(name: str) -> tuple[dict, tuple[int, ...]]:
-    for pattern, value in SMALL.items():
-        if fnmatch.fnmatch(name, pattern):
-            return value
-    raise AssertionError(f"{name}: no small configuration in tests/test_all_models.py::SMALL")
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -86,7 +41,7 @@ def _tensors(out) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_forward_backward_reaches_every_parameter(spec):
-    kwargs, shape = _small(spec.name)
+    kwargs, shape = small_config(spec.name)
     torch.manual_seed(0)
     model = zoo.create(spec.name, **kwargs).train()
     for m in model.modules():  # randomness would zero some gradients by chance, not by a bug

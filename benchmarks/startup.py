@@ -12,7 +12,6 @@ ratios to `python -c "import torch"`, with the load average before and after. Ta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -47,37 +46,6 @@ def time_commands(repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def _dir_mb(path: Path) -> float:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = Path(root) / f
-            if not p.is_symlink():
-                total += p.stat().st_size
-    return total / 2**20
-
-
-def venv_size(spec: str, workdir: Path) -> dict[str, float | int | str]:
-    """Packages and MB of a fresh venv after ``pip install <spec>`` (spec relative to the repo)."""
-    venv = workdir / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    base = json.loads(subprocess.run([*pip, "list", "--format=json"], capture_output=True, text=True).stdout)
-    t0 = time.perf_counter()
-    subprocess.run([*pip, "install", "-q", spec], cwd=REPO, check=True)
-    seconds = time.perf_counter() - t0
-    pkgs = json.loads(subprocess.run([*pip, "list", "--format=json"], capture_output=True, text=True).stdout)
-    site = next((venv / "lib").glob("python*/site-packages"))
-    out = {
-        "spec": spec,
-        "packages": len(pkgs) - len(base),
-        "mb": round(_dir_mb(site), 0),
-        "install_s": round(seconds, 0),
-    }
-    shutil.rmtree(venv, ignore_errors=True)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7, help="rounds of the three commands")
@@ -104,14 +72,18 @@ def main() -> None:
         emit(f"| `{k}` | {med[k]:.2f} | {min(v):.2f} | {med[k] / base:.2f} | {min(v) / fastest:.2f} |")
 
     if a.env:
+        from core_install import clean_copy, make_venv  # this folder: the same venvs as the core check
+
         with tempfile.TemporaryDirectory(prefix="medzoo-venv-") as tmp:
             emit()
             emit(f"Fresh venvs (`python -m venv`), load average before the installs: {_load()}.")
             emit()
             emit("| install | packages added | site-packages MB | install s |")
             emit("|---|---|---|---|")
+            source = clean_copy(Path(tmp) / "src")
             for spec in (".", ".[all]"):
-                r = venv_size(spec, Path(tmp))
+                _, r = make_venv(spec, Path(tmp) / "venv", source)
+                shutil.rmtree(Path(tmp) / "venv", ignore_errors=True)
                 cells = [f"`pip install '{r['spec']}'`", r["packages"], f"{r['mb']:.0f}"]
                 cells.append(f"{r['install_s']:.0f}")
                 emit("| " + " | ".join(map(str, cells)) + " |")

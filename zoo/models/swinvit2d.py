@@ -131,28 +131,38 @@ def _no_head(name: str, kwargs: dict) -> dict:
     return kwargs
 
 
-def _swin_parts(prefix: str, embed_dim: int = 48) -> tuple[dict, tuple]:
-    """param_groups and feature_info of a MONAI SwinTransformer under ``prefix`` (patch size 2)."""
+def _swin_parts(
+    prefix: str,
+    encoder: str,
+    decoder: tuple[str, ...] = (),
+    head: tuple[str, ...] = (),
+    first_conv: tuple[str, ...] | None = None,
+    embed_dim: int = 48,
+) -> SpecFields:
+    """The parts of a model around a MONAI SwinTransformer under ``prefix`` (patch size 2).
+
+    Args:
+        prefix: the SwinTransformer's key prefix; encoder: the encoder's (it may hold more).
+        decoder / head: key prefixes of those parts; first_conv: when more than the patch
+            embedding reads the input.
+        embed_dim: the Swin width, for feature_info.
+
+    Returns:
+        ``first_conv``, ``param_groups``, ``feature_info`` and ``encoder_prefixes``.
+    """
     groups = {"stem": (f"{prefix}patch_embed.",)}
     groups.update({f"encoder.{i}": (f"{prefix}layers{i + 1}.",) for i in range(4)})
+    groups.update(decoder=decoder, head=head)
     features = (dict(module=f"{prefix}patch_embed", num_chs=embed_dim, reduction=2),) + tuple(
         dict(module=f"{prefix}layers{i + 1}.0", num_chs=embed_dim * 2 ** (i + 1), reduction=4 * 2**i)
         for i in range(4)
     )
-    return groups, features
-
-
-_BACKBONE_GROUPS, _BACKBONE_FEATURES = _swin_parts("model.")
-_SIMSIAM_GROUPS, _SIMSIAM_FEATURES = _swin_parts("backbone.model.")
-_UNETR_GROUPS, _UNETR_FEATURES = _swin_parts("swinViT.")
-# Swin-UNETR's residual blocks on the skips (encoder1..4, encoder10) start random with an SSL
-# encoder, so they belong with the decoder.
-_UNETR_GROUPS["decoder"] = tuple(f"encoder{i}." for i in (1, 2, 3, 4, 10)) + tuple(
-    f"decoder{i}." for i in range(1, 6)
-)
-_UNETR_GROUPS["head"] = ("out.",)
-_BACKBONE_GROUPS.update(decoder=(), head=())
-_SIMSIAM_GROUPS.update(decoder=(), head=("projection_head.", "prediction_head."))
+    return SpecFields(
+        first_conv=first_conv or f"{prefix}patch_embed.proj",
+        param_groups=groups,
+        feature_info=features,
+        encoder_prefixes=(encoder,),
+    )
 
 
 def _create_backbone(**kwargs: Any) -> SwinViT2d:
@@ -190,10 +200,7 @@ register_family(
             meta=ModelMeta(num_params=6_306_810, gmacs=0.63168, preprocessing=_PREPROCESSING),
             spec=SpecFields(
                 builder=_create_backbone,
-                first_conv="model.patch_embed.proj",
-                param_groups=_BACKBONE_GROUPS,
-                feature_info=_BACKBONE_FEATURES,
-                encoder_prefixes=("model.",),
+                **_swin_parts("model.", "model."),
                 description=(
                     "The 2D Swin-UNETR encoder (MONAI SwinTransformer, C=48, depths 2-2-2-2, heads "
                     "3-6-12-24, window 7, patch 2) that the thesis pretrains with SimSiam on IoU-based "
@@ -226,10 +233,7 @@ register_family(
             aliases={"swinvit2d-c48-simsiam-iou30-60-flare22": None},
             spec=SpecFields(
                 builder=_create_simsiam,
-                first_conv="backbone.model.patch_embed.proj",
-                param_groups=_SIMSIAM_GROUPS,
-                feature_info=_SIMSIAM_FEATURES,
-                encoder_prefixes=("backbone.",),
+                **_swin_parts("backbone.model.", "backbone.", head=("projection_head.", "prediction_head.")),
                 description=(
                     "The thesis's pretraining module: the 2D Swin-UNETR encoder (C=48) with lightly-style "
                     "SimSiam heads (projector 768→2048→2048→2048 with BN, last BN non-affine; predictor "
@@ -264,15 +268,21 @@ register_family(
             spec=SpecFields(
                 builder=_create_segmenter,
                 head_keys=("out.",),
-                # Both the Swin patch embedding and Swin-UNETR's encoder1 skip convs read the raw input.
-                first_conv=(
-                    "swinViT.patch_embed.proj",
-                    "encoder1.layer.conv1.conv",
-                    "encoder1.layer.conv3.conv",
+                **_swin_parts(
+                    "swinViT.",
+                    "swinViT.",
+                    # Swin-UNETR's residual blocks on the skips (encoder1..4, encoder10) start random
+                    # with an SSL encoder, so they belong with the decoder.
+                    decoder=tuple(f"encoder{i}." for i in (1, 2, 3, 4, 10))
+                    + tuple(f"decoder{i}." for i in range(1, 6)),
+                    head=("out.",),
+                    # Both the Swin patch embedding and Swin-UNETR's encoder1 skip convs read the input.
+                    first_conv=(
+                        "swinViT.patch_embed.proj",
+                        "encoder1.layer.conv1.conv",
+                        "encoder1.layer.conv3.conv",
+                    ),
                 ),
-                param_groups=_UNETR_GROUPS,
-                feature_info=_UNETR_FEATURES,
-                encoder_prefixes=("swinViT.",),
                 description=(
                     "MONAI SwinUNETR in 2D (feature_size 48, 14 outputs: background + 13 FLARE 2022 "
                     "abdominal organs), the model the thesis fine-tunes from the IoU-based SimSiam encoder: "

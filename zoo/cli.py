@@ -767,7 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
     s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
-    s.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward (>= 1)")
+    s.add_argument(
+        "--sw-batch-size",
+        type=int,
+        default=None,
+        help="windows per forward (>= 1; default 2: keeps two CPU threads or a GPU busy; equal to 1 "
+        "up to float rounding)",
+    )
     s.add_argument(
         "--intensity",
         default=None,

@@ -41,6 +41,7 @@ log = logging.getLogger("zoo")
 
 __all__ = [
     "AUTO_SW_BATCH",
+    "auto_workers",
     "argmax_labels",
     "read_volume",
     "predict_nifti",
@@ -689,17 +690,17 @@ def argmax_labels(logits: torch.Tensor) -> np.ndarray:
     where a running maximum reads each class plane once, in memory order.
     """
     k = logits.shape[0]
-    dtype = torch.uint8 if k <= 255 else torch.int32
-    if k == 1 or not bool(torch.isfinite(logits).all()):  # NaN: keep argmax's own rule for it
-        return logits.argmax(0).numpy().astype(np.uint8 if k <= 255 else np.uint16)
+    np_dtype = np.uint8 if k <= 255 else np.uint16
     best = logits[0].clone()
-    labels = torch.zeros(logits.shape[1:], dtype=dtype)
+    labels = torch.zeros(logits.shape[1:], dtype=torch.uint8 if k <= 255 else torch.int32)
     for c in range(1, k):
         above = logits[c] > best  # strictly: a tie keeps the lower class, as argmax does
         labels.masked_fill_(above, c)
         torch.maximum(best, logits[c], out=best)
-    out = labels.numpy()
-    return out if k <= 255 else out.astype(np.uint16)
+    # torch.maximum carries a NaN into ``best``: then argmax's own rule for NaN decides.
+    if k == 1 or bool(torch.isnan(best.sum())):
+        return logits.argmax(0).numpy().astype(np_dtype)
+    return labels.numpy().astype(np_dtype, copy=False)
 
 
 def _unbind(op: Any, keys: Any) -> Any:
@@ -1014,6 +1015,20 @@ def _rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def auto_workers() -> int:
+    """Reading processes for a study: one when a core is left over by the model's threads, else 0.
+
+    A reader only hides reading and preprocessing behind the model when it has a core of its own;
+    on a machine whose every core runs the model's threads it takes cycles from the model
+    instead (2 cores: 0.87× the throughput of reading in turn, benchmarks/predict_study.md).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 1 if cores > torch.get_num_threads() else 0
+
+
 def predict_study(
     model: nn.Module,
     source: str | Path | Sequence[str | Path],
@@ -1029,7 +1044,7 @@ def predict_study(
     max_memory_gb: float | None = None,
     max_windows: int | None = None,
     preview: bool = False,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     progress: bool = True,
     rank: int | None = None,
     world_size: int | None = None,
@@ -1046,7 +1061,8 @@ def predict_study(
         model: a model from :func:`zoo.create`.
         source: a folder, a datalist JSON, a glob pattern, or a list of paths.
         out_dir: the output folder (created).
-        num_workers: reading processes (0: read in this process, no overlap).
+        num_workers: reading processes (0: read in this process, no overlap); default
+            :func:`auto_workers`.
         rank / world_size: override the ``torchrun`` environment.
         on_case: called after each case with ``(path, prediction or None, error or None)``.
         Others: as :func:`predict_nifti`.
@@ -1070,6 +1086,10 @@ def predict_study(
         intensity=intensity,
         slice_axis=slice_axis,
     )
+    if num_workers is None:
+        num_workers = auto_workers()
+    elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"workers must be an integer >= 0 (reading processes), found {num_workers!r}")
     out_dir = Path(out_dir)
     cases = list_cases(source)
     outs = _study_outputs(cases, out_dir)

@@ -288,3 +288,47 @@ def test_cli_predict_refuses_a_bad_intensity_before_building_the_model(tmp_path,
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("k", [2, 4, 300])
+def test_argmax_labels_equals_torch_argmax_ties_included(k):
+    from zoo.predict import argmax_labels
+
+    torch.manual_seed(0)
+    # Rounded to a coarse grid so that many voxels tie between classes: the lowest class wins.
+    logits = (torch.randn(k, 7, 9, 11) * 2).round()
+    got = argmax_labels(logits)
+    want = logits.argmax(0).numpy()
+    assert got.dtype == (np.uint8 if k <= 255 else np.uint16)
+    assert (logits.max(0).values.unsqueeze(0) == logits).sum(0).gt(1).any()  # ties are present
+    np.testing.assert_array_equal(got, want)
+
+
+def test_argmax_labels_keeps_argmax_rule_for_nan():
+    from zoo.predict import argmax_labels
+
+    logits = torch.zeros(3, 2, 2, 2)
+    logits[1, 0, 0, 0] = float("nan")
+    logits[2] = 1.0
+    np.testing.assert_array_equal(argmax_labels(logits), logits.argmax(0).numpy())
+
+
+def test_windows_are_batched_by_default_and_the_caller_can_say_one():
+    from zoo.predict import AUTO_SW_BATCH, resolve_settings
+
+    cfg = ThresholdNet().pretrained_cfg
+    assert AUTO_SW_BATCH == 2
+    assert resolve_settings(cfg).sw_batch_size == AUTO_SW_BATCH
+    assert resolve_settings(cfg, sw_batch_size=1).sw_batch_size == 1
+
+
+def test_default_batched_windows_give_the_labels_of_one_window_per_forward(tmp_path):
+    # The same narrow FMUNet over the template, 2 windows per forward (default) vs 1: logits
+    # agree to float rounding, so the label maps may differ only at near-ties (here: none).
+    out1, out2 = tmp_path / "seg1.nii.gz", tmp_path / "seg2.nii.gz"
+    kw = dict(spacing_mm=(4.0, 4.0, 4.0), roi_size=(32, 32, 32), progress=False)
+    r2 = predict_nifti(_tiny_fmunet(3), MNI, out2, **kw)
+    predict_nifti(_tiny_fmunet(3), MNI, out1, sw_batch_size=1, **kw)
+    assert r2.num_windows >= 4
+    a, b = np.asarray(nib.load(out1).dataobj), np.asarray(nib.load(out2).dataobj)
+    assert (a != b).mean() < 1e-4

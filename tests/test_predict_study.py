@@ -232,3 +232,21 @@ def test_a_study_writes_the_label_maps_single_predictions_write(study, tmp_path)
         a = np.asarray(nib.load(tmp_path / "study" / name).dataobj)
         np.testing.assert_array_equal(a, np.asarray(nib.load(one.output).dataobj))
         assert len(np.unique(a)) > 1
+
+
+def test_a_reader_process_is_used_only_when_a_core_is_left_over(monkeypatch):
+    from zoo.predict import auto_workers
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(threads)))
+    assert auto_workers() == 0  # every core runs the model: a reader would take cycles from it
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(threads + 1)))
+    assert auto_workers() == 1
+
+
+@pytest.mark.parametrize("workers", [-1, 1.5, True])
+def test_a_bad_worker_count_is_refused_before_any_case(study, tmp_path, workers):
+    model = ThresholdNet()
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        predict_study(model, study[0], tmp_path / "seg", num_workers=workers, progress=False)
+    assert model.calls == 0 and not (tmp_path / "seg").exists()

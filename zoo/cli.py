@@ -767,7 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)")
     s.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)")
-    s.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward (>= 1)")
+    s.add_argument(
+        "--sw-batch-size",
+        type=int,
+        default=None,
+        help="windows per forward (>= 1; default 2: keeps two CPU threads or a GPU busy; equal to 1 "
+        "up to float rounding)",
+    )
     s.add_argument(
         "--intensity",
         default=None,
@@ -782,7 +788,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice-axis", choices=["x", "y", "z"], default=None, help="2D models: slice along it")
     s.add_argument("--max-memory-gb", type=float, default=None, help="memory budget (default: half the RAM)")
     s.add_argument("--max-windows", type=int, default=None, help="window cap per volume (default 5000)")
-    s.add_argument("--workers", type=int, default=1, help="a study: processes reading the next volumes")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="a study: processes reading the next volumes (default: 1 when a core is left over by the "
+        "model's threads, else 0)",
+    )
     s.add_argument("--preview", action="store_true", help="also write a PNG of mid-slices + labels")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -100,6 +100,21 @@ def test_cli_checks_the_input_before_downloading_weights(tmp_path, monkeypatch, 
     assert fetched == []
 
 
+def test_cli_refuses_a_model_without_weights_before_building_it(tmp_path, small, monkeypatch, capsys):
+    # The plan names the weights the load would fetch: a model that has none is refused first.
+    built = []
+
+    def create(*args, **kwargs):
+        built.append(args)
+        raise AssertionError("the model was built before its weights were checked")
+
+    monkeypatch.setattr("zoo.create", create)
+    rc = main(["predict", "vtunet-t", "-q", "-i", str(small), "-o", str(tmp_path / "o.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "vtunet-t has no pretrained weights" in err, err
+    assert built == [] and not (tmp_path / "o.nii.gz").exists()
+
+
 # -- settings in range, resources within budget, before any compute -------------------------------
 
 

@@ -229,6 +229,26 @@ def _validate_args(spec: ModelSpec, args: Mapping[str, Any]) -> None:
     check_args(args, spec.model_args, spec.name)
 
 
+def weights_tag(spec: ModelSpec, tag: str | None, pretrained: bool, has_checkpoint: bool) -> str | None:
+    """The weights tag a load reads: the named one, else the default when ``pretrained`` asks for it.
+
+    Shared by :func:`create` and ``zoo.predict.planned_cfg``, so that the plan checked before a
+    download names the weights the load then fetches.
+
+    Raises:
+        NoPretrainedWeightsError: ``pretrained`` for a model without registered weights.
+    """
+    if not pretrained or tag is not None or has_checkpoint:
+        return tag
+    if spec.default_tag is None:
+        reason = spec.no_weights_reason or "No pretrained weights are registered for it."
+        raise NoPretrainedWeightsError(
+            f"{spec.name} has no pretrained weights. {reason} Available: the architecture "
+            f"(pretrained=False) and checkpoint_path= for a checkpoint of your own."
+        )
+    return spec.default_tag
+
+
 def base_model_args(
     spec: ModelSpec, ws: WeightSpec | None, run_cfg: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -311,14 +331,7 @@ def create(
             raise ValueError(f"{name!r} already names weights {tag!r}; got weights={weights!r} as well")
         spec.weight(wtag)
         tag, pretrained = wtag, True
-    if pretrained and tag is None and checkpoint_path is None:
-        if spec.default_tag is None:
-            reason = spec.no_weights_reason or "No pretrained weights are registered for it."
-            raise NoPretrainedWeightsError(
-                f"{spec.name} has no pretrained weights. {reason} Available: the architecture "
-                f"(pretrained=False) and checkpoint_path= for a checkpoint of your own."
-            )
-        tag = spec.default_tag
+    tag = weights_tag(spec, tag, pretrained, checkpoint_path is not None)
     ws = spec.weight(tag) if tag is not None else None
 
     args = base_model_args(spec, ws, run_cfg)

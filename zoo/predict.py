@@ -1169,7 +1169,7 @@ def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: boo
     Raises:
         ValueError / FileNotFoundError: unknown name, a run folder of another model.
     """
-    from zoo._factory import _read_run_folder, _window_for, base_model_args
+    from zoo._factory import _read_run_folder, _window_for, base_model_args, weights_tag
     from zoo._registry import resolve
 
     spec, tag = resolve(name)
@@ -1180,8 +1180,7 @@ def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: boo
         raise ValueError(
             f"--checkpoint {checkpoint}: expected a checkpoint file or a run folder, found no such path"
         )
-    if pretrained and tag is None and checkpoint is None:
-        tag = spec.default_tag
+    tag = weights_tag(spec, tag, pretrained, checkpoint is not None)
     ws = spec.weight(tag) if tag is not None and checkpoint is None else None
     args = base_model_args(spec, ws, run_cfg)
     cfg: dict[str, Any] = {

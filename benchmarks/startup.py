@@ -92,7 +92,12 @@ def main() -> None:
     # run_all.py appends this file to RESULTS.md, so a regenerated RESULTS.md keeps it.
     out = REPO / "benchmarks" / "results" / "startup.md"
     out.write_text(
-        "## Start-up and install size\n\nFrom `benchmarks/startup.py`.\n\n" + "\n".join(lines) + "\n"
+        "## Start-up and install size\n\n"
+        + f"One run of `python benchmarks/startup.py{' --env' if a.env else ''}`"
+        + (": the timing and the fresh venvs together" if a.env else "")
+        + ". The core venv's build/predict checks: `benchmarks/core_install.py`.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 

@@ -286,6 +286,29 @@ def test_window_attention_exports_as_fused_attention_without_per_run_mask_tiling
     assert "Tile" not in ops  # masks are (1, heads, N, N) constants broadcast over windows·batch
 
 
+def test_window_attention_takes_3d_inputs_with_no_head_transposes_around_it(tiny_export):
+    import onnx
+
+    graph = onnx.load(str(tiny_export[1])).graph
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    assert attention
+    for node in attention:
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs.get("q_num_heads") == attrs.get("kv_num_heads") == 3, attrs  # 12 channels, 3 heads
+        # q, k, v come straight from their projections (through reshapes), never from a Transpose
+        for name in node.input[:3]:
+            src = producer.get(name)
+            while src is not None and src.op_type in ("Reshape", "Slice"):
+                src = producer.get(src.input[0])
+            assert src is not None and src.op_type in ("MatMul", "Add", "Gemm"), (node.name, src)
+        assert not any(c.op_type == "Transpose" for c in consumers.get(node.output[0], []))
+
+
 def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):
     import onnx
 

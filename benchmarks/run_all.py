@@ -418,9 +418,10 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
             ]
     local = read_csv(RESULTS_DIR / f"{machine_id()}.csv")
     parts += _efficiency_table({r["name"]: r for r in local})
-    startup = RESULTS_DIR / "startup.md"  # written by benchmarks/startup.py; kept across regenerations
-    if startup.is_file():
-        parts += ["", startup.read_text().strip(), ""]
+    # written by benchmarks/startup.py and benchmarks/onnx_predict.py; kept across regenerations
+    for extra in ("onnx_predict.md", "startup.md"):
+        if (RESULTS_DIR / extra).is_file():
+            parts += ["", (RESULTS_DIR / extra).read_text().strip(), ""]
     path.write_text("\n".join(parts).rstrip() + "\n")
     return path
 

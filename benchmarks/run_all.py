@@ -304,7 +304,7 @@ def _efficiency_table(ort_rows: dict[str, dict[str, str]]) -> list[str]:
         "fp32 eager, `inference_mode`; memory = rise of the resident set during a warm forward. bf16 and "
         "compile are the opt-in `zoo.fast` modes (relative L2 deviation from fp32 in brackets). onnxruntime: "
         "the same model exported by `zoo export`, from this machine's `run_all.py` row (a separate run, "
-        "same threads).",
+        "same threads; — where that row ran at another thread count).",
         "",
         "| model | input | GFLOP | efficiency before → after | latency s before → after "
         "| memory MiB before → after | bf16 s | compile s | onnxruntime s | ORT / torch (after) |",
@@ -315,7 +315,9 @@ def _efficiency_table(ort_rows: dict[str, dict[str, str]]) -> list[str]:
         if b is None or a is None:
             continue
         bf, co = by.get((n, "bf16")), by.get((n, "compile"))
-        ort = _f(ort_rows.get(n, {}), "ort_ms")
+        row = ort_rows.get(n, {})
+        # efficiency.py ran 2 threads: a row timed at another thread count is no comparison
+        ort = _f(row, "ort_ms") if row.get("cpu_threads") == "2" else None
 
         def fast_cell(r: dict | None) -> str:
             if r is None:

@@ -46,6 +46,43 @@ def _names(patterns: list[str]) -> list[str]:
     return out
 
 
+def baseline_export(name: str, src: Path, cache: Path, timeout: float) -> Path | None:
+    """``cache/NAME.onnx`` exported by the medzoo in ``src`` (another checkout, e.g. main's), made
+    once and reused, so that a graph change is timed against the old graph in the same rounds."""
+    out = cache / f"{name}.onnx"
+    if out.is_file():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    # The old code exports at its registered size; parity was that code's own check, not this run's.
+    code = (
+        "import sys; from zoo.export import to_onnx; "
+        "to_onnx(sys.argv[1], sys.argv[2], batch_sizes=(1,), check=False, verbose=False)"
+    )
+    part = cache / f"{name}.part.onnx"
+    env = {**os.environ, "PYTHONPATH": str(src.resolve()), "OMP_WAIT_POLICY": "PASSIVE"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, name, str(part)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=src,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"  {name}: baseline export timed out after {timeout} s", file=sys.stderr)
+        return None
+    if proc.returncode != 0 or not part.is_file():
+        tail = "\n    ".join(proc.stderr.strip().splitlines()[-4:])
+        print(f"  {name}: baseline export failed (exit {proc.returncode})\n    {tail}", file=sys.stderr)
+        return None
+    if Path(f"{part}.data").exists():
+        print(f"  {name}: baseline export has external data; not supported here", file=sys.stderr)
+        return None
+    part.replace(out)
+    return out
+
+
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     cmd = [
         sys.executable,
@@ -68,6 +105,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
         cmd.append("--no-cuda")
     if args.baseline_opset:
         cmd += ["--baseline-opset", str(args.baseline_opset)]
+    if args.baseline_src:
+        base = baseline_export(name, Path(args.baseline_src), Path(args.baseline_cache), args.timeout)
+        if base is None:
+            return None
+        cmd += ["--baseline-onnx", str(base), "--baseline-label", args.baseline_label]
     # libgomp reads the wait policy when torch loads: it must be in the child's environment.
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     start = time.perf_counter()
@@ -182,7 +224,13 @@ def _time_table(rows: list[dict[str, str]]) -> list[str]:
         if r.get("onnx_exporter") and r.get("onnx_opset"):
             exporter += f" ({r['onnx_opset']})"
         base = _f(r, "ort_baseline_ms")
-        base_cell = "—" if base is None else f"{_ratio(base, cpu)} (opset {r.get('ort_baseline_opset', '?')})"
+        graph = r.get("ort_baseline_graph") or ""
+        what = (
+            f"{graph}, opset {r.get('ort_baseline_opset', '?')}"
+            if graph
+            else f"opset {r.get('ort_baseline_opset', '?')}"
+        )
+        base_cell = "—" if base is None else f"{_ratio(base, cpu)} ({what})"
         timing = r.get("timing") or "separate blocks"
         cuda_mem = "—"
         if _f(r, "cuda_fp32_peak_mib") is not None:
@@ -256,7 +304,7 @@ def _efficiency_table(ort_rows: dict[str, dict[str, str]]) -> list[str]:
         "fp32 eager, `inference_mode`; memory = rise of the resident set during a warm forward. bf16 and "
         "compile are the opt-in `zoo.fast` modes (relative L2 deviation from fp32 in brackets). onnxruntime: "
         "the same model exported by `zoo export`, from this machine's `run_all.py` row (a separate run, "
-        "same threads).",
+        "same threads; — where that row ran at another thread count).",
         "",
         "| model | input | GFLOP | efficiency before → after | latency s before → after "
         "| memory MiB before → after | bf16 s | compile s | onnxruntime s | ORT / torch (after) |",
@@ -267,7 +315,9 @@ def _efficiency_table(ort_rows: dict[str, dict[str, str]]) -> list[str]:
         if b is None or a is None:
             continue
         bf, co = by.get((n, "bf16")), by.get((n, "compile"))
-        ort = _f(ort_rows.get(n, {}), "ort_ms")
+        row = ort_rows.get(n, {})
+        # efficiency.py ran 2 threads: a row timed at another thread count is no comparison
+        ort = _f(row, "ort_ms") if row.get("cpu_threads") == "2" else None
 
         def fast_cell(r: dict | None) -> str:
             if r is None:
@@ -321,7 +371,8 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
         "each runtime timed on its own (their ratio measured the machine's load as much as the graph). "
         "The 1-minute load average is given at the start and end of the row; a row during which it moved "
         "by more than 1.0 was measured again (tries). *Baseline graph*: the same model exported at the "
-        "named opset (before the Attention operator), timed in the same rounds.",
+        "named opset (before the Attention operator), or by the named older medzoo (`--baseline-src`), "
+        "timed in the same rounds.",
         "- **CPU peak MiB**: rise of the process's resident set above its size before the first forward "
         "(weights and input already resident).",
         "- **ONNX**: exported at the benchmarked size (batch axis dynamic) and checked against PyTorch with "
@@ -369,9 +420,10 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
             ]
     local = read_csv(RESULTS_DIR / f"{machine_id()}.csv")
     parts += _efficiency_table({r["name"]: r for r in local})
-    startup = RESULTS_DIR / "startup.md"  # written by benchmarks/startup.py; kept across regenerations
-    if startup.is_file():
-        parts += ["", startup.read_text().strip(), ""]
+    # written by benchmarks/startup.py and benchmarks/onnx_predict.py; kept across regenerations
+    for extra in ("onnx_predict.md", "startup.md"):
+        if (RESULTS_DIR / extra).is_file():
+            parts += ["", (RESULTS_DIR / extra).read_text().strip(), ""]
     path.write_text("\n".join(parts).rstrip() + "\n")
     return path
 
@@ -390,6 +442,18 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="also time an export at this opset, alternating with the others (before/after)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        default=None,
+        help="also time the graph that the medzoo checkout at this path exports (e.g. main's), "
+        "alternating with the others",
+    )
+    p.add_argument("--baseline-label", default="baseline", help="name of that graph in the table")
+    p.add_argument(
+        "--baseline-cache",
+        default=str(HERE / ".baseline-onnx"),
+        help="where the baseline exports are kept and reused (default: benchmarks/.baseline-onnx)",
     )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per model")
     p.add_argument(

@@ -140,6 +140,29 @@ def test_benchmark_measures_a_registered_model():
         assert r.cuda_fp32_ms > 0 and r.cuda_bf16_ms is not None
 
 
+def test_an_exported_file_is_timed_as_the_baseline_in_the_same_rounds(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from zoo.export import to_onnx
+
+    with pytest.raises(ValueError, match="expected an exported .onnx file"):
+        benchmark("swinvit2d-c48", input_shape=(1, 32, 32), baseline_onnx=tmp_path / "missing.onnx")
+    torch.manual_seed(0)
+    # the TorchScript exporter: quicker, and a graph other than the timed dynamo one
+    old = to_onnx("swinvit2d-c48", tmp_path / "old.onnx", (1, 32, 32), exporter="torchscript", check=False)
+    r = benchmark(
+        "swinvit2d-c48",
+        input_shape=(1, 32, 32),
+        warmup=1,
+        repeats=2,
+        baseline_onnx=old.path,
+        baseline_label="before",
+        cuda=False,
+    )
+    assert r.timing == "alternating" and r.onnx_error == ""
+    assert r.cpu_ms > 0 and r.ort_ms > 0 and r.ort_baseline_ms > 0
+    assert r.ort_baseline_graph == "before" and r.ort_baseline_opset == 17 and r.onnx_opset == 23
+
+
 def test_machine_id_is_a_file_name():
     m = machine_id()
     assert m and "/" not in m and " " not in m

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import zoo
 from zoo._registry import iter_specs
@@ -193,6 +194,21 @@ class Overflows(TinyNet):
         return self.conv(x) * float("inf") * 0.0  # NaN everywhere
 
 
+def test_instance_norm_over_a_million_voxels_is_exported_as_accurately_as_pytorch_computes_it(tmp_path):
+    # onnxruntime's own InstanceNormalization is ~1e-5 off over 2^20 voxels (FMUNet's full-size maps)
+    norm = nn.InstanceNorm3d(2, affine=True).eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.5, 2.0]))
+        norm.bias.copy_(torch.tensor([-1.0, 0.25]))
+    path = tmp_path / "norm.onnx"
+    to_onnx(norm, path, (2, 64, 128, 128), batch_sizes=(1, 2), exporter="dynamo", verbose=False)
+    x = torch.randn(2, 2, 64, 128, 128, generator=torch.Generator().manual_seed(3)) * 2 + 5
+    ref = F.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double(), eps=norm.eps)
+    session = onnx_session(path)
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]).double()
+    assert float((got - ref).abs().max() / ref.abs().max()) < 3e-6
+
+
 def test_a_model_whose_output_is_not_finite_fails_instead_of_passing(tmp_path):
     with pytest.raises(OnnxParityError, match="non-finite"):
         to_onnx(
@@ -284,6 +300,31 @@ def test_window_attention_exports_as_fused_attention_without_per_run_mask_tiling
     assert ops.count("Attention") >= 8
     assert "Softmax" not in ops  # no attention left as MatMul/Add/Softmax/MatMul
     assert "Tile" not in ops  # masks are (1, heads, N, N) constants broadcast over windows·batch
+
+
+def test_window_attention_takes_3d_inputs_with_no_head_transposes_around_it(tiny_export):
+    import onnx
+
+    graph = onnx.load(str(tiny_export[1])).graph
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    attention = [n for n in graph.node if n.op_type == "Attention"]
+    assert attention
+    for node in attention:
+        attrs = {a.name: a.i for a in node.attribute}
+        # 3D form: the heads are attributes (QT-UNet-T: 3, 6, 12, 24 heads by stage)
+        assert attrs.get("q_num_heads") in (3, 6, 12, 24), attrs
+        assert attrs["kv_num_heads"] == attrs["q_num_heads"], attrs
+        # q, k, v come straight from their projections (through reshapes), never from a Transpose
+        for name in node.input[:3]:
+            src = producer.get(name)
+            while src is not None and src.op_type in ("Reshape", "Slice"):
+                src = producer.get(src.input[0])
+            assert src is not None and src.op_type in ("MatMul", "Add", "Gemm"), (node.name, src)
+        assert not any(c.op_type == "Transpose" for c in consumers.get(node.output[0], []))
 
 
 def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):

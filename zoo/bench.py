@@ -101,6 +101,7 @@ class BenchResult:
     ort_ms_iqr: float | None = None
     ort_baseline_ms: float | None = None
     ort_baseline_opset: int | None = None
+    ort_baseline_graph: str = ""
     onnx_exporter: str = ""
     onnx_opset: int | None = None
     onnx_max_abs: float | None = None
@@ -454,6 +455,8 @@ def benchmark(
     cuda_repeats: int = 20,
     onnx_opset: int | None = None,
     baseline_opset: int | None = None,
+    baseline_onnx: str | Path | None = None,
+    baseline_label: str = "",
     log: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure one registered model.
@@ -474,6 +477,10 @@ def benchmark(
         onnx_opset: opset of the timed export (default: :data:`zoo.export.DYNAMO_OPSET`).
         baseline_opset: also export at this opset and time that graph in the same rounds
             (``ort_baseline_ms``): a before/after of the exporter measured under one load.
+        baseline_onnx: instead, time this already exported file in the same rounds (e.g. the
+            export of an older medzoo, ``benchmarks/run_all.py --baseline-src``); it must take the
+            same input.
+        baseline_label: what the baseline graph is (``ort_baseline_graph``), e.g. ``main``.
         log: progress callback (e.g. ``print``).
 
     Returns:
@@ -482,6 +489,10 @@ def benchmark(
     from zoo.export import default_input_shape, to_onnx
 
     say = log or (lambda s: None)
+    if baseline_opset and baseline_onnx:
+        raise ValueError("give baseline_opset or baseline_onnx, not both")
+    if baseline_onnx is not None and not Path(baseline_onnx).is_file():
+        raise ValueError(f"baseline_onnx: expected an exported .onnx file, found no file at {baseline_onnx}")
     spec, tag = resolve(name)
     kwargs = dict(model_kwargs or {})
     if threads:
@@ -572,6 +583,18 @@ def benchmark(
                     session = onnx_session(ex.path, n_threads)
                     feed = {session.get_inputs()[0].name: x.numpy()}
                     runners[key] = functools.partial(session.run, None, feed)
+                if baseline_onnx is not None:
+                    import onnx
+
+                    session = onnx_session(baseline_onnx, n_threads)
+                    feed = {session.get_inputs()[0].name: x.numpy()}
+                    session.run(None, feed)  # a file that cannot take this input fails here, not mid-timing
+                    runners["ort_baseline"] = functools.partial(session.run, None, feed)
+                    res.ort_baseline_graph = baseline_label or Path(baseline_onnx).name
+                    imports = onnx.load(str(baseline_onnx), load_external_data=False).opset_import
+                    res.ort_baseline_opset = next(
+                        (i.version for i in imports if i.domain in ("", "ai.onnx")), None
+                    )
             except Exception as e:  # a failed export is a result to report, not a crash
                 res.onnx_error = (
                     f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__

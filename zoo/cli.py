@@ -523,6 +523,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
             cuda=False if a.no_cuda else None,
             onnx_opset=a.opset,
             baseline_opset=a.baseline_opset,
+            baseline_onnx=a.baseline_onnx,
+            baseline_label=a.baseline_label or "",
             log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
         )
         rows.append(r)
@@ -849,6 +851,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also time an export at this opset in the same alternating rounds (before/after)",
     )
+    s.add_argument(
+        "--baseline-onnx",
+        default=None,
+        help="also time this exported file (same input) in the same alternating rounds, e.g. an older export",
+    )
+    s.add_argument("--baseline-label", default=None, help="what --baseline-onnx is (e.g. main)")
     s.add_argument("--json", action="store_true", help="one JSON object per model")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 

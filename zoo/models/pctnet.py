@@ -25,9 +25,12 @@ from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
     cached_window_masks,
+    exporting,
     gather_windows,
+    project_parts,
     scatter_windows,
     window_attention,
+    window_attention_tokens,
     window_plan,
 )
 
@@ -244,6 +247,11 @@ class WindowAttention3D(nn.Module):
 
     def forward(self, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
         """x: windows (nW·N, B, C) laid out by ``plan``. Returns (nW·N, B, C)."""
+        if exporting():  # (B, nW·N, C) tokens, one ONNX Attention per group (window_attention_tokens)
+            q, k, v = project_parts(x, self.qkv, 3)
+            masks = cached_window_masks(self, self.relative_position_bias_table, plan, 1, self.position_bias)
+            x = window_attention_tokens(q, k, v, masks, plan, self.scale, self.num_heads)
+            return self.proj_drop(self.proj(x))
         _, b, c = x.shape
         nw, n = plan.num_windows, plan.tokens
         # (nW·N, B, 3C) → 3 × (nW, B·heads, N, head_dim): a view for B = 1, one copy otherwise.

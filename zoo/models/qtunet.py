@@ -33,11 +33,14 @@ from zoo.layers.tracing import is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
     cached_window_masks,
+    exporting,
     gather_windows,
     get_window_size,
+    project_parts,
     relative_position_index_3d,
     scatter_windows,
     window_attention,
+    window_attention_tokens,
     window_plan,
 )
 
@@ -139,6 +142,8 @@ class WindowAttention3D(nn.Module):
 
     def _project(self, x: torch.Tensor, layer: nn.Linear, plan: WindowPlan) -> tuple[torch.Tensor, ...]:
         # (nW·N, B, parts·C) → parts × (nW, B·heads, N, head_dim): a view for B = 1, one copy otherwise.
+        if exporting():  # (B, nW·N, C) → parts × (B, nW·N, C), heads merged (window_attention_tokens)
+            return project_parts(x, layer, layer.out_features // x.shape[-1])
         t = layer(x)
         parts = t.shape[-1] // x.shape[-1]
         t = t.view(plan.num_windows, plan.tokens, x.shape[1], parts, self.num_heads, -1)
@@ -157,8 +162,13 @@ class WindowAttention3D(nn.Module):
     ) -> torch.Tensor:
         """softmax(scale·q·kᵀ + bias + mask)·v, heads merged, then ``proj``.
 
-        ``q, k, v``: ``(nW, B·heads, N, head_dim)``; returns ``(nW·N, B, C)``.
+        ``q, k, v``: ``(nW, B·heads, N, head_dim)``; returns ``(nW·N, B, C)``. While exporting,
+        ``(B, nW·N, C)`` in and out (:func:`~zoo.layers.window_attention_3d.exporting`).
         """
+        if exporting():
+            masks = cached_window_masks(self, self.relative_position_bias_table, plan, 1, self.position_bias)
+            out = window_attention_tokens(q, k, v, masks, plan, scale, self.num_heads)
+            return self.proj_drop(self.proj(out))
         batch = q.shape[1] // self.num_heads
         masks = cached_window_masks(self, self.relative_position_bias_table, plan, batch, self.position_bias)
         drop = self.attn_drop.p if self.training else 0.0
@@ -657,19 +667,31 @@ class QTUNet(nn.Module):
         s, sd = self.up.s, self.up.sd
         weight = self.output.weight.flatten(1)
         step = max(1, _HEAD_SLAB_BYTES // (h * w * sd * s * s * c * x.element_size()))  # per sample
-        tracing = is_tracing()
-        out = None if tracing else x.new_empty((b, weight.shape[0], d, sd, h, s, w, s))
+        if is_tracing():
+            return self._expand_and_classify_traced(x, weight, step)
+        out = x.new_empty((b, weight.shape[0], d, sd, h, s, w, s))
+        for i in range(0, d, step):
+            y = self.up.expand(x[:, i : i + step])
+            y = self.up.norm(y.view(*y.shape[:4], sd, s, s, c))
+            out[:, :, i : i + step] = F.linear(y, weight, self.output.bias).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, -1, d * sd, h * s, w * s)
+
+    def _expand_and_classify_traced(self, x: torch.Tensor, weight: torch.Tensor, step: int) -> torch.Tensor:
+        # The same values, in steps an exported graph runs fast. onnxruntime moved the voxels with
+        # one rank-8 Transpose (17 % of QT-UNet-T's time at 96³); a class-major Transpose of
+        # (voxels, classes) and then a rank-7 one over whole class planes take half of that. The
+        # expansion, its LayerNorm and the 1×1×1 conv still run on cache-sized slabs (a
+        # whole-volume LayerNorm was 4× slower there).
+        b, d, h, w, c = x.shape
+        s, sd = self.up.s, self.up.sd
         parts = []
         for i in range(0, d, step):
             y = self.up.expand(x[:, i : i + step])
             y = self.up.norm(y.view(*y.shape[:4], sd, s, s, c))
-            y = F.linear(y, weight, self.output.bias).permute(0, 7, 1, 4, 2, 5, 3, 6)
-            if tracing:  # an exported graph concatenates (slice assignment would become ScatterND)
-                parts.append(y)
-            else:
-                out[:, :, i : i + step] = y
-        out = torch.cat(parts, dim=2) if tracing else out
-        return out.reshape(b, -1, d * sd, h * s, w * s)
+            parts.append(F.linear(y, weight, self.output.bias).reshape(b, -1, weight.shape[0]))
+        y = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).transpose(1, 2)
+        y = y.reshape(-1, d, h, w, sd, s, s).permute(0, 1, 4, 2, 5, 3, 6)
+        return y.reshape(b, -1, d * sd, h * s, w * s)
 
 
 # --------------------------------------------------------------------------- registry

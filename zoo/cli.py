@@ -435,8 +435,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 @_command
 def cmd_export(a: argparse.Namespace) -> int:
+    from zoo._optional import require
     from zoo.export import to_onnx
     from zoo.hub_repo import hub_model_name, is_hub_id
+
+    require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")  # before any other line is printed
 
     if is_hub_id(a.name):  # a published repository: its model, loaded through checkpoint_path
         if a.checkpoint:

@@ -112,6 +112,7 @@ def test_cli_refuses_a_model_without_weights_before_building_it(tmp_path, small,
     rc = main(["predict", "vtunet-t", "-q", "-i", str(small), "-o", str(tmp_path / "o.nii.gz")])
     err = capsys.readouterr().err
     assert rc == 2 and "vtunet-t has no pretrained weights" in err, err
+    assert "--checkpoint" in err and "--no-weights" in err and len(err.strip().splitlines()) == 1
     assert built == [] and not (tmp_path / "o.nii.gz").exists()
 
 

@@ -301,7 +301,15 @@ def _predict(a: argparse.Namespace) -> int:
             model = zoo.create(a.name)
         cfg = dict(model.pretrained_cfg)
     else:
-        cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
+        from zoo._factory import NoPretrainedWeightsError
+
+        try:
+            cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
+        except NoPretrainedWeightsError:  # the API's message names pretrained=False: say the flags
+            raise ValueError(
+                f"{a.name} has no pretrained weights: predict with --checkpoint FILE_OR_RUN (your own, "
+                "e.g. from zoo finetune), or --no-weights to check the pipeline with random weights"
+            ) from None
     kw = dict(
         roi_size=tuple(a.roi_size) if a.roi_size else None,
         overlap=a.overlap,

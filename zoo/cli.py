@@ -306,9 +306,11 @@ def _predict(a: argparse.Namespace) -> int:
         try:
             cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
         except NoPretrainedWeightsError:  # the API's message names pretrained=False: say the flags
+            spec, _ = resolve(a.name)
+            why = f" ({spec.no_weights_reason.rstrip('.')})" if spec.no_weights_reason else ""
             raise ValueError(
-                f"{a.name} has no pretrained weights: predict with --checkpoint FILE_OR_RUN (your own, "
-                "e.g. from zoo finetune), or --no-weights to check the pipeline with random weights"
+                f"{spec.name} has no pretrained weights{why}: predict with --checkpoint FILE_OR_RUN (your "
+                "own, e.g. from zoo finetune), or --no-weights to check the pipeline with random weights"
             ) from None
     kw = dict(
         roi_size=tuple(a.roi_size) if a.roi_size else None,

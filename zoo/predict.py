@@ -686,8 +686,9 @@ def argmax_labels(logits: torch.Tensor) -> np.ndarray:
     """``(K, *grid)`` logits → the label map (uint8, uint16 past 255 classes), as ``argmax(0)``.
 
     Equal to ``logits.argmax(0)`` voxel for voxel, ties to the lowest class included, in about a
-    tenth of its time: ``argmax`` over the outer axis strides across the whole volume per voxel,
-    where a running maximum reads each class plane once, in memory order.
+    seventh of its time (4 classes over 197×233×189, 2 threads): ``argmax`` over the outer axis
+    strides across the whole volume per voxel, where a running maximum reads each class plane
+    once, in memory order.
     """
     k = logits.shape[0]
     np_dtype = np.uint8 if k <= 255 else np.uint16

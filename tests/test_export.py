@@ -7,6 +7,7 @@ valid size);
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -21,6 +22,7 @@ from zoo.cli import main
 from zoo.export import EXPORTERS, OnnxParityError, onnx_session, reduced_config, to_onnx
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 SPECS = [s for s in iter_specs() if s.input_size is not None]
 
@@ -207,6 +209,59 @@ def test_instance_norm_over_a_million_voxels_is_exported_as_accurately_as_pytorc
     session = onnx_session(path)
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]).double()
     assert float((got - ref).abs().max() / ref.abs().max()) < 3e-6
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv3d(6, 6, 5, padding=2, groups=6),  # LKA's depth-wise 5³
+        nn.Conv3d(6, 6, 7, padding=9, dilation=3, groups=6),  # LKA's dilated 7³
+        nn.Conv3d(4, 4, (3, 5, 1), padding=(1, 2, 0), groups=4),
+        nn.Conv3d(5, 7, 3, padding=1),
+        nn.Conv3d(3, 4, (1, 3, 3), padding=(0, 1, 1)),  # PCT-Net's in-plane kernel
+        nn.Conv3d(3, 4, 5, padding=2, bias=False),
+    ],
+    ids=["dw5", "dw7-dil3", "dw-anisotropic", "dense3", "dense1x3x3", "dense5-nobias"],
+)
+def test_3d_convolutions_are_exported_as_2d_ones_computing_the_same(conv, tmp_path):
+    from zoo.export import _for_export
+
+    torch.manual_seed(0)
+    conv = conv.eval()
+    form = _for_export(copy.deepcopy(nn.Sequential(conv)))[0]
+    assert not isinstance(form, nn.Conv3d), "an eligible convolution keeps its 3D form"
+    x = torch.randn(2, conv.in_channels, 6, 9, 11)
+    with torch.no_grad():
+        ref = conv(x)
+        for inp in (x, x.to(memory_format=torch.channels_last_3d)):
+            assert torch.allclose(form(inp), ref, rtol=1e-5, atol=1e-5)
+    # exported with dynamic spatial axes: the slices and reshapes must follow the size
+    path = tmp_path / "conv.onnx"
+    shapes = [(conv.in_channels, 6, 9, 11), (conv.in_channels, 5, 7, 8)]
+    r = to_onnx(conv, path, input_shapes=shapes, verbose=False)
+    assert r.exporter == "dynamo" and all(p.rel <= 1e-5 for p in r.parity), [str(p) for p in r.parity]
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: len(t.dims) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(weights.get(n.input[1]) == 4 for n in convs), "every Conv should be 2D"
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv3d(4, 4, 3, stride=2, padding=1, groups=4),
+        nn.Conv3d(4, 8, 3, padding=1, groups=2),
+        nn.Conv3d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv3d(4, 4, 1),
+        nn.Conv3d(4, 4, 3),  # no padding: the map shrinks
+        nn.Conv3d(4, 4, 3, padding=2, dilation=2),  # dilated dense: left to onnxruntime's 3D Conv
+    ],
+    ids=["strided", "grouped", "reflect", "1x1x1", "valid", "dense-dilated"],
+)
+def test_other_3d_convolutions_keep_their_own_form(conv):
+    from zoo.export import _for_export
+
+    assert _for_export(nn.Sequential(conv))[0] is conv
 
 
 def test_a_model_whose_output_is_not_finite_fails_instead_of_passing(tmp_path):

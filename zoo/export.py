@@ -391,15 +391,126 @@ class _ExportInstanceNorm(nn.Module):
         return y.reshape(x.shape)
 
 
+def _is_depthwise_3d(conv: nn.Module) -> bool:
+    """A Conv3d of one filter per channel, stride 1, zero padding that keeps the size."""
+    if type(conv) is not nn.Conv3d or conv.groups == 1:
+        return False
+    c = conv.in_channels
+    k, d, p = conv.kernel_size, conv.dilation, conv.padding
+    same = isinstance(p, tuple) and all(2 * pi == di * (ki - 1) for ki, di, pi in zip(k, d, p, strict=True))
+    return (
+        conv.out_channels == c == conv.groups
+        and conv.stride == (1, 1, 1)
+        and conv.padding_mode == "zeros"
+        and same
+    )
+
+
+class _ExportDepthwiseConv3d(nn.Module):
+    """A depth-wise 3D convolution computed as a sum of 2D depth-wise convolutions.
+
+    onnxruntime has no depth-wise kernel for 3D: it runs a grouped ``Conv`` as one small im2col +
+    GEMM per channel, while its 2D depth-wise kernel is direct and vectorised. With depth moved
+    into the batch, tap ``a`` of the kernel's depth axis is a 2D depth-wise convolution of the
+    depth slices shifted by ``a·dilation``; the sum over taps is the 3D convolution. Measured per
+    node at 1 thread (64 channels at 24³): 7³ dilated 82 → 12 ms, 5³ 29 → 6 ms, 3³ at 512
+    channels 60 → 43 ms. (Stacking the taps on the channel axis into one node exports faster
+    but ran 1.5–2.6× slower: the stacked copy and the sum over taps are extra passes.)
+    """
+
+    def __init__(self, conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.channels = conv.in_channels
+        self.kd, self.dd, self.pd = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+        self.padding, self.dilation = conv.padding[1:], conv.dilation[1:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, d, h, w = x.shape
+        # (N, D, C, H, W), depth zero-padded: each tap's input is a contiguous run of slices
+        xt = F.pad(x.transpose(1, 2), (0, 0, 0, 0, 0, 0, self.pd, self.pd))
+        out = None
+        for a in range(self.kd):
+            y = F.conv2d(
+                xt[:, a * self.dd : a * self.dd + d].reshape(-1, c, h, w),
+                self.weight[:, :, a],
+                self.bias if a == 0 else None,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=self.channels,
+            )
+            out = y if out is None else out + y
+        return out.reshape(-1, d, c, h, w).transpose(1, 2)
+
+
+def _is_dense_same_3d(conv: nn.Module) -> bool:
+    """A Conv3d of full channel mixing, stride 1, no dilation, zero padding that keeps the size,
+    and a spatial kernel (a 1×1×1 convolution is a MatMul-like node already)."""
+    if type(conv) is not nn.Conv3d or conv.groups != 1:
+        return False
+    k, p = conv.kernel_size, conv.padding
+    return (
+        conv.stride == (1, 1, 1)
+        and conv.dilation == (1, 1, 1)
+        and conv.padding_mode == "zeros"
+        and isinstance(p, tuple)
+        and all(2 * pi == ki - 1 for ki, pi in zip(k, p, strict=True))
+        and k[1:] != (1, 1)
+    )
+
+
+class _ExportConv3d(nn.Module):
+    """A dense 3D convolution computed as one 2D convolution over depth slices.
+
+    onnxruntime runs a 3D ``Conv`` as im2col + GEMM, but a 2D one in its blocked (NCHWc) direct
+    kernels. With depth moved into the batch and the ``kd`` depth-shifted copies of the input
+    stacked on the channel axis, the 3D convolution is one 2D convolution with ``kd·C`` input
+    channels (weight ``(O, C, kd, kh, kw)`` → ``(O, kd·C, kh, kw)``). Measured per node at
+    1 thread: 7–17 % faster than onnxruntime's 3D ``Conv`` from 16 channels at 64×128×128 to
+    96 at 24³.
+    """
+
+    def __init__(self, conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.bias = conv.bias
+        o, c, kd, kh, kw = conv.weight.shape
+        self.kd, self.pd = kd, conv.padding[0]
+        self.padding = conv.padding[1:]
+        # tap-major input channels, as the stacked copies below
+        self.weight = nn.Parameter(conv.weight.detach().transpose(1, 2).reshape(o, kd * c, kh, kw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, d, h, w = x.shape
+        xt = x.transpose(1, 2)  # (N, D, C, H, W)
+        if self.kd > 1:
+            xp = F.pad(xt, (0, 0, 0, 0, 0, 0, self.pd, self.pd))
+            xt = torch.cat([xp[:, a : a + d] for a in range(self.kd)], dim=2)
+        y = F.conv2d(xt.reshape(-1, self.kd * c, h, w), self.weight, self.bias, padding=self.padding)
+        return y.reshape(-1, d, y.shape[1], h, w).transpose(1, 2)
+
+
+def _export_form(sub: nn.Module) -> nn.Module | None:
+    if isinstance(sub, _INSTANCE_NORMS) and not (sub.track_running_stats and not sub.training):
+        return _ExportInstanceNorm(sub)
+    if _is_depthwise_3d(sub):
+        return _ExportDepthwiseConv3d(sub)
+    if _is_dense_same_3d(sub):
+        return _ExportConv3d(sub)
+    return None
+
+
 def _for_export(module: nn.Module) -> nn.Module:
-    """``module`` (a copy) with the submodules that onnxruntime computes less accurately than
-    PyTorch replaced by export forms of the same function (instance norms on batch statistics)."""
-    if isinstance(module, _INSTANCE_NORMS) and not (module.track_running_stats and not module.training):
-        return _ExportInstanceNorm(module)
+    """``module`` (a copy) with the submodules that onnxruntime computes less accurately or more
+    slowly than PyTorch replaced by export forms of the same function: instance norms on batch
+    statistics, depth-wise 3D convolutions as sums of 2D ones."""
+    top = _export_form(module)
+    if top is not None:
+        return top
     for child in list(module.modules()):
         for attr, sub in list(child.named_children()):
-            if isinstance(sub, _INSTANCE_NORMS) and not (sub.track_running_stats and not sub.training):
-                setattr(child, attr, _ExportInstanceNorm(sub))
+            repl = _export_form(sub)
+            if repl is not None:
+                setattr(child, attr, repl)
     return module
 
 

@@ -391,19 +391,17 @@ class _ExportInstanceNorm(nn.Module):
         return y.reshape(x.shape)
 
 
-def _is_depthwise_3d(conv: nn.Module) -> bool:
-    """A Conv3d of one filter per channel, stride 1, zero padding that keeps the size."""
-    if type(conv) is not nn.Conv3d or conv.groups == 1:
+def _size_keeping_3d(conv: nn.Module) -> bool:
+    """A plain Conv3d of stride 1 whose zero padding keeps the map's size (what both 2D forms need)."""
+    if type(conv) is not nn.Conv3d or conv.stride != (1, 1, 1) or conv.padding_mode != "zeros":
         return False
-    c = conv.in_channels
     k, d, p = conv.kernel_size, conv.dilation, conv.padding
-    same = isinstance(p, tuple) and all(2 * pi == di * (ki - 1) for ki, di, pi in zip(k, d, p, strict=True))
-    return (
-        conv.out_channels == c == conv.groups
-        and conv.stride == (1, 1, 1)
-        and conv.padding_mode == "zeros"
-        and same
-    )
+    return isinstance(p, tuple) and all(2 * pi == di * (ki - 1) for ki, di, pi in zip(k, d, p, strict=True))
+
+
+def _is_depthwise_3d(conv: nn.Module) -> bool:
+    """A size-keeping Conv3d of one filter per channel."""
+    return _size_keeping_3d(conv) and conv.groups > 1 and conv.out_channels == conv.in_channels == conv.groups
 
 
 class _ExportDepthwiseConv3d(nn.Module):
@@ -421,7 +419,6 @@ class _ExportDepthwiseConv3d(nn.Module):
     def __init__(self, conv: nn.Conv3d) -> None:
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias
-        self.channels = conv.in_channels
         self.kd, self.dd, self.pd = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
         self.padding, self.dilation = conv.padding[1:], conv.dilation[1:]
 
@@ -437,25 +434,20 @@ class _ExportDepthwiseConv3d(nn.Module):
                 self.bias if a == 0 else None,
                 padding=self.padding,
                 dilation=self.dilation,
-                groups=self.channels,
+                groups=c,
             )
             out = y if out is None else out + y
         return out.reshape(-1, d, c, h, w).transpose(1, 2)
 
 
 def _is_dense_same_3d(conv: nn.Module) -> bool:
-    """A Conv3d of full channel mixing, stride 1, no dilation, zero padding that keeps the size,
-    and a spatial kernel (a 1×1×1 convolution is a MatMul-like node already)."""
-    if type(conv) is not nn.Conv3d or conv.groups != 1:
-        return False
-    k, p = conv.kernel_size, conv.padding
+    """A size-keeping Conv3d of full channel mixing, no dilation, and a spatial kernel (a 1×1×1
+    convolution is a MatMul-like node already)."""
     return (
-        conv.stride == (1, 1, 1)
+        _size_keeping_3d(conv)
+        and conv.groups == 1
         and conv.dilation == (1, 1, 1)
-        and conv.padding_mode == "zeros"
-        and isinstance(p, tuple)
-        and all(2 * pi == ki - 1 for ki, pi in zip(k, p, strict=True))
-        and k[1:] != (1, 1)
+        and conv.kernel_size[1:] != (1, 1)
     )
 
 
@@ -502,7 +494,8 @@ def _export_form(sub: nn.Module) -> nn.Module | None:
 def _for_export(module: nn.Module) -> nn.Module:
     """``module`` (a copy) with the submodules that onnxruntime computes less accurately or more
     slowly than PyTorch replaced by export forms of the same function: instance norms on batch
-    statistics, depth-wise 3D convolutions as sums of 2D ones."""
+    statistics, depth-wise 3D convolutions as sums of 2D ones, dense ones as one 2D convolution
+    over depth slices."""
     top = _export_form(module)
     if top is not None:
         return top

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._registry import ModelSpec, WeightSpec, resolve
+from zoo._registry import ModelSpec, WeightSpec
 from zoo.adapt import adapt_input_conv
 from zoo.convert import convert_checkpoint, read_checkpoint
+from zoo.plan import ModelPlan, NoPretrainedWeightsError
 
 log = logging.getLogger("zoo")
 
@@ -22,10 +23,6 @@ __all__ = ["create", "load_weights", "LoadReport", "CheckpointMismatchError", "N
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not fit the model."""
-
-
-class NoPretrainedWeightsError(ValueError):
-    """``pretrained=True`` for a model that has no published weights."""
 
 
 @dataclass
@@ -167,11 +164,19 @@ def load_weights(
 
 
 def _load_into(
-    model: nn.Module, spec: ModelSpec, ws: WeightSpec | None, path: Path, converted: bool, new_head: bool
+    model: nn.Module,
+    spec: ModelSpec,
+    ws: WeightSpec | None,
+    path: Path,
+    converted: bool,
+    new_head: bool,
+    covers: str | None = None,
 ) -> LoadReport:
     raw = read_checkpoint(path)
     sd = raw if converted else convert_checkpoint(raw, spec)
-    report = load_weights(model, sd, spec, covers=ws.covers if ws else None, new_head=new_head)
+    # Registered weights are what the registry says; a file's own record of "full" is checked by detection.
+    covers = ws.covers if ws else (covers if covers != "full" else None)
+    report = load_weights(model, sd, spec, covers=covers, new_head=new_head)
     random = report.newly_initialised + report.reinitialised_head
     if random:
         from zoo.provenance import random_parts
@@ -188,35 +193,6 @@ def _load_into(
     return report
 
 
-def _window_for(spec: ModelSpec, args: Mapping[str, Any]) -> dict[str, Any]:
-    """Sliding-window defaults; a model built for another ``img_size`` gets windows of that size."""
-    window = dict(spec.sliding_window)
-    size = args.get("img_size")
-    if size is not None and "roi_size" in window:
-        dims = len(window["roi_size"])
-        window["roi_size"] = tuple(size) if isinstance(size, tuple | list) else (int(size),) * dims
-    return window
-
-
-def _read_run_folder(run: Path, spec: ModelSpec) -> tuple[Path, dict[str, Any]]:
-    """``(checkpoint file, config)`` of a ``zoo finetune`` / ``zoo pretrain`` run folder."""
-    import json
-
-    ckpt, cfg_path = run / "model.safetensors", run / "config.json"
-    if not (ckpt.is_file() and cfg_path.is_file()):
-        found = sorted(p.name for p in run.iterdir())[:10]
-        raise FileNotFoundError(
-            f"{run} is a folder, so it must be a zoo run folder with model.safetensors and config.json; "
-            f"found {found or 'nothing'}"
-        )
-    cfg = json.loads(cfg_path.read_text())
-    run_model = cfg.get("model_name")
-    if run_model and resolve(run_model)[0].name != spec.name:
-        raise ValueError(f"{run} holds a {run_model!r} run, not {spec.name!r}: create({run_model!r}, ...)")
-    args = {k: tuple(v) if isinstance(v, list) else v for k, v in (cfg.get("model_args") or {}).items()}
-    return ckpt, {**cfg, "model_args": args}
-
-
 def _validate_args(spec: ModelSpec, args: Mapping[str, Any]) -> None:
     """Refuse model arguments of the wrong type or range before anything is built.
 
@@ -229,37 +205,127 @@ def _validate_args(spec: ModelSpec, args: Mapping[str, Any]) -> None:
     check_args(args, spec.model_args, spec.name)
 
 
-def weights_tag(spec: ModelSpec, tag: str | None, pretrained: bool, has_checkpoint: bool) -> str | None:
-    """The weights tag a load reads: the named one, else the default when ``pretrained`` asks for it.
+def build(p: ModelPlan) -> nn.Module:
+    """The architecture of a plan, with random weights, in train mode (nothing loaded)."""
+    spec = p.spec
+    try:
+        return spec.builder(**p.model_args)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"{spec.name}: {e} (its configuration: {', '.join(spec.model_args)})") from e
 
-    Shared by :func:`create` and ``zoo.predict.planned_cfg``, so that the plan checked before a
-    download names the weights the load then fetches.
 
-    Raises:
-        NoPretrainedWeightsError: ``pretrained`` for a model without registered weights.
+def weights_file(p: ModelPlan) -> Path | None:
+    """The local file holding a plan's weights: downloaded (registry, Hub) or as given.
+
+    A Hub repository's weights are fetched at the commit its config was read at, bounded by
+    the size of the model the config describes; then the model that the config's arguments
+    build is checked against the size of the weights before anything is allocated.
     """
-    if not pretrained or tag is not None or has_checkpoint:
-        return tag
-    if spec.default_tag is None:
-        reason = spec.no_weights_reason or "No pretrained weights are registered for it."
-        raise NoPretrainedWeightsError(
-            f"{spec.name} has no pretrained weights. {reason} Available: the architecture "
-            f"(pretrained=False) and checkpoint_path= for a checkpoint of your own."
-        )
-    return spec.default_tag
+    from zoo.runconfig import check_model_args, estimate_param_bytes
+
+    if p.source == "registry":
+        from zoo.hub import fetch_weights
+
+        return fetch_weights(p.spec, p.weights)
+    if p.source == "hf-hub":
+        from zoo.hub_repo import fetch_weights as fetch_hub_weights
+
+        need = estimate_param_bytes(p.spec, p.model_args, p.spec.model_args)
+        path = fetch_hub_weights(p.hub.repo_id, p.hub.commit, int(4 * need) + (64 << 20))
+        check_model_args(p.spec, p.config.model_args, f"{p.hub.id}: config.json", path.stat().st_size)
+        return path
+    return p.path
 
 
-def base_model_args(
-    spec: ModelSpec, ws: WeightSpec | None, run_cfg: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The registry's model arguments, then those the weights were trained with, then a run folder's."""
-    args = dict(spec.model_args)
-    if ws is not None:
-        for key in ("in_chans", "num_classes", "img_size"):
-            if getattr(ws, key) is not None and key in args:
-                args[key] = getattr(ws, key)
-    args.update((run_cfg or {}).get("model_args", {}))
-    return args
+def load(p: ModelPlan, model: nn.Module, path: Path | None = None) -> dict[str, Any] | None:
+    """Load a plan's weights into ``model`` (strictly) and return the load record (None: nothing).
+
+    The record (:func:`zoo.provenance.load_record`) carries the lineage: the chain the source
+    descends from, then the loaded file itself, identified by content.
+    """
+    from zoo.provenance import chain_licence, file_link, load_record
+    from zoo.runconfig import Link
+
+    if not p.loads_weights:
+        return None
+    path = path or weights_file(p)
+    assert path is not None
+    converted = p.source == "registry"
+    report = _load_into(
+        model, p.spec, p.weights, path, converted=converted, new_head=p.new_head, covers=p.covers
+    )
+    ident = {"registry": p.id, "run": p.id, "hf-hub": p.id}.get(p.source, path.name)
+    record = load_record(
+        source=p.source,
+        ident=ident,  # names only: records are published
+        tag=p.tag if p.source in ("registry", "hf-hub") else None,
+        path=path,
+        covers=report.covers,
+        newly_initialised=report.newly_initialised + report.reinitialised_head,
+    )
+    if p.source == "registry":
+        ws = p.weights
+        link = Link(p.id, record["sha256"], ws.license, ws.redistributable, report.covers, "registry")
+    else:
+        link = file_link(path, ident=ident, source=p.source, covers=report.covers, spec=p.spec)
+        if link.license is None and p.lineage:  # a run or repository: its chain's licence is its own
+            lic, redis, _ = chain_licence(p.lineage)
+            link = Link(link.id, link.sha256, lic, redis, link.covers, link.source)
+        if link.license is None and p.config is not None and p.config.license is not None:
+            link = Link(
+                link.id, link.sha256, p.config.license, p.config.redistributable, link.covers, link.source
+            )
+    chain = (*p.lineage, link)
+    lic, redis, _ = chain_licence(chain)
+    record["lineage"] = [x.as_dict() for x in chain]
+    if record.get("license") is None:
+        record["license"], record["redistributable"] = lic, redis
+    elif redis is False:
+        record["redistributable"] = False
+    if p.source == "hf-hub":
+        record.update(source="hf-hub", id=p.hub.id, tag=p.tag)
+        record["base"] = p.config.init or p.config.derived_from
+    log.info("loaded %s from %s", p.spec.name, p.id)
+    return record
+
+
+def pretrained_cfg(p: ModelPlan, record: dict[str, Any] | None) -> dict[str, Any]:
+    """``model.pretrained_cfg``: the plan's name, arguments, preprocessing, window, and what was loaded."""
+    cfg = {
+        "name": p.spec.name,
+        "tag": p.tag if p.loads_weights else None,
+        "family": p.spec.family,
+        "model_args": dict(p.model_args),
+        "input_size": p.spec.input_size,
+        "preprocessing": dict(p.preprocessing),
+        "sliding_window": dict(p.window),
+        # What was actually loaded (zoo.provenance): tag, sha256 of the file, covered part; None if random.
+        "weights": record,
+    }
+    if p.labels:
+        cfg["labels"] = dict(p.labels)
+    if p.run is not None:
+        cfg["run"] = str(p.run)
+    if p.hub is not None:
+        cfg["hub"] = {"repo_id": p.hub.repo_id, "revision": p.hub.revision, "commit": p.hub.commit}
+    return cfg
+
+
+def create_from_plan(p: ModelPlan, features_only: bool = False, out_indices: tuple[int, ...] | None = None):
+    """plan → build → load: the model of a plan in ``eval()`` mode, ``pretrained_cfg`` set."""
+    if p.source == "onnx":
+        raise ValueError(f"{p.request} is an exported ONNX file; load it with zoo.export.load_onnx")
+    path = weights_file(p) if p.loads_weights else None  # downloads and size checks before the build
+    model = build(p)
+    record = load(p, model, path)
+    model.pretrained_cfg = pretrained_cfg(p, record)
+    if features_only:
+        from zoo.adapt import features_only as _features_only
+
+        return _features_only(model.eval(), out_indices).eval()
+    return model.eval()
 
 
 def create(
@@ -302,100 +368,8 @@ def create(
         >>> model(torch.randn(1, 1, 96, 96, 96)).shape
         torch.Size([1, 14, 96, 96, 96])
     """
-    from zoo.hub_repo import create_from_hub, is_hub_id
+    from zoo.plan import plan
 
-    if is_hub_id(name) or is_hub_id(checkpoint_path):  # a published repository: zoo.hub_repo
-        if is_hub_id(name) and checkpoint_path is not None:
-            raise ValueError(
-                f"{name!r} names its weights already; checkpoint_path= cannot be combined with it"
-            )
-        return create_from_hub(
-            name if is_hub_id(name) else str(checkpoint_path),
-            name=None if is_hub_id(name) else name,
-            weights=weights,
-            in_chans=in_chans,
-            num_classes=num_classes,
-            img_size=img_size,
-            features_only=features_only,
-            out_indices=out_indices,
-            **kwargs,
-        )
-    spec, tag = resolve(name)
-    run_cfg: dict[str, Any] = {}
-    if checkpoint_path is not None and Path(checkpoint_path).is_dir():
-        checkpoint_path, run_cfg = _read_run_folder(Path(checkpoint_path), spec)
-    if weights is not None:
-        wname = str(weights)
-        wtag = wname.split(".", 1)[1] if wname.startswith(f"{spec.name}.") else wname
-        if tag is not None and wtag != tag:
-            raise ValueError(f"{name!r} already names weights {tag!r}; got weights={weights!r} as well")
-        spec.weight(wtag)
-        tag, pretrained = wtag, True
-    tag = weights_tag(spec, tag, pretrained, checkpoint_path is not None)
-    ws = spec.weight(tag) if tag is not None else None
-
-    args = base_model_args(spec, ws, run_cfg)
-    for key, value in (("in_chans", in_chans), ("num_classes", num_classes), ("img_size", img_size)):
-        if value is not None:
-            args[key] = value
-    args.update(kwargs)
-    _validate_args(spec, args)
-    try:
-        model = spec.builder(**args)
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ValueError(f"{spec.name}: {e} (its configuration: {', '.join(spec.model_args)})") from e
-
-    record = None
-    if checkpoint_path is not None:
-        from zoo.provenance import load_record
-
-        path = Path(checkpoint_path)
-        report = _load_into(model, spec, None, path, converted=False, new_head=num_classes is not None)
-        record = load_record(
-            source="run" if run_cfg else "file",
-            ident=path.parent.name if run_cfg else path.name,  # names only: records are published
-            tag=None,
-            path=path,
-            covers=report.covers,
-            newly_initialised=report.newly_initialised + report.reinitialised_head,
-        )
-        log.info("loaded %s from %s", spec.name, path)
-    elif pretrained:
-        from zoo.hub import fetch_weights
-        from zoo.provenance import load_record
-
-        path = fetch_weights(spec, ws)
-        report = _load_into(model, spec, ws, path, converted=True, new_head=num_classes is not None)
-        record = load_record(
-            source="registry",
-            ident=f"{spec.name}.{tag}",
-            tag=tag,
-            path=path,
-            covers=report.covers,
-            newly_initialised=report.newly_initialised + report.reinitialised_head,
-        )
-        log.info("loaded %s.%s", spec.name, tag)
-
-    model.pretrained_cfg = {
-        "name": spec.name,
-        "tag": tag if (pretrained or checkpoint_path) else None,
-        "family": spec.family,
-        "model_args": args,
-        "input_size": spec.input_size,
-        "preprocessing": dict(ws.preprocessing) if ws else {},
-        "sliding_window": _window_for(spec, args),
-        # What was actually loaded (zoo.provenance): tag, sha256 of the file, covered part; None if random.
-        "weights": record,
-    }
-    if run_cfg:  # a zoo run folder: what the run recorded about its data wins over the registry's
-        for key in ("preprocessing", "sliding_window", "labels"):
-            if run_cfg.get(key):
-                model.pretrained_cfg[key] = run_cfg[key]
-        model.pretrained_cfg["run"] = str(Path(checkpoint_path).parent)
-    if features_only:
-        from zoo.adapt import features_only as _features_only
-
-        return _features_only(model.eval(), out_indices).eval()
-    return model.eval()
+    overrides = dict(in_chans=in_chans, num_classes=num_classes, img_size=img_size, **kwargs)
+    p = plan(name, weights=weights, checkpoint=checkpoint_path, pretrained=pretrained, **overrides)
+    return create_from_plan(p, features_only, out_indices)

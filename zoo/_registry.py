@@ -432,6 +432,21 @@ def resolve(name: str) -> tuple[ModelSpec, str | None]:
     raise UnknownModelError(f"unknown model {name!r}.{hint}")
 
 
+def registered(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered under exactly ``name`` (as files record it: no alias, no tag).
+
+    Raises:
+        UnknownModelError: with the nearest registered names.
+    """
+    _ensure_loaded()
+    spec = _MODELS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        near = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise UnknownModelError(f"{name!r} is not a registered model name.{hint}")
+    return spec
+
+
 def get_spec(name: str) -> ModelSpec:
     """The :class:`ModelSpec` behind ``name`` (tags and aliases resolve to their model)."""
     return resolve(name)[0]

@@ -84,12 +84,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     from zoo.info import model_info
 
     if a.name.startswith("hf-hub:"):  # a published repository: what it holds, then its model's info
-        from zoo.hub_repo import fetch_config
+        from zoo.plan import plan
 
-        repo_id, _, commit, hub_cfg = fetch_config(a.name)
+        p = plan(a.name)
         keys = ("model_name", "tag", "covers", "license", "redistributable", "derived_from", "sha256")
-        print(f"{a.name}: commit {commit}; " + "; ".join(f"{k}: {hub_cfg.get(k)}" for k in keys))
-        a.name = str(hub_cfg["model_name"])
+        print(f"{a.name}: commit {p.hub.commit}; " + "; ".join(f"{k}: {getattr(p.config, k)}" for k in keys))
+        a.name = p.spec.name
     info = model_info(a.name)
     if a.json:
         print(json.dumps(info, indent=2))
@@ -301,7 +301,7 @@ def _predict(a: argparse.Namespace) -> int:
             model = zoo.create(a.name)
         cfg = dict(model.pretrained_cfg)
     else:
-        from zoo._factory import NoPretrainedWeightsError
+        from zoo.plan import NoPretrainedWeightsError
 
         try:
             cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
@@ -447,14 +447,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from zoo._optional import require
     from zoo.export import to_onnx
-    from zoo.hub_repo import hub_model_name, is_hub_id
+    from zoo.hub_repo import is_hub_id
+    from zoo.plan import plan
 
     require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")  # before any other line is printed
 
     if is_hub_id(a.name):  # a published repository: its model, loaded through checkpoint_path
         if a.checkpoint:
             raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
-        a.checkpoint, a.name = a.name, hub_model_name(a.name)
+        a.checkpoint, a.name = a.name, plan(a.name).spec.name
     spec, name_tag = resolve(a.name)
     if a.tag and name_tag and a.tag != name_tag:
         print(f"zoo export: {a.name!r} names weights {name_tag!r} and --tag says {a.tag!r}", file=sys.stderr)
@@ -503,13 +504,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     hub_args: dict = {}
     if a.name.startswith("hf-hub:"):  # the cost of a published configuration (model arguments from the Hub)
-        from zoo.hub_repo import fetch_config
+        from zoo.plan import plan
 
-        hub_cfg = fetch_config(a.name)[3]
-        a.name = str(hub_cfg["model_name"])
-        hub_args = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in (hub_cfg.get("model_args") or {}).items()
-        }
+        hub_plan = plan(a.name)
+        a.name = hub_plan.spec.name
+        hub_args = dict(hub_plan.model_args)
     names = list_models(a.name) if any(ch in a.name for ch in "*?[") else [a.name]
     if not names:
         print(f"no model matches {a.name!r}", file=sys.stderr)
@@ -610,11 +609,11 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         print("zoo finetune: NAME, --data and --out are required (or --list-presets)", file=sys.stderr)
         return 2
     if a.name.startswith("hf-hub:"):  # start from a published repository: its model, its weights
-        from zoo.hub_repo import hub_model_name
+        from zoo.plan import plan
 
         if a.checkpoint:
             raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
-        a.checkpoint, a.name = a.name, hub_model_name(a.name)
+        a.checkpoint, a.name = a.name, plan(a.name).spec.name
     try:
         finetune(
             a.name,

@@ -1162,41 +1162,10 @@ def _progress(total: int, show: bool, rank: int, world: int) -> Any:
 
 
 def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: bool = True) -> dict[str, Any]:
-    """The ``pretrained_cfg`` that ``zoo.create`` would give, from the registry, without building.
+    """The ``pretrained_cfg`` that ``zoo.create`` would give, from the plan, without building."""
+    from zoo.plan import plan
 
-    Lets ``zoo predict`` check settings, inputs and outputs before weights are downloaded or a
-    model is built. ``"weights"`` holds what the registry says the tag covers.
-
-    Raises:
-        ValueError / FileNotFoundError: unknown name, a run folder of another model.
-    """
-    from zoo._factory import _read_run_folder, _window_for, base_model_args, weights_tag
-    from zoo._registry import resolve
-
-    spec, tag = resolve(name)
-    run_cfg: dict[str, Any] = {}
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        _, run_cfg = _read_run_folder(Path(checkpoint), spec)
-    elif checkpoint is not None and not Path(checkpoint).is_file():
-        raise ValueError(
-            f"--checkpoint {checkpoint}: expected a checkpoint file or a run folder, found no such path"
-        )
-    tag = weights_tag(spec, tag, pretrained, checkpoint is not None)
-    ws = spec.weight(tag) if tag is not None and checkpoint is None else None
-    args = base_model_args(spec, ws, run_cfg)
-    cfg: dict[str, Any] = {
-        "name": spec.name,
-        "tag": tag if ws is not None else None,
-        "model_args": args,
-        "input_size": spec.input_size,
-        "preprocessing": dict(ws.preprocessing) if ws else dict(spec.meta.get("preprocessing") or {}),
-        "sliding_window": _window_for(spec, args),
-        "weights": {"id": f"{spec.name}.{tag}", "covers": ws.covers, "newly_initialised": []} if ws else None,
-    }
-    for key in ("preprocessing", "sliding_window", "labels"):
-        if run_cfg.get(key):
-            cfg[key] = run_cfg[key]
-    return cfg
+    return plan(name, checkpoint=checkpoint, pretrained=pretrained and checkpoint is None).planned_cfg()
 
 
 def _umask() -> int:

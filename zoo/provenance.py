@@ -143,3 +143,189 @@ def load_record(
 def random_parts(keys: list[str]) -> list[str]:
     """Top-level module names of newly initialised keys (``decoder``, ``head`` …), for messages."""
     return sorted({k.split(".", 1)[0] for k in keys})
+
+
+# ----------------------------------------------------------------------------------- lineage
+
+
+def _tensor_digest(path: Path, keys: list[str]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``keys`` of a safetensors file."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for k in sorted(keys):
+            t = f.get_tensor(k).contiguous()
+            h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _safetensors_keys(path: Path) -> list[str] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception:  # not a safetensors file: an upstream checkpoint, identified by its digest only
+        return None
+
+
+def _registered_files(spec: Any) -> list[tuple[Any, Path]]:
+    """``(WeightSpec, converted file)`` of ``spec``'s tags whose weights this machine holds."""
+    from zoo.hub import converted_path
+
+    out = []
+    for ws in spec.weights:
+        try:
+            path = converted_path(spec, ws)
+        except Exception:
+            continue
+        if path.is_file():
+            out.append((ws, path))
+    return out
+
+
+def identify_parts(path: str | Path, spec: Any) -> WeightsOrigin | None:
+    """Registered weights of ``spec`` whose tensors ``path`` holds byte for byte, in a part or whole.
+
+    A run whose encoder was frozen holds its starting encoder unchanged: those tensors carry
+    that encoder's licence whatever the run's records say. Compared against the registered
+    files this machine holds (the converted cache), part by part (``full``, ``encoder`` …).
+    """
+    path = Path(path)
+    mine = _safetensors_keys(path)
+    if not mine:
+        return None
+    mine_set = set(mine)
+    parts = {"full": ("",), **spec.partial_components}
+    for ws, reg in _registered_files(spec):
+        theirs = _safetensors_keys(reg) or []
+        for part, prefixes in parts.items():
+            keys = [k for k in theirs if k.startswith(tuple(prefixes))]
+            if not keys or not mine_set.issuperset(keys):
+                continue
+            if _tensor_digest(path, keys) == _tensor_digest(reg, keys):
+                return WeightsOrigin(
+                    spec.name, ws.tag, f"content ({part} tensors)", ws.license, ws.redistributable
+                )
+    return None
+
+
+def file_link(path: str | Path, *, ident: str, source: str, covers: str, spec: Any = None) -> Any:
+    """The :class:`zoo.runconfig.Link` of one loaded file, identified by content.
+
+    Its whole-file digest is looked up among registered weights (pins, upstream digests,
+    cached conversions), then its tensors part by part (:func:`identify_parts`); registered
+    weights carry their licence, anything else is the user's own (licence unknown).
+    """
+    from zoo.runconfig import Link
+
+    sha, origin = identify_file(path)
+    if origin is None and spec is not None:
+        origin = identify_parts(path, spec)
+    if origin is not None:
+        how = (
+            "content"
+            if origin.matched.startswith("content")
+            else ("registry" if source == "registry" else source)
+        )
+        return Link(origin.id, sha, origin.license, origin.redistributable, covers, how)
+    return Link(ident, sha, None, None, covers, source)
+
+
+def _link_from_record(record: Any, model_name: str | None, run: Path | None) -> list[Any]:
+    """Links of what a version-1 config's ``init`` names (a load record, ``name.tag`` or a path)."""
+    from zoo._registry import resolve
+    from zoo.runconfig import Link
+
+    if record is None:
+        return []
+    if isinstance(record, str):
+        try:
+            spec, tag = resolve(record)
+        except ValueError:
+            spec, tag = None, None
+        if spec is not None and tag is not None:
+            ws = spec.weight(tag)
+            return [Link(f"{spec.name}.{tag}", None, ws.license, ws.redistributable, ws.covers, "registry")]
+        p = Path(record)
+        p = p if p.is_absolute() or p.exists() or run is None else run / p
+        if p.is_file():
+            return [file_link(p, ident=p.name, source="file", covers="full")]
+        return [Link(Path(record).name, None, None, None, "full", "missing")]
+    if not isinstance(record, dict):
+        return []
+    links = [Link(**link) for link in record.get("lineage") or [] if isinstance(link, dict) and "id" in link]
+    if links:
+        return links
+    sha = record.get("sha256")
+    origin = identify_digest(sha256=sha) if sha else None
+    reg_id = origin.id if origin else record.get("identified_as")
+    if reg_id is None and record.get("tag") and model_name and record.get("source") == "registry":
+        reg_id = f"{model_name}.{record['tag']}"
+    covers = str(record.get("covers") or "full")
+    if reg_id:
+        try:
+            spec, tag = resolve(reg_id)
+            ws = spec.weight(tag) if tag else None
+        except ValueError:
+            ws = None
+        if ws is not None:
+            return [Link(reg_id, sha, ws.license, ws.redistributable, covers, "registry")]
+    source = str(record.get("source") or "file")
+    known = sha is not None or source == "hf-hub"
+    return [
+        Link(
+            str(record.get("id") or "a checkpoint"),
+            sha,
+            record.get("license"),
+            record.get("redistributable"),
+            covers,
+            source if known else "missing",
+        )
+    ]
+
+
+def lineage_of_config(config: Any, folder: Path | None = None) -> tuple[Any, ...]:
+    """The chain of weights a config's weights descend from, oldest first.
+
+    Schema 2 records it (``lineage``); an older config's is established from its ``init``
+    (by digest where it recorded one). A registered tag's own folder is that tag.
+    """
+    from zoo.runconfig import Link
+
+    if config.lineage:
+        return tuple(config.lineage)
+    if config.kind == "tag" and config.tag:
+        ws = config.spec.weight(config.tag) if config.tag in config.spec.tags else None
+        if ws is not None:
+            return (
+                Link(
+                    f"{config.model_name}.{config.tag}",
+                    config.sha256,
+                    ws.license,
+                    ws.redistributable,
+                    ws.covers,
+                    "registry",
+                ),
+            )
+    return tuple(_link_from_record(config.init, config.model_name, folder))
+
+
+def chain_licence(chain: Any) -> tuple[str | None, bool | None, Any]:
+    """``(licence, redistributable, the link that decides)`` of a chain.
+
+    A link that may not be redistributed decides (the first); else the newest link with a
+    known licence; ``redistributable`` is None when no link states one.
+    """
+    for link in chain:
+        if link.redistributable is False:
+            return link.license, False, link
+    for link in reversed(tuple(chain)):
+        if link.license is not None:
+            return link.license, link.redistributable, link
+    return None, None, None

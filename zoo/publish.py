@@ -246,6 +246,34 @@ def _check_licence(start: StartingPoint, mine: Any, run: Path, permission_obtain
         )
 
 
+def _check_chain(chain: Any, run: Path, permission_obtained: bool) -> None:
+    """Refuse a run any of whose ancestors may not be redistributed, or cannot be checked."""
+    if permission_obtained:
+        return
+    for link in chain:
+        if link.redistributable is False:
+            raise PermissionError(
+                f"{run} descends from {link.id} (through {' → '.join(x.id for x in chain)}), whose licence "
+                f"{link.license!r} does not allow redistribution, and weights derived from it carry that "
+                f"restriction. {_PERMISSION}"
+            )
+        if link.source == "missing":
+            raise PermissionError(
+                f"{run} descends from {link.id}, which is no longer there and whose sha256 the run did not "
+                f"record, so its licence cannot be checked. {_PERMISSION}"
+            )
+
+
+def _lineage_section(chain: Any) -> str:
+    """The card's list of what the weights descend from, oldest first."""
+    rows = []
+    for link in chain:
+        sha = f", sha256 `{link.sha256}`" if link.sha256 else ""
+        lic = link.license or "unknown licence"
+        rows.append(f"1. `{link.id}` ({link.source}, {link.covers}{sha}; licence: {lic})")
+    return "## Lineage\n\nWhat these weights descend from, oldest first:\n\n" + "\n".join(rows)
+
+
 def publish_run(
     run_dir: str | Path,
     repo_id: str,
@@ -277,27 +305,39 @@ def publish_run(
     Returns:
         The written folder.
     """
-    import zoo
+    from zoo._factory import create_from_plan
     from zoo.cards import is_hub_repo_id, render_run_card
     from zoo.provenance import identify_digest
 
     if not is_hub_repo_id(repo_id):
         raise ValueError(f"--repo must be a Hub repository id ORG/NAME, got {repo_id!r}")
+    from zoo.plan import plan
+    from zoo.provenance import chain_licence, identify_parts, lineage_of_config
+    from zoo.runconfig import read_config
+
     run = Path(run_dir)
     cfg_path, ckpt = run / "config.json", run / "model.safetensors"
     if not (cfg_path.is_file() and ckpt.is_file()):
         raise FileNotFoundError(f"{run}: not a zoo run folder (needs model.safetensors and config.json)")
+    checked = read_config(cfg_path, weights_bytes=ckpt.stat().st_size)  # every key, before anything else
     cfg = json.loads(cfg_path.read_text())
-    if not isinstance(cfg, dict) or not cfg.get("model_name"):
-        raise ValueError(f"{cfg_path} has no 'model_name': not the config of a zoo finetune / pretrain run")
-    spec: ModelSpec = resolve(str(cfg["model_name"]))[0]
+    spec: ModelSpec = checked.spec
     start = run_starting_point(cfg, run)
+    chain = lineage_of_config(checked, run)
     own = file_digest(ckpt)
     mine = identify_digest(sha256=own, gitsha1=file_digest(ckpt, "gitsha1"))  # the run's file may be one
+    if mine is None:  # or hold one's tensors unchanged (a frozen encoder), whatever its records say
+        mine = identify_parts(ckpt, spec)
     _check_licence(start, mine, run, permission_obtained)
-    model = zoo.create(spec.name, checkpoint_path=run)  # strict: a broken run is refused here
-    restricted = start.redistributable is False or (mine is not None and not mine.redistributable)
-    licence = license or (mine.license if mine else None) or start.license or "apache-2.0"
+    _check_chain(chain, run, permission_obtained)
+    chain_lic, chain_redis, _ = chain_licence(chain)
+    model = create_from_plan(plan(run))  # strict: a broken run is refused here
+    restricted = (
+        start.redistributable is False
+        or chain_redis is False
+        or (mine is not None and not mine.redistributable)
+    )
+    licence = license or (mine.license if mine else None) or start.license or chain_lic or "apache-2.0"
     out = Path(out_dir)
     with _staged(out) as tmp:
         shutil.copyfile(ckpt, tmp / "model.safetensors")
@@ -314,9 +354,11 @@ def publish_run(
                 # The licence's verdict, not this publisher's permission: that does not pass to derived runs.
                 "redistributable": not restricted,
                 "permission_obtained": permission_obtained,
+                "lineage": [link.as_dict() for link in chain],
             }
         )
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        sections = [*(sections or []), _lineage_section(chain)] if chain else sections
         card = render_run_card(
             spec,
             config,
@@ -330,6 +372,27 @@ def publish_run(
         (tmp / "README.md").write_text(card)
         _finish(tmp, repo_id, revision, dry_run)
     return out
+
+
+def _check_is_the_tag(path: Path, spec: ModelSpec, tag: str) -> None:
+    """A tag's provenance is written only for the tag's own file: refuse any other checkpoint.
+
+    The file is identified by content (its upstream digest, its Hub sha256, a cached conversion,
+    or the converted tensors byte for byte), never by its name.
+    """
+    from zoo.provenance import identify_file, identify_parts
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    sha, origin = identify_file(path)
+    if origin is None:
+        origin = identify_parts(path, spec)
+    if origin is None or origin.id != f"{spec.name}.{tag}":
+        what = f"the registered {origin.id}" if origin else "not identified as any registered weights"
+        raise ValueError(
+            f"--checkpoint {path.name} (sha256 {sha}) is {what}, not {spec.name}.{tag}: a tag's source and "
+            f"digest are published only with the tag's own file; publish your own weights from a run folder"
+        )
 
 
 def publish(
@@ -376,6 +439,8 @@ def publish(
             f"{spec.name}.{tag} has licence {ws.license!r}, which does not allow redistribution. "
             + _PERMISSION
         )
+    if checkpoint_path is not None:
+        _check_is_the_tag(Path(checkpoint_path), spec, tag)
     sd = convert_checkpoint(read_checkpoint(checkpoint_path), spec) if checkpoint_path is not None else None
     source = fetch_weights(spec, ws) if sd is None else None
     out = Path(out_dir)

@@ -1,0 +1,241 @@
+"""One request, one plan, one run record (issue 23): the plan, the config schema, lineage, hostile configs.
+
+Run folders are written as ``zoo finetune`` writes them, around a narrow QT-UNet-T (embed_dim 12,
+32³); registered weights are placed in medzoo's cache as a conversion would leave them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import zoo
+from tests.hub_upload_server import HubUploadServer
+from zoo.hub import converted_path, file_digest
+from zoo.plan import plan
+from zoo.publish import publish, publish_run
+from zoo.runconfig import SCHEMA_VERSION, ConfigError, RunConfig, read_config, write_config
+
+TINY = {"embed_dim": 12, "window_size": 2, "img_size": [32, 32, 32], "in_chans": 1, "num_classes": 3}
+ARGS = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return zoo.create("qtunet-t", **ARGS).state_dict()
+
+
+def _config(**extra) -> dict:
+    cfg = {
+        "library_name": "medzoo",
+        "model_name": "qtunet-t",
+        "model_args": dict(TINY),
+        "covers": "full",
+        "labels": {"0": "background", "1": "liver", "2": "spleen"},
+        "preprocessing": {"orientation": "RAS", "spacing_mm": [1.5, 1.5, 2.0], "intensity_transform": None},
+        "sliding_window": {"roi_size": [32, 32, 32], "overlap": 0.5, "mode": "gaussian"},
+        "finetune": {"preset": "qtunet", "data": "datalist.json"},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def _run(parent: Path, name: str, sd: dict[str, torch.Tensor], **extra) -> Path:
+    run = parent / name
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(run / "model.safetensors"))
+    (run / "config.json").write_text(json.dumps(_config(**extra)))
+    return run
+
+
+@pytest.fixture
+def ct_ssl(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
+    """qtunet-t.ct-ssl's encoder, converted into medzoo's cache (as `zoo download` leaves it)."""
+    cache = tmp_path / "medzoo-cache"
+    monkeypatch.setenv("MEDZOO_CACHE", str(cache))
+    spec = zoo.get_spec("qtunet-t")
+    enc = {k: v for k, v in _state(11).items() if k.startswith(tuple(spec.encoder_prefixes))}
+    path = converted_path(spec, spec.weight("ct-ssl"))
+    path.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in enc.items()}, str(path))
+    rec = {"name": "qtunet-t", "tag": "ct-ssl", "sha256": file_digest(path), "source_digest": "gitsha1:00"}
+    (path.parent / "qtunet-t.ct-ssl.json").write_text(json.dumps(rec))
+    return enc
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def test_a_plan_resolves_names_tags_aliases_and_run_folders_without_building(tmp_path, monkeypatch):
+    built = []
+    spec = zoo.get_spec("qtunet-t")
+    monkeypatch.setattr(type(spec), "builder", property(lambda s: built.append(s) or None), raising=False)
+    p = plan("qtunet-t.ct-ssl")
+    assert (p.source, p.tag, p.covers, p.id) == ("registry", "ct-ssl", "encoder", "qtunet-t.ct-ssl")
+    assert p.contract.spacing_mm == (1.0, 1.0, 1.0)
+    assert plan("pctnet-vf110k").tag == "vf110k"
+    assert plan("qtunet-t").source == "none"
+    monkeypatch.undo()
+    run = _run(tmp_path, "ft", _state(1))
+    for request in (dict(request=str(run)), dict(request="qtunet-t", checkpoint=run)):
+        p = plan(**request)
+        assert (p.source, p.run, p.labels["1"]) == ("run", run, "liver")
+        assert p.model_args["embed_dim"] == 12 and p.window["roi_size"] == (32, 32, 32)
+    best = run / "best.safetensors"
+    best.write_bytes((run / "model.safetensors").read_bytes())
+    assert plan("qtunet-t", checkpoint=best).path == best  # the run's best checkpoint, with its config
+    assert built == []
+
+
+def test_booleans_are_booleans(tmp_path):
+    with pytest.raises(ValueError, match=r"pretrained: expected True or False, found 'no'"):
+        zoo.create("qtunet-t", pretrained="no")
+
+
+def test_a_run_folder_of_another_model_is_named(tmp_path):
+    run = _run(tmp_path, "ft", _state(1))
+    with pytest.raises(ValueError, match=r"holds a 'qtunet-t' model, not 'vtunet-t'"):
+        plan("vtunet-t", checkpoint=run)
+
+
+def test_run_config_round_trips_through_one_writer_and_reader(tmp_path):
+    run = _run(tmp_path, "ft", _state(1))
+    old = read_config(run / "config.json")  # version 1: migrated
+    assert old.kind == "finetune" and old.model_args["img_size"] == (32, 32, 32)
+    write_config(run / "config.json", old)
+    raw = json.loads((run / "config.json").read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION and raw["model_name"] == "qtunet-t"
+    again = read_config(run / "config.json")
+    assert again == old and isinstance(again, RunConfig)
+    (run / "config.json").write_text(json.dumps({**raw, "schema_version": 99}))
+    with pytest.raises(ConfigError, match=r"schema_version 99 is not one this medzoo reads"):
+        read_config(run / "config.json")
+
+
+# ------------------------------------------------------------------------------------ lineage
+
+
+def test_licence_travels_through_a_chain_of_runs(tmp_path, ct_ssl):
+    # Run A started from ct-ssl (zoo finetune qtunet-t.ct-ssl); run B from run A (--checkpoint runs/A).
+    enc_file = converted_path(zoo.get_spec("qtunet-t"), zoo.get_spec("qtunet-t").weight("ct-ssl"))
+    record_a = zoo.create("qtunet-t", checkpoint_path=enc_file, **ARGS).pretrained_cfg["weights"]
+    assert record_a["redistributable"] is False
+    run_a = _run(tmp_path, "A", _state(2), init=record_a)
+    with pytest.raises(PermissionError, match=r"qtunet-t\.ct-ssl"):
+        publish_run(run_a, "org/a", tmp_path / "oa", dry_run=True)
+
+    record_b = zoo.create("qtunet-t", checkpoint_path=run_a).pretrained_cfg["weights"]
+    assert [link["id"] for link in record_b["lineage"]] == ["qtunet-t.ct-ssl", "A"]
+    assert record_b["redistributable"] is False and record_b["license"] == "none"
+    run_b = _run(tmp_path, "B", _state(3), init=record_b)
+    with pytest.raises(PermissionError, match=r"descends from qtunet-t\.ct-ssl \(through qtunet-t\.ct-ssl → A\)"):
+        publish_run(run_b, "org/b", tmp_path / "ob", dry_run=True)
+    assert not (tmp_path / "ob").exists()
+
+    out = publish_run(run_b, "org/b", tmp_path / "ob", dry_run=True, permission_obtained=True)
+    published = json.loads((out / "config.json").read_text())
+    assert [link["id"] for link in published["lineage"]] == ["qtunet-t.ct-ssl", "A"]
+    assert published["redistributable"] is False
+    card = (out / "README.md").read_text()  # the card names the chain
+    assert "## Lineage" in card and "1. `qtunet-t.ct-ssl` (file, encoder, sha256" in card and "1. `A` (run" in card
+
+
+def test_a_byte_identical_encoder_carries_its_licence_without_any_record(tmp_path, ct_ssl):
+    sd = _state(4)
+    sd.update(ct_ssl)  # a frozen encoder, fine-tuned decoder; the config claims random initialisation
+    run = _run(tmp_path, "frozen", sd)
+    with pytest.raises(PermissionError, match=r"qtunet-t\.ct-ssl"):
+        publish_run(run, "org/x", tmp_path / "o", dry_run=True)
+    assert not (tmp_path / "o").exists()
+    sd["encoder.layers.0.blocks.0.norm1.weight"] = sd["encoder.layers.0.blocks.0.norm1.weight"] + 1e-3
+    other = _run(tmp_path, "changed", sd)  # one tensor differs: not the same encoder any more
+    assert publish_run(other, "org/x", tmp_path / "o2", dry_run=True).is_dir()
+
+
+def test_a_tag_is_published_only_with_its_own_file(tmp_path, ct_ssl):
+    unrelated = tmp_path / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in _state(5).items()}, str(unrelated))
+    with pytest.raises(ValueError, match=r"other\.safetensors .* not identified as any registered weights"):
+        publish("qtunet-t.ct-ssl", "org/x", tmp_path / "o", dry_run=True, checkpoint_path=unrelated,
+                permission_obtained=True)  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------ hostile configs
+
+
+def _hostile(tmp_path: Path, name: str, config) -> Path:
+    run = tmp_path / name
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in _state(1).items()}, str(run / "model.safetensors"))
+    text = config if isinstance(config, str) else json.dumps(config)
+    (run / "config.json").write_text(text)
+    return run
+
+
+HOSTILE = {
+    "embed_dim-1536": (_config(model_args={**TINY, "embed_dim": 1536}), r"model_args .* build a qtunet-t of"),
+    "depths-2000": (_config(model_args={**TINY, "depths": [2000, 2, 2, 1]}), r"model_args .* build a qtunet-t of"),
+    "window-2048": (
+        _config(sliding_window={"roi_size": [2048, 2048, 2048], "overlap": 0.5}),
+        r"sliding_window\.roi_size: expected 1\.\.1024 per axis",
+    ),
+    "args-list": (_config(model_args=[1, 2]), r"model_args: expected an object, found \[1, 2\]"),
+    "array": ([1, 2, 3], r"expected a JSON object, found a JSON list"),
+    "not-json": ("{model_name: qtunet-t", r"not a JSON config"),
+    "checkpoint-arg": (
+        _config(model_args={**TINY, "checkpoint_path": "/etc/passwd"}),
+        r"model_args\.checkpoint_path: not an argument of qtunet-t",
+    ),
+    "wrong-type": (_config(labels="liver"), r"labels: expected an object of class index → name, found 'liver'"),
+    "unknown-key": (_config(exec="rm -rf /"), r"exec: not a key of a medzoo config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_run_configs_are_refused_in_a_second_naming_the_key(tmp_path, case):
+    config, message = HOSTILE[case]
+    run = _hostile(tmp_path, case, config)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=message) as e:
+        zoo.create("qtunet-t", checkpoint_path=run)
+    assert time.perf_counter() - started < 1.0
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+    with HubUploadServer() as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        for var in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+            monkeypatch.delenv(var, raising=False)
+        yield srv
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_args": {**TINY, "depths": [200000, 2, 2, 1]}}, r"model_args .* build a qtunet-t of"),
+        ({"sliding_window": {"roi_size": [2048, 2048, 2048]}}, r"sliding_window\.roi_size"),
+    ],
+    ids=["depths-200000", "window-2048"],
+)
+def test_hostile_hub_configs_are_refused_before_the_weights(tmp_path, hub, change, message):
+    weights = _hostile(tmp_path, "w", _config()) / "model.safetensors"
+    files = {"config.json": json.dumps(_config(**change)).encode(), "model.safetensors": weights.read_bytes()}
+    hub.add_files("org/bomb", files)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        zoo.create("hf-hub:org/bomb")
+    assert time.perf_counter() - started < 1.0
+    assert not list((tmp_path / "hf-cache").rglob("model.safetensors"))  # never downloaded

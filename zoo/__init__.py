@@ -15,12 +15,12 @@ from zoo._registry import (
     list_pretrained,
     resolve,
 )
+from zoo._version import __version__
 from zoo.convert import CheckpointFormatError
 from zoo.info import model_info
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "create",
     "load_weights",
     "list_models",

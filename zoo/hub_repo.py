@@ -47,7 +47,7 @@ def _fetch(repo_id: str, filename: str, revision: str | None, what: str, limits:
     timeout, deadline and failure kinds), with the messages of a ``hf-hub:`` id."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    import zoo
+    from zoo._version import __version__
     from zoo.hub import HubError, WeightsUnavailableError, _hub_download
 
     at = f"@{revision}" if revision else ""
@@ -60,7 +60,7 @@ def _fetch(repo_id: str, filename: str, revision: str | None, what: str, limits:
             refetch="load it once while online",
             where=f"hf-hub:{repo_id}{at} {filename}",
             library_name="medzoo",
-            library_version=zoo.__version__,
+            library_version=__version__,
         )
     except HubError as e:
         cause = e.__cause__

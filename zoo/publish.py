@@ -67,10 +67,10 @@ def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) 
     """Create ``repo_id`` if needed and upload exactly ``files`` of ``folder``; returns the commit id."""
     from huggingface_hub import HfApi
 
-    import zoo
+    from zoo._version import __version__
 
     api = HfApi(
-        endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="medzoo", library_version=zoo.__version__
+        endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="medzoo", library_version=__version__
     )
     try:
         api.create_repo(repo_id, exist_ok=True)
@@ -79,7 +79,7 @@ def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) 
             folder_path=str(folder),
             revision=revision,
             allow_patterns=files,  # exact names: fnmatch without wildcards matches only themselves
-            commit_message=f"Upload {', '.join(files)} with medzoo {zoo.__version__}",
+            commit_message=f"Upload {', '.join(files)} with medzoo {__version__}",
         )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

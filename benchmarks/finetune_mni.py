@@ -45,7 +45,7 @@ def unlabelled_volumes(work: Path, n: int, spacing: float, seed: int) -> list[Pa
     import nibabel as nib
     import numpy as np
 
-    from zoo.finetune import make_mni_task
+    from zoo.datalist import make_mni_task
 
     # Seeds far from the labelled set's: no unlabelled volume repeats a labelled deformation.
     datalist = make_mni_task(work / "unlabelled", n_train=n, n_val=0, spacing_mm=spacing, seed=seed + 5000)
@@ -63,15 +63,16 @@ def unlabelled_volumes(work: Path, n: int, spacing: float, seed: int) -> list[Pa
 
 
 def pretrain(paths: list[Path], out: Path, args: argparse.Namespace) -> dict:
+    from zoo.ssl import PretrainOptions, RunOptions
     from zoo.ssl import pretrain as run
 
     started = time.perf_counter()
-    r = run(
-        "volume-fusion", MODEL, [str(p) for p in paths], out, steps=args.pt_steps, model_args=WIDTHS,
-        recipe_args=dict(roi=(32, 32, 32), size_min=(4, 4, 4), size_max=(16, 16, 16)),
+    options = PretrainOptions(
+        model_args=WIDTHS, recipe_args=dict(roi=(32, 32, 32), size_min=(4, 4, 4), size_max=(16, 16, 16)),
         preprocessing=dict(spacing_mm=None, intensity={"kind": "zscore_nonzero"}, axis_order="xyz"),
-        settings=dict(batch_size=2, lr=args.pt_lr), seed=0, progress=not args.quiet,
+        settings=dict(batch_size=2, lr=args.pt_lr), run=RunOptions(seed=0, progress=not args.quiet),
     )  # fmt: skip
+    r = run("volume-fusion", MODEL, [str(p) for p in paths], out, args.pt_steps, options)
     losses = [v for _, v in r.losses]
     k = max(len(losses) // 10, 1)
     return {
@@ -83,14 +84,14 @@ def pretrain(paths: list[Path], out: Path, args: argparse.Namespace) -> dict:
 
 
 def finetune_once(datalist: Path, out: Path, init: Path | None, seed: int, args: argparse.Namespace) -> dict:
-    from zoo.finetune import finetune
+    from zoo.finetune import FinetuneOptions, finetune
 
-    r = finetune(
-        MODEL, datalist, out, checkpoint_path=init, preset="default", steps=args.ft_steps, lr=args.ft_lr,
-        batch_size=1, num_samples=2, roi_size=(32, 32, 32), intensity="zscore-nonzero",
-        val_every=args.ft_steps, seed=seed, progress=False, print_fn=lambda _m: None,
-        model_kwargs=None if init else WIDTHS,
+    options = FinetuneOptions(
+        checkpoint_path=init, preset="default", steps=args.ft_steps, lr=args.ft_lr, batch_size=1,
+        num_samples=2, roi_size=(32, 32, 32), intensity="zscore-nonzero", val_every=args.ft_steps, seed=seed,
+        progress=False, model_kwargs=None if init else WIDTHS,
     )  # fmt: skip
+    r = finetune(MODEL, datalist, out, options, print_fn=lambda _m: None)
     m = r.metrics
     return {"dice_gm": m["dice_1"], "dice_wm": m["dice_2"], "dice_mean": m["dice_mean"], "seconds": r.seconds,
             "init_sha256": (r.init or {}).get("sha256")}  # fmt: skip
@@ -163,7 +164,7 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from zoo.finetune import make_mni_task
+    from zoo.datalist import make_mni_task
 
     # The command as others would rerun it: no --write, and no local --work folder in the record.
     argv, skip = [], False

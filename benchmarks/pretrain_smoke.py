@@ -177,7 +177,7 @@ def run(
     method: str, cfg: tuple, steps: int, work: Path, device: str | None, ft_steps: int, task: Path | None
 ) -> dict:
     import zoo
-    from zoo.ssl import pretrain
+    from zoo.ssl import PretrainOptions, RunOptions, pretrain
     from zoo.ssl.data import mni152_paths
 
     name, margs, rargs, prep, settings, ft_roi = cfg
@@ -190,13 +190,13 @@ def run(
         mni152_paths(),
         work / method,
         steps=per_stage,
-        model_args=margs,
-        recipe_args=rargs,
-        preprocessing=prep,
-        settings=settings,
-        device=device,
-        log_every=1,
-        resume=False,
+        options=PretrainOptions(
+            model_args=margs,
+            recipe_args=rargs,
+            preprocessing=prep,
+            settings=settings,
+            run=RunOptions(device=device, log_every=1, resume=False),
+        ),
     )
     seconds = time.perf_counter() - t0
     cfgj = json.loads(r.config.read_text())
@@ -216,7 +216,7 @@ def run(
         "loaded": True,
     }
     if ft_roi is not None and task is not None and ft_steps > 0:
-        from zoo.finetune import finetune
+        from zoo.finetune import FinetuneOptions, finetune
 
         kwargs = {
             k: v for k, v in cfgj["model_args"].items() if k not in ("img_size", "in_chans", "num_classes")
@@ -226,14 +226,16 @@ def run(
                 cfgj["model_name"],
                 task,
                 work / f"{method}-finetune",
-                checkpoint_path=r.checkpoint,
-                steps=ft_steps,
-                val_every=ft_steps,
-                batch_size=1,
-                roi_size=ft_roi,
-                model_kwargs=kwargs,
-                device=device,
-                progress=False,
+                FinetuneOptions(
+                    checkpoint_path=r.checkpoint,
+                    steps=ft_steps,
+                    val_every=ft_steps,
+                    batch_size=1,
+                    roi_size=ft_roi,
+                    model_kwargs=kwargs,
+                    device=device,
+                    progress=False,
+                ),
                 print_fn=lambda s: None,
             )
             out["finetune"] = {
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     task = None
     if a.finetune_steps > 0:
-        from zoo.finetune import make_mni_task
+        from zoo.datalist import make_mni_task
 
         task = make_mni_task(work / "mni-task", n_train=2, n_val=1, spacing_mm=2.0)
     results = []

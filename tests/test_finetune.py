@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import zoo
 from zoo.finetune import load_finetuned, make_mni_task, read_datalist, resolve_intensity
 from zoo.presets import get_preset
-from zoo.train import OptimConfig, lr_factor, make_loader, read_log, train
+from zoo.train import LoopSettings, OptimConfig, lr_factor, make_loader, read_log, train
 
 _TINY = {"feature_chns": [4, 8, 16, 32, 64]}
 
@@ -154,7 +154,7 @@ def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None):
         return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
 
     optim = OptimConfig(lr=lr, warmup_steps=2)
-    return train(model, loss_fn, make_loader(data, 2), out, optim, total, progress=False)
+    return train(model, loss_fn, make_loader(data, 2), out, optim, total, LoopSettings(progress=False))
 
 
 def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninterrupted_run(tmp_path):

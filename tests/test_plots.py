@@ -56,7 +56,7 @@ def test_preview_without_matplotlib_fails_in_one_line_before_compute(tmp_path, s
         "-o",
         str(tmp_path / "s.nii.gz"),
     ]
-    assert main(argv) == 2
+    assert main(argv) == 1  # a missing extra is the environment's failure, as for every command
     err = capsys.readouterr().err
     assert err.strip() == "zoo predict: error: pictures need matplotlib: pip install 'medzoo[plots]'"
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 import zoo
 from zoo.ssl.data import Preprocessing, load_volumes, mni152_paths
 from zoo.ssl.recipe import get_recipe
-from zoo.ssl.runner import run_recipe
+from zoo.ssl.runner import PretrainOptions, RunOptions, run_recipe
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -48,7 +48,9 @@ def _run(method, name, model_args, recipe_args, out, steps, settings, volumes, *
     model = zoo.create(name, **model_args).train()
     recipe = get_recipe(method)(model, **recipe_args)
     args = dict(model.pretrained_cfg["model_args"])
-    return run_recipe(recipe, volumes, out, steps, name, args, settings=settings, log_every=1, **kw)
+    return run_recipe(
+        recipe, volumes, out, steps, name, args, settings=settings, run=RunOptions(log_every=1, **kw)
+    )
 
 
 def _falls(losses) -> bool:
@@ -111,7 +113,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
     recipe.training_step = stop_at_two
     args = dict(model.pretrained_cfg["model_args"])
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(recipe, _volumes("zyx"), tmp_path / "b", 4, "fmunet", args, settings=settings, seed=3)
+        run_recipe(
+            recipe, _volumes("zyx"), tmp_path / "b", 4, "fmunet", args, settings, run=RunOptions(seed=3)
+        )
     resumed = _run(
         "volume-fusion", "fmunet", _FMUNET, _VF, tmp_path / "b", 4, settings, _volumes("zyx"), seed=3
     )
@@ -309,7 +313,7 @@ def test_masked_embedding_trains_the_transformer_with_the_resnet_frozen(tmp_path
         "resnet50-deformattn",
         dict(model.pretrained_cfg["model_args"]),
         settings=dict(batch_size=2, lr=0.05),
-        log_every=1,
+        run=RunOptions(log_every=1),
     )
     assert _falls(run.losses), run.losses
     after = model.state_dict()
@@ -384,10 +388,12 @@ def test_joint_2d3d_pipeline_runs_its_three_stages_and_each_checkpoint_loads(tmp
         mni152_paths(),
         tmp_path / "j",
         steps=[2, 2, 2],
-        model_args=model_args,
-        recipe_args=[stage1, {}, {}],
-        preprocessing=dict(spacing_mm=(4.0, 4.0, 4.0)),
-        settings=[dict(batch_size=8), dict(batch_size=2), dict(batch_size=2)],
+        options=PretrainOptions(
+            model_args=model_args,
+            recipe_args=[stage1, {}, {}],
+            preprocessing=dict(spacing_mm=(4.0, 4.0, 4.0)),
+            settings=[dict(batch_size=8), dict(batch_size=2), dict(batch_size=2)],
+        ),
     )
     covers = {}
     for stage in sorted((tmp_path / "j").glob("stage*")):

@@ -37,7 +37,7 @@ def _worker(rank: int, port: int, out: str, results: str) -> None:
     )
     torch.set_num_threads(1)
     import zoo
-    from zoo.train import OptimConfig, make_loader, train
+    from zoo.train import LoopSettings, OptimConfig, make_loader, train
 
     torch.manual_seed(100 + rank)  # different initial weights per rank: DDP must broadcast rank 0's
     model = zoo.create("fmunet", num_classes=3, feature_chns=(4, 8, 16, 32, 64), dropout=0.0)
@@ -48,7 +48,7 @@ def _worker(rank: int, port: int, out: str, results: str) -> None:
         return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
 
     loader = make_loader(_dataset(), batch_size=1)
-    train(model, loss_fn, loader, out, OptimConfig(lr=1e-2), total_steps=3, progress=False)
+    train(model, loss_fn, loader, out, OptimConfig(lr=1e-2), 3, LoopSettings(progress=False))
     torch.save({"state": model.state_dict(), "seen": seen}, os.path.join(results, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -83,13 +83,14 @@ def _finetune_worker(rank: int, port: int, datalist: str, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
-    from zoo.finetune import finetune
+    from zoo.finetune import FinetuneOptions, finetune
 
-    finetune(
-        "fmunet", datalist, out, preset="default", steps=2, roi_size=(32, 32, 32), batch_size=1,
-        num_samples=1, intensity="zscore-nonzero", val_every=2, progress=False, print_fn=lambda _: None,
+    options = FinetuneOptions(
+        preset="default", steps=2, roi_size=(32, 32, 32), batch_size=1, num_samples=1,
+        intensity="zscore-nonzero", val_every=2, progress=False,
         model_kwargs={"feature_chns": (4, 8, 16, 32, 64)},
     )  # fmt: skip
+    finetune("fmunet", datalist, out, options, print_fn=lambda _: None)
     torch.distributed.destroy_process_group()
 
 

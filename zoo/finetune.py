@@ -16,8 +16,11 @@ intensity jitter → Dice + CE; validation by sliding window with per-class Dice
 runs through :func:`zoo.train.train` (AdamW/Adam, warm-up + cosine or the paper's schedule,
 checkpoints, resume, DDP under ``torchrun``).
 
+The datalist is read by :func:`zoo.datalist.read_datalist` (an ``image`` may list one file per
+channel, BraTS style); the loss and the Dice measure live in :mod:`zoo.seg_metrics`.
+
 Example:
-    >>> result = finetune("qtunet-t.ct-ssl", "datalist.json", "run/", steps=2000)
+    >>> result = finetune("qtunet-t.ct-ssl", "datalist.json", "run/", FinetuneOptions(steps=2000))
     >>> model = load_finetuned("run/")          # the fine-tuned model, strictly loaded
 """
 
@@ -33,15 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo._registry import ModelSpec, resolve
+from zoo.datalist import image_channels, make_mni_task, read_datalist
 from zoo.presets import Preset, default_preset_for, get_preset
+from zoo.seg_metrics import SegmentationLoss, evaluate_dice
 
 log = logging.getLogger("zoo")
 
 __all__ = [
+    "FinetuneOptions",
     "FinetuneSettings",
     "FinetuneResult",
     "SegmentationLoss",
@@ -65,150 +70,6 @@ __all__ = [
     "finetune",
     "load_finetuned",
 ]
-
-
-# ---------------------------------------------------------------------------------------
-# data
-
-
-def read_datalist(path: str | Path) -> dict[str, Any]:
-    """Read a MONAI datalist: ``training`` and ``validation`` lists with absolute paths.
-
-    Returns:
-        ``{"training": [...], "validation": [...], "labels": {int: name} or None,
-        "num_modalities": int or None}``.
-
-    Raises:
-        ValueError: no ``training`` list, an entry without ``image``/``label``, a missing file.
-    """
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON datalist ({e})") from e
-    base = path.parent
-
-    def entries(key: str) -> list[dict[str, str]]:
-        items = raw.get(key) or []
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
-                raise ValueError(f"{path}: {key}[{i}] needs 'image' and 'label' entries, got {item!r}")
-            e = {k: str((base / v).resolve()) if k in ("image", "label") else v for k, v in item.items()}
-            for k in ("image", "label"):
-                if not Path(e[k]).is_file():
-                    raise ValueError(f"{path}: {key}[{i}] {k} {e[k]} does not exist")
-            out.append(e)
-        return out
-
-    train = entries("training")
-    if not train:
-        raise ValueError(f"{path}: the datalist has no 'training' cases")
-    labels = raw.get("labels")
-    if isinstance(labels, Mapping):
-        labels = {int(k): str(v) for k, v in labels.items()}
-    elif isinstance(labels, list):
-        labels = dict(enumerate(map(str, labels)))
-    else:
-        labels = None
-    modality = raw.get("modality")
-    return {
-        "training": train,
-        "validation": entries("validation"),
-        "labels": labels,
-        "num_modalities": len(modality) if isinstance(modality, Mapping | list) else None,
-    }
-
-
-def make_mni_task(
-    out_dir: str | Path,
-    n_train: int = 4,
-    n_val: int = 2,
-    spacing_mm: float = 2.0,
-    threshold: float = 0.5,
-    seed: int = 0,
-) -> Path:
-    """A small real segmentation task from nilearn's MNI152 template: write NIfTI files and a datalist.
-
-    Image: the MNI152 2009a T1 template; label: 1 (grey matter) where the template's grey-
-    matter probability is ≥ ``threshold`` and not below the white-matter one, 2 (white
-    matter) where the white-matter probability is ≥ ``threshold`` and above the grey-matter
-    one, else 0. Every case is the template and its maps resampled to ``spacing_mm`` and
-    warped by its own random elastic + affine deformation (training and validation cases
-    use different random draws), with 2 % Gaussian intensity noise.
-
-    Args:
-        out_dir: folder for ``imagesTr/``, ``labelsTr/`` and ``datalist.json``.
-        n_train / n_val: number of training / validation cases.
-        spacing_mm: isotropic voxel size of the written volumes.
-        threshold: probability threshold of the tissue labels.
-        seed: seed of the deformations.
-
-    Returns:
-        The path of ``datalist.json``.
-    """
-    import nibabel as nib
-    import numpy as np
-    from monai import transforms as T
-
-    from zoo.predict import sample_volume_path
-
-    t1 = sample_volume_path()
-    maps = {k: t1.with_name(t1.name.replace("_t1_", f"_{k}_")) for k in ("gm", "wm")}
-    out = Path(out_dir)
-    for sub in ("imagesTr", "labelsTr"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    keys = ("image", "gm", "wm")
-    load = T.Compose(
-        [
-            T.LoadImaged(keys, image_only=True),
-            T.EnsureChannelFirstd(keys),
-            T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-            T.Spacingd(keys, pixdim=(spacing_mm,) * 3, mode="bilinear"),
-        ]
-    )
-    base = load({"image": str(t1), "gm": str(maps["gm"]), "wm": str(maps["wm"])})
-    affine = np.asarray(base["image"].affine, dtype=np.float64)
-    scale = float(base["image"].as_tensor().quantile(0.99))
-    warp = T.Rand3DElasticd(
-        keys,
-        sigma_range=(6.0, 8.0),
-        magnitude_range=(40.0, 80.0),
-        prob=1.0,
-        rotate_range=(0.15, 0.15, 0.15),
-        scale_range=(0.08, 0.08, 0.08),
-        mode="bilinear",
-        padding_mode="zeros",
-    )
-    entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
-    for split, count, offset in (("training", n_train, 0), ("validation", n_val, 10_000)):
-        for i in range(count):
-            warp.set_random_state(seed + offset + i)
-            rng = np.random.default_rng(seed + offset + i)
-            case = warp({k: base[k].clone() for k in keys})
-            img = case["image"].as_tensor()[0].numpy() / scale
-            img = (img + rng.normal(0.0, 0.02, img.shape) * (img > 0.05)).astype(np.float32)
-            gm, wm = (case[k].as_tensor()[0].numpy() for k in ("gm", "wm"))
-            label = np.zeros(gm.shape, np.uint8)
-            label[(gm >= threshold) & (gm >= wm)] = 1
-            label[(wm >= threshold) & (wm > gm)] = 2
-            stem = f"{'train' if split == 'training' else 'val'}_{i:03d}.nii.gz"
-            nib.save(nib.Nifti1Image(img, affine), str(out / "imagesTr" / stem))
-            nib.save(nib.Nifti1Image(label, affine), str(out / "labelsTr" / stem))
-            entries[split].append({"image": f"imagesTr/{stem}", "label": f"labelsTr/{stem}"})
-    datalist = {
-        "name": "MNI152 tissue (medzoo sample task)",
-        "description": (
-            f"nilearn MNI152 2009a T1 at {spacing_mm} mm, elastically deformed per case; labels from the "
-            f"GM/WM probability maps thresholded at {threshold}"
-        ),
-        "labels": {"0": "background", "1": "grey matter", "2": "white matter"},
-        "modality": {"0": "T1"},
-        **entries,
-    }
-    path = out / "datalist.json"
-    path.write_text(json.dumps(datalist, indent=2) + "\n")
-    return path
 
 
 def resolve_intensity(
@@ -347,127 +208,6 @@ def build_transforms(s: FinetuneSettings, preset: Preset, train: bool) -> Any:
 
 
 # ---------------------------------------------------------------------------------------
-# loss and metric
-
-
-def _main_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, list | tuple) else out
-
-
-class SegmentationLoss(nn.Module):
-    """Weighted Dice + cross-entropy on softmax outputs, with optional deep supervision.
-
-    Args:
-        num_classes: output channels (background included).
-        dice_weight / ce_weight: weights of the two terms.
-        squared_pred: squared denominators in the Dice term.
-        include_background: count the background channel in the Dice term.
-        deep_supervision: when the model returns a list of outputs (finest first), weight
-            scale ``i`` by ``1/2^i`` (normalised) against labels averaged down to its size
-            (PyMIC's deep supervision); otherwise only the first output counts.
-
-    Shapes:
-        outputs ``(B, K, *spatial)`` (or a list of them), labels ``(B, 1, *spatial)`` integers.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        dice_weight: float = 1.0,
-        ce_weight: float = 1.0,
-        squared_pred: bool = False,
-        include_background: bool = False,
-        deep_supervision: bool = False,
-    ) -> None:
-        super().__init__()
-        from monai.losses import DiceLoss
-
-        if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
-            raise ValueError(f"need non-negative loss weights, not both 0; got {dice_weight}, {ce_weight}")
-        self.num_classes = num_classes
-        self.dice_weight, self.ce_weight = dice_weight, ce_weight
-        self.deep_supervision = deep_supervision
-        self.dice = DiceLoss(softmax=True, include_background=include_background, squared_pred=squared_pred)
-
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
-        outs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
-        if not self.deep_supervision:
-            outs = outs[:1]
-        weights = torch.tensor([0.5**i for i in range(len(outs))])
-        weights = weights / weights.sum()
-        target = F.one_hot(label[:, 0].long(), self.num_classes).movedim(-1, 1).float()
-        total = outs[0].new_zeros(())
-        for w, out in zip(weights.tolist(), outs, strict=True):
-            t = target
-            if out.shape[2:] != target.shape[2:]:
-                t = (
-                    F.adaptive_avg_pool3d(target, out.shape[2:])
-                    if out.ndim == 5
-                    else F.adaptive_avg_pool2d(target, out.shape[2:])
-                )
-            term = out.new_zeros(())
-            if self.dice_weight:
-                term = term + self.dice_weight * self.dice(out, t)
-            if self.ce_weight:
-                term = term + self.ce_weight * F.cross_entropy(out.float(), t)
-            total = total + w * term
-        return total
-
-
-def evaluate_dice(
-    model: nn.Module,
-    cases: Sequence[Mapping[str, torch.Tensor]],
-    num_classes: int,
-    roi_size: Sequence[int],
-    overlap: float = 0.5,
-    mode: str = "gaussian",
-    sw_batch_size: int = 1,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """Per-class Dice of ``model`` on whole volumes by sliding-window inference.
-
-    Args:
-        model: the segmentation model (eval mode is set here).
-        cases: ``{"image": (C, *spatial), "label": (1, *spatial)}`` each (preprocessed).
-        num_classes: classes including background (background is not scored).
-        roi_size / overlap / mode / sw_batch_size: of the sliding window.
-
-    Returns:
-        ``{"dice_1": …, …, "dice_mean": …}`` over all cases (a class absent from both
-        prediction and label in every case is NaN and left out of the mean).
-    """
-    from monai.inferers import sliding_window_inference
-    from monai.metrics import compute_dice
-
-    # Functional Dice: MONAI's DiceMetric.aggregate would all-gather across processes, and
-    # validation runs on rank 0 alone.
-    scores = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for case in cases:
-            x = torch.as_tensor(case["image"])[None].float().to(device)
-            y = torch.as_tensor(case["label"])[None].long().to(device)
-            logits = sliding_window_inference(
-                x,
-                tuple(roi_size),
-                sw_batch_size,
-                lambda t: _main_output(model(t)),
-                overlap=overlap,
-                mode=mode,
-            )
-            pred = F.one_hot(logits.argmax(1), num_classes).movedim(-1, 1)
-            truth = F.one_hot(y[:, 0], num_classes).movedim(-1, 1)
-            scores.append(compute_dice(pred, truth, include_background=False, ignore_empty=True).cpu())
-    model.train(was_training)
-    per = torch.nanmean(torch.cat(scores).float(), dim=0)
-    out = {f"dice_{c}": float(per[c - 1]) for c in range(1, num_classes)}
-    valid = per[~torch.isnan(per)]
-    out["dice_mean"] = float(valid.mean()) if len(valid) else float("nan")
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # the pipeline: start → settings → model → data → train, each step a function of its own
 
 
@@ -599,13 +339,6 @@ def _labels_in(cases: Sequence[Mapping[str, str]]) -> int:
     return top + 1
 
 
-def _channels_of(path: str) -> int:
-    import nibabel as nib
-
-    shape = nib.load(path).shape
-    return shape[3] if len(shape) == 4 else 1
-
-
 def _check_segmenter(spec: ModelSpec) -> None:
     ok = spec.input_size is not None and len(spec.input_size) == 4 and "num_classes" in spec.model_args
     if not ok or not spec.head_keys:
@@ -675,7 +408,7 @@ def resolve_settings(
     n_cls = o.get("num_classes") or (
         len(datalist["labels"]) if datalist["labels"] else _labels_in(datalist["training"])
     )
-    n_in = o.get("in_chans") or datalist["num_modalities"] or _channels_of(datalist["training"][0]["image"])
+    n_in = o.get("in_chans") or datalist["num_modalities"] or image_channels(datalist["training"][0]["image"])
     names = datalist["labels"] or {i: ("background" if i == 0 else f"class {i}") for i in range(n_cls)}
     roi = tuple(int(r) for r in o["roi_size"]) if "roi_size" in o else tuple(spec.input_size[1:])
     spacing = o.get("spacing_mm") or (
@@ -830,73 +563,90 @@ def run_config(
     }
 
 
-def finetune(
-    name: str,
-    data: str | Path,
-    out_dir: str | Path,
-    *,
-    preset: str | None = None,
-    pretrained: bool | None = None,
-    checkpoint_path: str | Path | None = None,
-    steps: int | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    num_samples: int | None = None,
-    lr: float | None = None,
-    roi_size: Sequence[int] | None = None,
-    spacing_mm: Sequence[float] | None = None,
-    intensity: str | None = None,
-    crop: str | None = None,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    freeze: str | None = None,
-    lora_rank: int | None = None,
-    layer_decay: float | None = None,
-    val_every: int | None = None,
-    num_workers: int = 0,
-    cache: bool = True,
-    resume: bool = True,
-    seed: int = 0,
-    model_kwargs: Mapping[str, Any] | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    print_fn: Callable[[str], None] = print,
-) -> FinetuneResult:
-    """Fine-tune a zoo segmentation model on a MONAI datalist; see the module docstring.
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """How :func:`finetune` runs: every setting beyond the model, the data and the run folder.
 
-    The flow reads in one direction: :func:`resolve_start` → settings (preset ← the saved
-    run's ← these arguments: :func:`resolve_settings`, :func:`merge_saved`) →
-    :func:`build_model` (``zoo.create``, the one weights path) → :func:`build_datasets`
-    → ``zoo.train.train``.
+    None means "not given": the value then comes from the saved run, the weights or the preset.
 
-    Args:
-        name: ``NAME`` (from scratch unless ``pretrained``) or ``NAME.TAG`` (those weights,
-            loaded or the call fails before training).
-        data: the datalist JSON.
-        out_dir: run folder: ``model.safetensors``, ``best.safetensors``, ``config.json``,
-            ``trainer_state.pt``, ``log.jsonl``. An existing run there is resumed with its
-            saved settings; a given setting that differs from them is refused (only
-            ``steps``/``epochs`` may change).
+    Attributes:
         preset: recipe name (default: the saved run's, else the family's; :mod:`zoo.presets`).
-        pretrained: load the default weights tag when ``name`` names none.
+        pretrained: load the default weights tag when the name names none.
         checkpoint_path: start from this checkpoint file or run folder instead.
         steps / epochs: run length (default: the preset's full recipe).
         batch_size / num_samples / lr / crop: override the preset.
         roi_size: crop and sliding-window size (default: the model's input size).
         spacing_mm / intensity: override the weights' and the preset's preprocessing
             (``intensity``: ``zscore``, ``zscore-nonzero``, ``none``, ``clip:a,b,c,d``).
-        num_classes / in_chans: default from the datalist (``labels``, ``modality``) or the files.
+        num_classes / in_chans: default from the datalist (``labels``, ``modality``, a list of
+            per-channel files) or the files.
         freeze: a part to freeze (``encoder``, ``encoder.1`` …), see :func:`zoo.adapt.freeze`.
         lora_rank: add LoRA of this rank to the encoder (decoder and head train in full).
         layer_decay: layer-wise LR decay over the model's parts.
         val_every: validation period in steps (default: the preset's fraction of the run).
         num_workers: data-loading processes.
         cache: cache the deterministic part of the transforms in memory.
-        resume: continue a run found in ``out_dir`` (False: start over there).
+        resume: continue a run found in the run folder (False: start over there).
         seed: seed of weights, shuffles and augmentations.
         model_kwargs: further architecture arguments (e.g. smaller widths for a quick check).
         device: ``cpu`` / ``cuda`` (default: CUDA if present).
         progress: progress bar.
+    """
+
+    preset: str | None = None
+    pretrained: bool | None = None
+    checkpoint_path: str | Path | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    num_samples: int | None = None
+    lr: float | None = None
+    roi_size: Sequence[int] | None = None
+    spacing_mm: Sequence[float] | None = None
+    intensity: str | None = None
+    crop: str | None = None
+    num_classes: int | None = None
+    in_chans: int | None = None
+    freeze: str | None = None
+    lora_rank: int | None = None
+    layer_decay: float | None = None
+    val_every: int | None = None
+    num_workers: int = 0
+    cache: bool = True
+    resume: bool = True
+    seed: int = 0
+    model_kwargs: Mapping[str, Any] | None = None
+    device: str | None = None
+    progress: bool = True
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings a caller may override (keys of ``_OVERRIDE_FIELDS``; None: not given)."""
+        return {k: getattr(self, k) for k in _OVERRIDE_FIELDS}
+
+
+def finetune(
+    name: str,
+    data: str | Path,
+    out_dir: str | Path,
+    options: FinetuneOptions | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> FinetuneResult:
+    """Fine-tune a zoo segmentation model on a MONAI datalist; see the module docstring.
+
+    The flow reads in one direction: :func:`resolve_start` → settings (preset ← the saved
+    run's ← the options: :func:`resolve_settings`, :func:`merge_saved`) →
+    :func:`build_model` (``zoo.create``, the one weights path) → :func:`build_datasets`
+    → ``zoo.train.train``.
+
+    Args:
+        name: ``NAME`` (from scratch unless ``pretrained``) or ``NAME.TAG`` (those weights,
+            loaded or the call fails before training).
+        data: the datalist JSON (:func:`zoo.datalist.read_datalist`).
+        out_dir: run folder: ``model.safetensors``, ``best.safetensors``, ``config.json``,
+            ``trainer_state.pt``, ``log.jsonl``. An existing run there is resumed with its
+            saved settings; a given setting that differs from them is refused (only
+            ``steps``/``epochs`` may change).
+        options: a :class:`FinetuneOptions` (default: all defaults).
         print_fn: where the start-up summary and the results go (rank 0 only).
 
     Returns:
@@ -905,25 +655,24 @@ def finetune(
     from monai.data import list_data_collate
     from monai.utils import set_determinism
 
-    from zoo.train import distributed_context, make_loader, train
+    from zoo.train import LoopSettings, distributed_context, make_loader, train
 
-    info = distributed_context(device)
+    o = options or FinetuneOptions()
+    info = distributed_context(o.device)
     say = print_fn if info.is_main else (lambda _msg: None)
 
     # 1. settings, resolved once: preset ← the saved run's ← the caller's
-    start = resolve_start(name, pretrained, checkpoint_path)
+    start = resolve_start(name, o.pretrained, o.checkpoint_path)
     check_output_spares_input(start, out_dir)
     _check_segmenter(resolve(start.name)[0])
     dl = read_datalist(data)
     if not dl["validation"]:
         raise ValueError(f"{data}: the datalist has no 'validation' cases (needed for the Dice report)")
-    overrides = dict(
-        steps=steps, epochs=epochs, batch_size=batch_size, num_samples=num_samples, lr=lr, roi_size=roi_size,
-        spacing_mm=spacing_mm, intensity=intensity, crop=crop, num_classes=num_classes, in_chans=in_chans,
-        val_every=val_every, freeze=freeze, lora_rank=lora_rank, layer_decay=layer_decay, preset=preset,
-    )  # fmt: skip
-    saved = read_saved_settings(out_dir) if resume else None
-    p = get_preset(preset or (saved or {}).get("preset") or default_preset_for(resolve(start.name)[0].family))
+    overrides = o.overrides()
+    saved = read_saved_settings(out_dir) if o.resume else None
+    p = get_preset(
+        o.preset or (saved or {}).get("preset") or default_preset_for(resolve(start.name)[0].family)
+    )
     settings = resolve_settings(start, dl, p, overrides, info.world_size)
     if saved is not None:
         given = {k for k, v in overrides.items() if v is not None}
@@ -936,17 +685,17 @@ def finetune(
     say(settings.describe())
 
     # 2. the model, through the one weights path
-    set_determinism(seed)
-    model, deep = build_model(settings, start, p, model_kwargs)
+    set_determinism(o.seed)
+    model, deep = build_model(settings, start, p, o.model_kwargs)
     record = model.pretrained_cfg.get("weights")
     say(describe_load(record))
     adapt_model(model, settings)
 
     # 3. data and objective
-    train_ds, val_ds = build_datasets(settings, p, dl, cache)
+    train_ds, val_ds = build_datasets(settings, p, dl, o.cache)
     per_rank = -(-len(train_ds) // info.world_size)
     loader = make_loader(
-        train_ds, settings.batch_size, seed=seed, num_workers=num_workers, collate_fn=list_data_collate,
+        train_ds, settings.batch_size, seed=o.seed, num_workers=o.num_workers, collate_fn=list_data_collate,
         drop_last=per_rank >= settings.batch_size, dist_info=info,
     )  # fmt: skip
     n_cls, roi = settings.num_classes, settings.roi_size
@@ -967,10 +716,15 @@ def finetune(
     config = run_config(settings, p, model, data)
     fixed = {k: v for k, v in config["finetune"].items() if k not in ("total_steps", "val_every")}
     started = time.perf_counter()
+    loop = LoopSettings(
+        val_every=settings.val_every,
+        monitor="dice_mean",
+        resume=o.resume,
+        progress=o.progress,
+        device=info.device,
+    )
     res = train(
-        model, loss_fn, loader, out_dir, optim, settings.total_steps,
-        val_fn=val_fn, val_every=settings.val_every, monitor="dice_mean", config=config,
-        resume=resume, progress=progress, device=info.device,
+        model, loss_fn, loader, out_dir, optim, settings.total_steps, loop, val_fn=val_fn, config=config,
         settings={"finetune": fixed, "init": record and {k: record[k] for k in ("id", "sha256", "covers")}},
     )  # fmt: skip
     metrics = res.metrics[-1] if res.metrics else {}

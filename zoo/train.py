@@ -2,7 +2,7 @@
 
 One function, :func:`train`, runs any model with any loss::
 
-    from zoo.train import OptimConfig, make_loader, train
+    from zoo.train import LoopSettings, OptimConfig, make_loader, train
 
     loader = make_loader(dataset, batch_size=2)            # sharded under torchrun
     result = train(
@@ -12,6 +12,7 @@ One function, :func:`train`, runs any model with any loss::
         out_dir="run/",
         optim=OptimConfig(lr=1e-4, warmup_steps=100),
         total_steps=5000,
+        loop=LoopSettings(save_every=500),                 # periods, resume, device …
     )
 
 What it does, and nothing more:
@@ -52,10 +53,32 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from zoo.train_state import (  # noqa: F401  (the run folder's names, re-exported)
+    BEST_FILE,
+    CONFIG_FILE,
+    LENGTH_SETTINGS,
+    LOCK_FILE,
+    LOG_FILE,
+    LORA_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    RunSettingsChangedError,
+    _jsonable,
+    _load_checkpoint,
+    _rng_state,
+    _save_checkpoint,
+    _save_tensors,
+    _set_rng_state,
+    check_resume,
+    read_log,
+    settings_changes,
+)
+
 log = logging.getLogger("zoo")
 
 __all__ = [
     "OptimConfig",
+    "LoopSettings",
     "TrainResult",
     "EpochSampler",
     "make_loader",
@@ -71,14 +94,6 @@ __all__ = [
     "check_resume",
     "RunSettingsChangedError",
 ]
-
-MODEL_FILE = "model.safetensors"
-BEST_FILE = "best.safetensors"
-LORA_FILE = "lora_state.safetensors"
-STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "config.json"
-LOG_FILE = "log.jsonl"
-LOCK_FILE = ".train.lock"
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,157 +365,6 @@ def build_scheduler(
 
 
 # ---------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_tensors(path: Path, sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    _atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": pos,
-            "has_gauss": has_gauss,
-            "gauss": gauss,
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(
-    out: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    progress: dict[str, Any],
-    config: Mapping[str, Any],
-) -> None:
-    from zoo.adapt import has_lora, plain_state_dict
-
-    base = unwrap(model)
-    meta = {"step": str(progress["step"])}
-    _save_tensors(out / MODEL_FILE, plain_state_dict(base), meta)
-    if has_lora(base):
-        _save_tensors(out / LORA_FILE, base.state_dict(), meta)
-    state = {
-        **progress,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-    }
-    _atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
-    cfg = {**config, "step": progress["step"]}
-    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(_jsonable(cfg), indent=2) + "\n"))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float | int | str | bool) or obj is None:
-        return obj
-    return repr(obj)
-
-
-def _load_checkpoint(out: Path, model: nn.Module) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    from zoo.adapt import has_lora
-
-    base = unwrap(model)
-    path = out / (LORA_FILE if has_lora(base) else MODEL_FILE)
-    base.load_state_dict(load_file(str(path)), strict=True)
-    return torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-
-
-# ---------------------------------------------------------------------------------------
-# resuming
-
-
-# Settings that set only the run's length: a rerun may change them (the schedule follows the new
-# length); every other setting is fixed for the life of a run.
-LENGTH_SETTINGS = ("total_steps", "optim.warmup_steps", "optim.step_size")
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
-def settings_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """What differs between a saved run's settings and a rerun's.
-
-    Args:
-        saved / current: nested settings (JSON-like); compared key by dotted key.
-
-    Returns:
-        ``(refused, applied)``: ``"key: saved → current"`` lines; ``applied`` holds the
-        run-length settings (:data:`LENGTH_SETTINGS`), ``refused`` every other difference.
-    """
-    a, b = _flat(json.loads(json.dumps(_jsonable(saved)))), _flat(json.loads(json.dumps(_jsonable(current))))
-    refused, applied = [], []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key, "(unset)") != b.get(key, "(unset)"):
-            line = f"{key} {a.get(key, '(unset)')} → {b.get(key, '(unset)')}"
-            (applied if key in LENGTH_SETTINGS else refused).append(line)
-    return refused, applied
-
-
-class RunSettingsChangedError(ValueError):
-    """A rerun asked to resume a run with other settings than the run was started with."""
-
-
-def check_resume(out_dir: str | Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Refuse a resume whose settings differ from the saved run's; return the length changes applied.
-
-    Raises:
-        RunSettingsChangedError: naming every changed setting and how to start a new run.
-    """
-    refused, applied = settings_changes(saved, current)
-    if refused:
-        # The optimiser state, schedule and data order were built from the saved settings: resuming
-        # them under other values would give a run that matches neither, so a change starts a new run.
-        raise RunSettingsChangedError(
-            f"the run in {out_dir} was started with other settings ({'; '.join(refused)}); rerun with "
-            "the saved settings to resume it, or start a new run: --restart (replaces it) or another --out"
-        )
-    return applied
-
-
-# ---------------------------------------------------------------------------------------
 # the loop
 
 
@@ -539,6 +403,37 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """How :func:`train` runs its loop: validation, checkpoints, logging, device.
+
+    Attributes:
+        val_every: validation period in steps (default: only at the end).
+        monitor: a key of ``val_fn``'s metrics; higher is better; its best value writes
+            ``best.safetensors``.
+        save_every: checkpoint period in steps (default: at validations and at the end).
+        grad_accum_steps: batches per optimiser step.
+        resume: continue from ``out_dir`` when it holds a checkpoint.
+        progress: progress bar on rank 0.
+        log_every: steps between progress-bar / log lines.
+        device: default CUDA (this process's GPU under ``torchrun``) if present, else CPU.
+        amp: bf16 autocast on CUDA.
+        find_unused_parameters: passed to DDP (models with parts that do not run, such as
+            PCT-Net's other resolution modes, need it).
+    """
+
+    val_every: int | None = None
+    monitor: str | None = None
+    save_every: int | None = None
+    grad_accum_steps: int = 1
+    resume: bool = True
+    progress: bool = True
+    log_every: int = 10
+    device: str | torch.device | None = None
+    amp: bool = False
+    find_unused_parameters: bool = True
+
+
 def train(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]],
@@ -546,19 +441,10 @@ def train(
     out_dir: str | Path,
     optim: OptimConfig,
     total_steps: int,
+    loop: LoopSettings | None = None,
     *,
     val_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
-    val_every: int | None = None,
-    monitor: str | None = None,
-    save_every: int | None = None,
-    grad_accum_steps: int = 1,
-    resume: bool = True,
     config: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    log_every: int = 10,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-    find_unused_parameters: bool = True,
     settings: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``total_steps`` optimiser steps, saving and resuming in ``out_dir``.
@@ -573,22 +459,12 @@ def train(
         out_dir: where checkpoints, ``config.json`` and ``log.jsonl`` go (rank 0 only).
         optim: optimiser and schedule.
         total_steps: optimiser steps of the whole run (a resumed run counts the earlier ones).
+        loop: validation and checkpoint periods, resume, logging, device (:class:`LoopSettings`;
+            default: all defaults).
         val_fn: ``val_fn(model)`` → metrics, run on rank 0 with the unwrapped model in eval
-            mode every ``val_every`` steps and at the end.
-        val_every: validation period in steps (default: only at the end).
-        monitor: a key of ``val_fn``'s metrics; higher is better; its best value writes
-            ``best.safetensors``.
-        save_every: checkpoint period in steps (default: at validations and at the end).
-        grad_accum_steps: batches per optimiser step.
-        resume: continue from ``out_dir`` when it holds a checkpoint.
+            mode every ``loop.val_every`` steps and at the end.
         config: what to write in ``config.json`` (e.g. the model name and arguments, so
             that ``zoo.create(name, checkpoint_path=...)`` can rebuild it); the step is added.
-        progress: progress bar on rank 0.
-        log_every: steps between progress-bar / log lines.
-        device: default CUDA (this process's GPU under ``torchrun``) if present, else CPU.
-        amp: bf16 autocast on CUDA.
-        find_unused_parameters: passed to DDP (models with parts that do not run, such as
-            PCT-Net's other resolution modes, need it).
         settings: what the run is defined by besides ``optim`` and ``total_steps`` (model,
             data, batch …); saved with the run. A resumed run must match them
             (:func:`check_resume`); only the run's length may change.
@@ -603,9 +479,11 @@ def train(
         RunSettingsChangedError: resuming with other settings than the run's.
         RuntimeError: another process is training in ``out_dir``.
     """
-    args = dict(locals())
-    with _run_lock(Path(out_dir), distributed_context(device)):
-        return _train(**args)
+    loop = loop or LoopSettings()
+    with _run_lock(Path(out_dir), distributed_context(loop.device)):
+        return _train(
+            model, loss_fn, train_loader, out_dir, optim, total_steps, loop, val_fn, config, settings
+        )
 
 
 @contextmanager
@@ -640,21 +518,15 @@ def _train(
     out_dir: str | Path,
     optim: OptimConfig,
     total_steps: int,
-    *,
+    loop: LoopSettings,
     val_fn: Callable[[nn.Module], Mapping[str, float]] | None,
-    val_every: int | None,
-    monitor: str | None,
-    save_every: int | None,
-    grad_accum_steps: int,
-    resume: bool,
     config: Mapping[str, Any] | None,
-    progress: bool,
-    log_every: int,
-    device: str | torch.device | None,
-    amp: bool,
-    find_unused_parameters: bool,
     settings: Mapping[str, Any] | None,
 ) -> TrainResult:
+    val_every, monitor, save_every, grad_accum_steps = (
+        loop.val_every, loop.monitor, loop.save_every, loop.grad_accum_steps
+    )  # fmt: skip
+    resume, progress, log_every, device = loop.resume, loop.progress, loop.log_every, loop.device
     if total_steps < 1 or grad_accum_steps < 1:
         raise ValueError(
             f"need total_steps >= 1 and grad_accum_steps >= 1, got {total_steps}, {grad_accum_steps}"
@@ -708,7 +580,9 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        net = DistributedDataParallel(base, device_ids=ids, find_unused_parameters=find_unused_parameters)
+        net = DistributedDataParallel(
+            base, device_ids=ids, find_unused_parameters=loop.find_unused_parameters
+        )
 
     sampler = train_loader.sampler
     resumable = isinstance(sampler, EpochSampler)
@@ -755,7 +629,9 @@ def _train(
         _barrier(info)
 
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if amp and info.device.type == "cuda" else nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if loop.amp and info.device.type == "cuda"
+        else nullcontext()
     )
     completed = dict(state)  # the state after the last completed step: what an interruption saves
     last_saved = start_step
@@ -853,14 +729,6 @@ def _plain(model: nn.Module) -> dict[str, torch.Tensor]:
     from zoo.adapt import plain_state_dict
 
     return plain_state_dict(model)
-
-
-def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
-    """The entries of ``out_dir/log.jsonl`` (training steps and validations, in order)."""
-    path = Path(out_dir) / LOG_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def seed_everything(seed: int) -> None:

@@ -18,10 +18,21 @@ Each stage of the joint recipe is also a method of its own (``slice-swav``,
 
 from zoo.ssl import byol_rot_rec, multi_clustering, simsiam_iou, slice_swav, volume_fusion  # noqa: F401
 from zoo.ssl.recipe import RECIPES, Export, Recipe, get_recipe
-from zoo.ssl.runner import PretrainResult, pretrain
+from zoo.ssl.runner import PretrainOptions, PretrainResult, RunOptions, pretrain
 from zoo.ssl.slice_swav import PIPELINES
 
-__all__ = ["RECIPES", "PIPELINES", "Export", "Recipe", "get_recipe", "pretrain", "PretrainResult", "methods"]
+__all__ = [
+    "RECIPES",
+    "PIPELINES",
+    "Export",
+    "Recipe",
+    "get_recipe",
+    "pretrain",
+    "PretrainOptions",
+    "RunOptions",
+    "PretrainResult",
+    "methods",
+]
 
 
 def methods() -> list[str]:

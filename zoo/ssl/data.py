@@ -5,7 +5,10 @@ resolved against the JSON file's folder):
 
 * ``["a.nii.gz", "b.nii.gz"]``;
 * ``[{"image": "a.nii.gz"}, …]``;
-* ``{"training": [{"image": …}, …]}`` (MONAI's Decathlon layout; ``"validation"`` is ignored).
+* ``{"training": [{"image": …}, …]}`` (MONAI's Decathlon layout; ``"validation"`` is ignored;
+  an ``image`` may list one file per channel).
+
+They are read by :func:`zoo.datalist.read_datalist`, the reader ``zoo finetune`` uses too.
 
 Volumes are read once, preprocessed (orientation, spacing, intensity, foreground crop) and
 kept in memory; the datasets then draw random crops or slices from them. Every recipe names
@@ -14,7 +17,6 @@ its paper's preprocessing as its default (:class:`Preprocessing`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -91,38 +93,23 @@ def parse_intensity(text: str) -> dict[str, Any]:
     return _parse(text)
 
 
-def read_datalist(path: str | Path) -> list[Path]:
+def read_datalist(path: str | Path) -> list[Path | list[Path]]:
     """The image paths of a datalist JSON (see the module docstring), checked to exist.
+
+    Read by :func:`zoo.datalist.read_datalist` (image-only entries; ``label`` and
+    ``"validation"`` are not used here). A scan given as a list of files (one per channel)
+    stays a list.
 
     Raises:
         ValueError: an unreadable or empty list, an entry without ``"image"``, or a file that
-            does not exist (all missing files are named).
+            does not exist (one line naming the file and the entry).
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON datalist ({e})") from e
-    if isinstance(data, Mapping):
-        if "training" not in data:
-            raise ValueError(f"{path}: a datalist object needs a 'training' list, found keys {sorted(data)}")
-        data = data["training"]
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: expected a non-empty list of images, found {type(data).__name__}")
-    out = []
-    for i, item in enumerate(data):
-        if isinstance(item, Mapping):
-            if "image" not in item:
-                raise ValueError(f"{path}: entry {i} has no 'image' key ({sorted(item)})")
-            item = item["image"]
-        if not isinstance(item, str):
-            raise ValueError(f"{path}: entry {i} must be a path or {{'image': path}}, found {item!r}")
-        p = Path(item)
-        out.append(p if p.is_absolute() else path.parent / p)
-    missing = [str(p) for p in out if not p.is_file()]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} image(s) do not exist: {', '.join(missing[:5])}")
-    return out
+    from zoo.datalist import read_datalist as read
+
+    entries = read(path, require_label=False, splits=("training",))["training"]
+    return [
+        Path(e["image"]) if isinstance(e["image"], str) else [Path(f) for f in e["image"]] for e in entries
+    ]
 
 
 def mni152_paths() -> list[Path]:
@@ -141,14 +128,26 @@ def mni152_paths() -> list[Path]:
     return paths
 
 
-def load_volume(path: str | Path, prep: Preprocessing) -> torch.Tensor:
-    """Read and preprocess one scan into a ``(C, *spatial)`` float32 tensor (order per ``prep``)."""
+def load_volume(path: str | Path | Sequence[str | Path], prep: Preprocessing) -> torch.Tensor:
+    """Read and preprocess one scan into a ``(C, *spatial)`` float32 tensor (order per ``prep``).
+
+    ``path`` may list one file per channel (same grid), stacked in order.
+    """
+    import numpy as np
     from monai.data import MetaTensor
     from monai.transforms import CropForeground, Orientation, Spacing
 
     from zoo.predict import intensity_transform, read_volume
 
-    img, arr = read_volume(path)
+    if isinstance(path, str | Path):
+        img, arr = read_volume(path)
+    else:
+        parts = [read_volume(p) for p in path]
+        img = parts[0][0]
+        for p, (other, a) in zip(path, parts, strict=True):
+            if a.shape[1:] != parts[0][1].shape[1:] or not np.allclose(other.affine, img.affine, atol=1e-4):
+                raise ValueError(f"{p}: not on the grid of {path[0]} (the channels of one scan must match)")
+        arr = np.concatenate([a for _, a in parts], axis=0)
     x: torch.Tensor = MetaTensor(
         torch.from_numpy(arr), affine=torch.as_tensor(img.affine, dtype=torch.float64)
     )
@@ -167,7 +166,9 @@ def load_volume(path: str | Path, prep: Preprocessing) -> torch.Tensor:
     return x.contiguous()
 
 
-def load_volumes(paths: Sequence[str | Path], prep: Preprocessing) -> list[torch.Tensor]:
+def load_volumes(
+    paths: Sequence[str | Path | Sequence[str | Path]], prep: Preprocessing
+) -> list[torch.Tensor]:
     """:func:`load_volume` for each path, logging the shapes."""
     vols = [load_volume(p, prep) for p in paths]
     log.info("loaded %d volume(s): %s", len(vols), ", ".join(str(tuple(v.shape[1:])) for v in vols))

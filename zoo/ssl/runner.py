@@ -34,7 +34,16 @@ from zoo.ssl.recipe import Export, Recipe, get_recipe
 
 log = logging.getLogger("zoo")
 
-__all__ = ["PretrainResult", "pretrain", "resolve_init", "run_recipe", "write_checkpoint", "optim_config"]
+__all__ = [
+    "PretrainResult",
+    "PretrainOptions",
+    "RunOptions",
+    "pretrain",
+    "resolve_init",
+    "run_recipe",
+    "write_checkpoint",
+    "optim_config",
+]
 
 TRAINER_DIR = "trainer"
 
@@ -50,6 +59,57 @@ class PretrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     resumed_from: int = 0
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a pretraining run's loop runs (not what it learns).
+
+    Attributes:
+        resume: continue from ``out/trainer`` when it holds a checkpoint.
+        save_every: also checkpoint (and export) every this many steps (default: at the end).
+        log_every: steps between log lines.
+        num_workers: DataLoader workers.
+        seed: seed of the data order and of the recipe's draws.
+        device: default: this process's CUDA device if any, else CPU.
+        progress: show the loop's progress bar.
+    """
+
+    resume: bool = True
+    save_every: int | None = None
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    device: torch.device | str | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class PretrainOptions:
+    """What :func:`pretrain` starts from and how it runs, beyond the method, model, data and folder.
+
+    Attributes:
+        init: what to start from: a checkpoint (any format ``zoo.create(checkpoint_path=)``
+            reads), a run folder, or ``NAME.TAG`` (registered weights, loaded through
+            ``zoo.create(..., pretrained=True)`` or the call fails before training).
+        pretrained: start from the model's default weights tag.
+        model_args: constructor overrides (``img_size``, ``in_chans`` …).
+        recipe_args: recipe settings (see each recipe's docstring); a list, one per stage, for a
+            pipeline.
+        preprocessing: overrides of the recipe's paper preprocessing (a :class:`Preprocessing`
+            or a dict of its fields).
+        settings: optimiser/schedule/batch overrides (``lr``, ``batch_size`` …); a list, one per
+            stage, for a pipeline.
+        run: the loop's options (:class:`RunOptions`).
+    """
+
+    init: str | Path | None = None
+    pretrained: bool | None = None
+    model_args: Mapping[str, Any] | None = None
+    recipe_args: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None
+    settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    run: RunOptions = field(default_factory=RunOptions)
 
 
 def optim_config(settings: Mapping[str, Any], max_steps: int):
@@ -143,13 +203,7 @@ def run_recipe(
     model_args: Mapping[str, Any],
     settings: Mapping[str, Any] | None = None,
     info: Mapping[str, Any] | None = None,
-    resume: bool = True,
-    save_every: int | None = None,
-    log_every: int = 10,
-    num_workers: int = 0,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = False,
+    run: RunOptions | None = None,
 ) -> PretrainResult:
     """Train ``recipe`` for ``steps`` optimiser steps with ``zoo.train.train``; write the run folder.
 
@@ -162,20 +216,17 @@ def run_recipe(
         settings: optimiser/schedule settings over ``recipe.optim_defaults`` (plus
             ``batch_size`` and ``grad_accum_steps``).
         info: extra facts for the checkpoint's ``pretraining`` record (data, preprocessing).
-        resume: continue from ``out/trainer`` when it holds a checkpoint.
-        save_every: also checkpoint (and export) every this many steps (default: at the end).
-        log_every: steps between log lines.
-        num_workers: DataLoader workers.
-        seed: seed of the data order and of the recipe's draws.
-        device: default: this process's CUDA device if any, else CPU.
-        progress: show the loop's progress bar.
+        run: resume, checkpoint period, logging, workers, seed, device, progress
+            (:class:`RunOptions`; default: all defaults).
     """
     from safetensors.torch import load_file
 
-    from zoo.train import STATE_FILE, distributed_context, make_loader, seed_everything, train
+    from zoo.train import STATE_FILE, LoopSettings, distributed_context, make_loader, seed_everything, train
 
     out = Path(out)
-    dist_info = distributed_context(device)
+    run = run or RunOptions()
+    seed = run.seed
+    dist_info = distributed_context(run.device)
     cfg = {**recipe.optim_defaults, **(settings or {})}
     batch_size = int(cfg.pop("batch_size", 2))
     accum = int(cfg.pop("grad_accum_steps", 1))
@@ -187,7 +238,7 @@ def run_recipe(
     recipe.run_dir, recipe.is_main = trainer_dir, dist_info.is_main
     recipe.to(dist_info.device)  # setup passes (memory banks, heads) run where training will
     dataset = recipe.dataset(volumes)
-    resuming = resume and (trainer_dir / STATE_FILE).is_file()
+    resuming = run.resume and (trainer_dir / STATE_FILE).is_file()
     if resuming:
         # Data-dependent parts (cluster labels, heads sized by them) must exist before the strict load.
         recipe.prepare_resume(load_file(str(trainer_dir / "model.safetensors")))
@@ -197,7 +248,7 @@ def run_recipe(
             f"{len(dataset)} training items cannot fill one batch of {batch_size} per process × "
             f"{dist_info.world_size}; lower batch_size or add data"
         )
-    loader = make_loader(dataset, batch_size, seed=seed, num_workers=num_workers, dist_info=dist_info)
+    loader = make_loader(dataset, batch_size, seed=seed, num_workers=run.num_workers, dist_info=dist_info)
     record = dict(
         info or {},
         method=recipe.method,
@@ -213,6 +264,15 @@ def run_recipe(
         write_checkpoint(out, base.export(), model_name, model_args, {**record, "step": base.step})
         return {}
 
+    loop = LoopSettings(
+        val_every=run.save_every,
+        save_every=run.save_every,
+        grad_accum_steps=accum,
+        resume=run.resume,
+        progress=run.progress,
+        log_every=run.log_every,
+        device=dist_info.device,
+    )
     result = train(
         recipe,
         loss_fn=lambda net, batch: net(batch),
@@ -220,15 +280,9 @@ def run_recipe(
         out_dir=trainer_dir,
         optim=optim,
         total_steps=steps,
+        loop=loop,
         val_fn=export,
-        val_every=save_every,
-        save_every=save_every,
-        grad_accum_steps=accum,
-        resume=resume,
         config={"method": recipe.method, "model_name": model_name, "model_args": dict(model_args)},
-        progress=progress,
-        log_every=log_every,
-        device=dist_info.device,
         settings=_fixed_settings(recipe.method, model_name, model_args, batch_size, accum, info or {}),
     )
     if dist_info.is_main and not (out / "model.safetensors").is_file():
@@ -300,6 +354,11 @@ def resolve_init(model: str, init: str | Path | None = None, pretrained: bool | 
     return resolve_start(f"{spec.name}.{init_tag}")
 
 
+def _file_names(scan: Path | Sequence[Path]) -> str:
+    """A scan's file name for the run record; a scan of one file per channel joins them with ``+``."""
+    return scan.name if isinstance(scan, Path) else "+".join(Path(p).name for p in scan)
+
+
 def _split_steps(steps: int | Sequence[int], n: int) -> list[int]:
     if isinstance(steps, int):
         return [steps // n + (1 if i < steps % n else 0) for i in range(n)]
@@ -314,13 +373,7 @@ def pretrain(
     data: str | Path | Sequence[str | Path],
     out: str | Path,
     steps: int | Sequence[int] = 1000,
-    init: str | Path | None = None,
-    model_args: Mapping[str, Any] | None = None,
-    recipe_args: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
-    settings: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-    pretrained: bool | None = None,
-    **run_args: Any,
+    options: PretrainOptions | None = None,
 ) -> PretrainResult:
     """Continue pretraining ``model`` with ``method`` on unlabelled scans.
 
@@ -333,17 +386,8 @@ def pretrain(
         out: run folder (created; an existing run in it is resumed). A pipeline writes each
             stage into ``out/stage<i>-<method>`` and the last stage's checkpoint into ``out``.
         steps: optimiser steps; for a pipeline, a total split evenly or one count per stage.
-        init: what to start from: a checkpoint (any format ``zoo.create(checkpoint_path=)``
-            reads), a run folder, or ``NAME.TAG`` (registered weights, loaded through
-            ``zoo.create(..., pretrained=True)`` or the call fails before training).
-        model_args: constructor overrides (``img_size``, ``in_chans`` …).
-        recipe_args: recipe settings (see each recipe's docstring); per stage for a pipeline.
-        preprocessing: overrides of the recipe's paper preprocessing (a :class:`Preprocessing`
-            or a dict of its fields).
-        settings: optimiser/schedule/batch overrides (``lr``, ``batch_size`` …); per stage
-            for a pipeline.
-        pretrained: start from the model's default weights tag.
-        **run_args: further :func:`run_recipe` arguments (``save_every``, ``seed``, ``device`` …).
+        options: where to start from, model/recipe/preprocessing/optimiser overrides, and the
+            loop's options (:class:`PretrainOptions`; default: all defaults).
 
     Returns:
         :class:`PretrainResult`; the checkpoint loads with
@@ -352,8 +396,12 @@ def pretrain(
 
     Example:
         >>> r = pretrain("byol-rot-rec", "qtunet-t", "scans.json", "runs/qt", steps=2000)
+        >>> r = pretrain("volume-fusion", "fmunet", "scans.json", "runs/vf", 500, PretrainOptions(
+        ...     init="fmunet.vf1k", settings={"lr": 1e-4}, run=RunOptions(save_every=100)))
     """
     import shutil
+
+    o = options or PretrainOptions()
 
     from zoo._registry import resolve
     from zoo.finetune import check_output_spares_input, create_model, describe_load
@@ -368,40 +416,37 @@ def pretrain(
                 f"{cls.method} pretrains {', '.join(cls.families)} models; "
                 f"{spec.name} is a {spec.family} model"
             )
-    start = resolve_init(model, init, pretrained)
+    start = resolve_init(model, o.init, o.pretrained)
     check_output_spares_input(start, out)
-    net = create_model(start, **dict(model_args or {}))
+    net = create_model(start, **dict(o.model_args or {}))
     args = dict(net.pretrained_cfg["model_args"])
     log.info("pretraining %s from %s", spec.name, describe_load(net.pretrained_cfg["weights"]))
     prep = classes[0].default_preprocessing
-    if isinstance(preprocessing, Preprocessing):
-        prep = preprocessing
-    elif preprocessing:
-        prep = replace(prep, **dict(preprocessing))
+    if isinstance(o.preprocessing, Preprocessing):
+        prep = o.preprocessing
+    elif o.preprocessing:
+        prep = replace(prep, **dict(o.preprocessing))
     paths = [Path(p) for p in data] if isinstance(data, list | tuple) else read_datalist(data)
     volumes = load_volumes(paths, prep)
     info = {
         # What was loaded (zoo.provenance's record; None: random), never merely what was asked for.
         "init": net.pretrained_cfg["weights"],
-        "data": {"volumes": len(paths), "files": [p.name for p in paths][:20]},
+        "data": {"volumes": len(paths), "files": [_file_names(p) for p in paths][:20]},
         "preprocessing": prep.as_dict(),
     }
 
     n = len(stages)
     per_stage = _split_steps(steps, n)
-    rargs = list(recipe_args) if isinstance(recipe_args, list | tuple) else [dict(recipe_args or {})] * n
-    sargs = list(settings) if isinstance(settings, list | tuple) else [dict(settings or {})] * n
+    rargs = o.recipe_args
+    rargs = list(rargs) if isinstance(rargs, list | tuple) else [dict(rargs or {})] * n
+    sargs = list(o.settings) if isinstance(o.settings, list | tuple) else [dict(o.settings or {})] * n
     out = Path(out)
     results = []
     for i, (cls, k) in enumerate(zip(classes, per_stage, strict=True)):
         folder = out if n == 1 else out / f"stage{i + 1}-{cls.method}"
         recipe = cls(net.train(), **dict(rargs[i]))
         stage_info = dict(info, stage=f"{i + 1}/{n} of {method}") if n > 1 else info
-        results.append(
-            run_recipe(
-                recipe, volumes, folder, k, spec.name, args, settings=sargs[i], info=stage_info, **run_args
-            )
-        )
+        results.append(run_recipe(recipe, volumes, folder, k, spec.name, args, sargs[i], stage_info, o.run))
     last = results[-1]
     if n > 1 and int(os.environ.get("RANK", "0")) == 0 and last.checkpoint.is_file():
         for f in ("model.safetensors", "config.json"):

@@ -1,0 +1,445 @@
+"""``zoo predict``, ``demo``, ``export``, ``bench``: running a model, exporting it, measuring it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from zoo._registry import list_models, resolve
+from zoo.cli._base import UsageError, arg, command, table
+
+
+def _parse_intensity(text: str) -> dict:
+    """``--intensity``: a kind name, JSON, or ``clip:a,b,c,d`` (``zoo.transforms.parse_intensity``)."""
+    from zoo.transforms import parse_intensity
+
+    return parse_intensity(text)
+
+
+def _is_study(text: str) -> bool:
+    return Path(text).is_dir() or text.endswith(".json") or any(ch in text for ch in "*?[")
+
+
+@command(
+    "predict",
+    help="segment a NIfTI volume or a whole study (folder, datalist, glob) into label maps",
+    args=[
+        arg("name", help="name, name.tag, hf-hub:ORG/NAME or an exported FILE.onnx"),
+        arg("-i", "--input", required=True, help="a .nii/.nii.gz, a folder, a datalist .json or a 'glob'"),
+        arg("-o", "--output", required=True, help="the label map file (one input) or folder (a study)"),
+        arg("--checkpoint", default=None, help="a checkpoint file or run folder"),
+        arg("--no-weights", action="store_true", help="random initialisation (pipeline check)"),
+        arg(
+            "--allow-untrained-head",
+            action="store_true",
+            help="predict even with encoder-only weights or a newly initialised head (labels are random)",
+        ),
+        arg("--spacing", type=float, nargs=3, default=None, help="resample to this spacing (mm)"),
+        arg("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1)"),
+        arg(
+            "--sw-batch-size",
+            type=int,
+            default=None,
+            help="windows per forward (>= 1; default 2: keeps two CPU threads or a GPU busy; equal to 1 "
+            "up to float rounding)",
+        ),
+        arg(
+            "--intensity",
+            default=None,
+            help="override the weights' intensity transform: zscore_nonzero, zscore, none, clip:a,b,c,d "
+            "or JSON such as "
+            '\'{"kind": "clip_scale", "a_min": -1000, "a_max": 1000, "b_min": -1, "b_max": 1}\'',
+        ),
+        arg(
+            "--roi-size", type=int, nargs="+", default=None, help="sliding-window size (default: the model's)"
+        ),
+        arg("--volume", type=int, default=None, help="the volume of a 4D series to segment (0-based)"),
+        arg("--slice-axis", choices=["x", "y", "z"], default=None, help="2D models: slice along it"),
+        arg("--max-memory-gb", type=float, default=None, help="memory budget (default: half the RAM)"),
+        arg("--max-windows", type=int, default=None, help="window cap per volume (default 5000)"),
+        arg(
+            "--workers",
+            type=int,
+            default=None,
+            help="a study: processes reading the next volumes (default: 1 when a core is left over by the "
+            "model's threads, else 0)",
+        ),
+        arg("--preview", action="store_true", help="also write a PNG of mid-slices + labels"),
+        arg("-q", "--quiet", action="store_true", help="no progress bar"),
+    ],
+    interrupted=lambda a, e: "interrupted; rerun the same command to resume (finished cases are kept)",
+)
+def cmd_predict(a: argparse.Namespace) -> int:
+    """Segment one scan, or a whole study; every check runs before weights are fetched."""
+    import zoo
+    from zoo import predict as P
+
+    intensity = _parse_intensity(a.intensity) if a.intensity else None
+    model = None
+    if a.name.endswith(".onnx") or a.name.startswith("hf-hub:"):
+        # An exported file (onnxruntime, preprocessing from its metadata) or a Hub repository: the
+        # plan comes from the file or the repository's config, so it is opened first.
+        if a.name.endswith(".onnx"):
+            from zoo.export import load_onnx
+
+            model = load_onnx(a.name)
+        else:
+            model = zoo.create(a.name)
+        cfg = dict(model.pretrained_cfg)
+    else:
+        from zoo._factory import NoPretrainedWeightsError
+
+        try:
+            cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
+        except NoPretrainedWeightsError:  # the API's message names pretrained=False: say the flags
+            spec, _ = resolve(a.name)
+            why = f" ({spec.no_weights_reason.rstrip('.')})" if spec.no_weights_reason else ""
+            raise ValueError(
+                f"{spec.name} has no pretrained weights{why}: predict with --checkpoint FILE_OR_RUN (your "
+                "own, e.g. from zoo finetune), or --no-weights to check the pipeline with random weights"
+            ) from None
+    kw = dict(
+        roi_size=tuple(a.roi_size) if a.roi_size else None,
+        overlap=a.overlap,
+        sw_batch_size=a.sw_batch_size,
+        spacing_mm=tuple(a.spacing) if a.spacing else None,
+        intensity=intensity,
+        slice_axis={"x": 0, "y": 1, "z": 2}[a.slice_axis] if a.slice_axis else None,
+    )
+    s = P.resolve_settings(cfg, **kw)
+    if not a.no_weights and a.checkpoint is None:
+        record = cfg["weights"] or {}
+        P.check_weights_trained(cfg["weights"], record.get("id", a.name), a.allow_untrained_head)
+    if a.preview:
+        from zoo.plots import require_matplotlib
+
+        require_matplotlib()
+    budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
+    study = _is_study(a.input)
+    if study:
+        cases = P.list_cases(a.input)
+        P._study_outputs(cases, Path(a.output))
+    else:
+        P.check_output(a.input, a.output)
+        info = P.inspect_input(a.input, s.in_chans, a.volume)
+        est = P.estimate(info, s)
+        P.check_budget(est, info, s, **budget)
+    # Every check passed: now weights may be downloaded and the model built.
+    if model is None:
+        model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
+    common = dict(kw, volume=a.volume, allow_untrained_head=a.allow_untrained_head, preview=a.preview)
+    common.update(budget)
+    if not study:
+        r = P.predict_nifti(model, a.input, a.output, progress=not a.quiet, **common)
+        print(_prediction_line(r))
+        return 0
+
+    def said(path: Path, r: P.Prediction | None, err: str | None) -> None:
+        if r is not None and not a.quiet:
+            print(_prediction_line(r), flush=True)
+
+    res = P.predict_study(
+        model, a.input, a.output, num_workers=a.workers, progress=not a.quiet, on_case=said, **common
+    )
+    print(
+        f"{res.cases} case(s): {len(res.written)} written, {len(res.skipped)} already there (skipped), "
+        f"{len(res.failed)} failed"
+    )
+    for path, err in res.failed.items():
+        print(f"  failed: {path}: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
+def _prediction_line(r: object) -> str:
+    extra = f", {r.nonfinite_voxels} non-finite voxel(s) set to 0" if r.nonfinite_voxels else ""
+    if r.foreground_share is not None:
+        extra += f", z-score foreground {100 * r.foreground_share:.0f} % of voxels"
+    if r.preview:
+        extra += f", preview {r.preview}"
+    return (
+        f"wrote {r.output}: labels {sorted(r.label_voxels)} on the input grid {r.input_shape[1:]} "
+        f"({r.num_windows} windows of {'×'.join(map(str, r.roi_size))}, intensity {r.intensity.get('kind')}, "
+        f"{r.seconds:.1f} s{extra})"
+    )
+
+
+@command(
+    "demo",
+    help="run a model on a sample volume shipped with nilearn (no network)",
+    args=[
+        arg("name", nargs="?", default="qtunet-t", help="model name or name.tag (default: qtunet-t)"),
+        arg("--spacing", type=float, default=2.0, help="isotropic resampling (mm) for speed"),
+        arg("-o", "--output", default=None, help="label map to write (default: a temporary folder)"),
+    ],
+)
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Build a model, run it on a real volume an installed package ships, say what it found."""
+    import os
+    import tempfile
+
+    import torch
+
+    import zoo
+    from zoo.hub import WeightsUnavailableError
+    from zoo.predict import check_weights_trained, predict_nifti, sample_volume_path
+
+    os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
+    spec, _ = resolve(a.name)
+    torch.manual_seed(0)  # with random weights: the same ones (and label counts) on every run
+    try:
+        model = zoo.create(a.name, pretrained=bool(spec.default_tag))
+        weights = f"weights {model.pretrained_cfg['tag']} (from the cache)"
+    except (WeightsUnavailableError, zoo.NoPretrainedWeightsError):
+        torch.manual_seed(0)
+        model = zoo.create(a.name)
+        weights = "random initialisation (no weights cached; `zoo download` fetches them)"
+    try:
+        check_weights_trained(model.pretrained_cfg.get("weights"), spec.name)
+    except ValueError:
+        weights += "; they cover only part of the model, so the labels are random until fine-tuned"
+    src = sample_volume_path()
+    out = Path(a.output or Path(tempfile.mkdtemp(prefix="zoo-demo-")) / "segmentation.nii.gz")
+    try:
+        from zoo.plots import require_matplotlib
+
+        require_matplotlib()
+        preview = True
+    except RuntimeError as e:
+        preview = False
+        print(f"no preview picture: {e}")
+    print(f"model: {spec.name}, {spec.meta.get('num_params', 0) / 1e6:.2f} M parameters, {weights}")
+    print(f"input: {src.name} (MNI152 T1 template shipped with nilearn)")
+    r = predict_nifti(
+        model,
+        src,
+        out,
+        spacing_mm=(a.spacing,) * 3,
+        progress=False,
+        preview=preview,
+        allow_untrained_head=True,
+    )
+    print(
+        f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} "
+        f"at {a.spacing} mm, {r.num_windows} sliding windows, {r.seconds:.1f} s on CPU"
+    )
+    top = sorted(r.label_voxels.items(), key=lambda kv: -kv[1])[:5]
+    print("voxels per predicted label (top 5): " + ", ".join(f"{k}: {v}" for k, v in top))
+    print(f"label map written on the input grid with its affine: {r.output}")
+    if r.preview:
+        print(f"preview (three mid-slices with the labels): {r.preview}")
+    return 0
+
+
+@command(
+    "export",
+    help="export to ONNX and check it against PyTorch with onnxruntime",
+    args=[
+        arg("name", help="name or name.tag"),
+        arg("-o", "--output", required=True, help="the .onnx file to write"),
+        arg("--tag", default=None, help="weights tag to load (default: none, random weights)"),
+        arg("--pretrained", action="store_true", help="load the default weights tag"),
+        arg("--checkpoint", default=None, help="local checkpoint to load"),
+        arg(
+            "--input-shape",
+            type=int,
+            nargs="+",
+            action="append",
+            default=None,
+            metavar="N",
+            help="input shape without batch, e.g. 1 96 96 96 (default: the model's); repeat "
+            "the option to declare several sizes: spatial axes then become dynamic and each "
+            "is checked",
+        ),
+        arg("--img-size", type=int, nargs="+", default=None, help="build the model for this size"),
+        arg("--num-classes", type=int, default=None, help="output classes (default: the model's)"),
+        arg("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)"),
+        arg(
+            "--exporter",
+            choices=["auto", "dynamo", "torchscript"],
+            default="auto",
+            help="torch.onnx exporter; auto tries dynamo, then torchscript",
+        ),
+        arg("--rtol", type=float, default=1e-4, help="tolerance relative to the output's scale"),
+        arg("--no-check", action="store_true", help="skip the onnxruntime parity check"),
+    ],
+)
+def cmd_export(a: argparse.Namespace) -> int:
+    from zoo._optional import require
+    from zoo.export import to_onnx
+    from zoo.hub_repo import hub_model_name, is_hub_id
+
+    require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")  # before any other line is printed
+
+    if is_hub_id(a.name):  # a published repository: its model, loaded through checkpoint_path
+        if a.checkpoint:
+            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
+        a.checkpoint, a.name = a.name, hub_model_name(a.name)
+    spec, name_tag = resolve(a.name)
+    if a.tag and name_tag and a.tag != name_tag:
+        raise UsageError(f"{a.name!r} names weights {name_tag!r} and --tag says {a.tag!r}")
+    tag = a.tag or name_tag or (spec.default_tag if a.pretrained else None)
+    if a.pretrained and tag is None:
+        reason = spec.no_weights_reason or ""
+        raise UsageError(f"{spec.name} has no pretrained weights. {reason}")
+    if tag is None and a.checkpoint is None:
+        print(f"{spec.name}: exporting the architecture with random weights (no tag given)", file=sys.stderr)
+    kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
+    if a.num_classes is not None:
+        kwargs["num_classes"] = a.num_classes
+    shapes = [tuple(s) for s in a.input_shape] if a.input_shape else None
+    r = to_onnx(
+        spec.name,
+        a.output,
+        input_shapes=shapes,
+        tag=tag,
+        checkpoint_path=a.checkpoint,
+        model_kwargs=kwargs,
+        opset=a.opset,
+        exporter=a.exporter,
+        rtol=a.rtol,
+        check=not a.no_check,
+    )
+    axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
+    print(f"wrote {r.path} ({r.exporter} exporter, opset {r.opset}, {axes}; export {r.export_seconds:.1f} s)")
+    if r.fallback_reason:
+        print(f"  fell back to {r.exporter}: {r.fallback_reason}")
+    if r.parity:
+        print(
+            f"  onnxruntime vs PyTorch: max abs diff {r.max_abs:.3e}, max rel diff {r.max_rel:.3e} "
+            f"(tolerance {r.rtol:g} of the output scale)"
+        )
+    return 0
+
+
+@command(
+    "bench",
+    help="parameters, FLOPs/MACs, latency and memory (CPU, CUDA, onnxruntime)",
+    args=[
+        arg("name", help="a model name or a glob ('qtunet-*')"),
+        arg("--input-shape", type=int, nargs="+", default=None, help="input without batch"),
+        arg("--img-size", type=int, nargs="+", default=None, help="build the model for this size"),
+        arg("--threads", type=int, default=None, help="CPU threads (default: torch's)"),
+        arg("--warmup", type=int, default=1, help="untimed forward passes first"),
+        arg("--repeats", type=int, default=5, help="timed forward passes (the median is reported)"),
+        arg("--no-cpu", action="store_true", help="skip PyTorch CPU timing"),
+        arg("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime timing"),
+        arg("--no-cuda", action="store_true", help="skip CUDA even when available"),
+        arg("--opset", type=int, default=None, help="ONNX opset of the timed export"),
+        arg(
+            "--baseline-opset",
+            type=int,
+            default=None,
+            help="also time an export at this opset in the same alternating rounds (before/after)",
+        ),
+        arg(
+            "--baseline-onnx",
+            default=None,
+            help="also time this exported file (same input) in the same alternating rounds, e.g. an "
+            "older export",
+        ),
+        arg("--baseline-label", default=None, help="what --baseline-onnx is (e.g. main)"),
+        arg("--json", action="store_true", help="one JSON object per model"),
+        arg("-q", "--quiet", action="store_true", help="no progress lines on stderr"),
+    ],
+)
+def cmd_bench(a: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+
+    from zoo.bench import benchmark, ratio
+
+    hub_args: dict = {}
+    if a.name.startswith("hf-hub:"):  # the cost of a published configuration (model arguments from the Hub)
+        from zoo.hub_repo import fetch_config
+
+        hub_cfg = fetch_config(a.name)[3]
+        a.name = str(hub_cfg["model_name"])
+        hub_args = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in (hub_cfg.get("model_args") or {}).items()
+        }
+    names = list_models(a.name) if any(ch in a.name for ch in "*?[") else [a.name]
+    if not names:
+        print(f"no model matches {a.name!r}", file=sys.stderr)
+        return 1
+    kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and not a.no_cpu:
+        # libgomp reads the policy when torch is imported: too late to set it from here.
+        print(
+            "zoo bench: OMP_WAIT_POLICY is not PASSIVE, so PyTorch's idle threads spin-wait (onnxruntime's "
+            "do not); run as OMP_WAIT_POLICY=PASSIVE zoo bench … for a fair comparison",
+            file=sys.stderr,
+        )
+    rows = []
+    for n in names:
+        r = benchmark(
+            n,
+            input_shape=a.input_shape,
+            model_kwargs={**hub_args, **kwargs},
+            warmup=a.warmup,
+            repeats=a.repeats,
+            threads=a.threads,
+            cpu=not a.no_cpu,
+            onnx=not a.no_onnx,
+            cuda=False if a.no_cuda else None,
+            onnx_opset=a.opset,
+            baseline_opset=a.baseline_opset,
+            baseline_onnx=a.baseline_onnx,
+            baseline_label=a.baseline_label or "",
+            log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
+        )
+        rows.append(r)
+        if a.json:
+            print(json.dumps(dataclasses.asdict(r)))  # row() writes "" for the CSV; JSON keeps null
+    if a.json:
+        return 0
+    fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+    rows_out = []
+    for r in rows:
+        pr = ratio(r.gmacs_paper_setting, r.paper_gmacs)
+        rows_out.append(
+            [
+                r.name,
+                f"1×{r.input_shape}",
+                f"{r.params / 1e6:.2f}M",
+                f"{r.gmacs:.2f}",
+                f"{fmt(r.paper_gmacs, '.2f')}" + (f" ({pr:.3f}×)" if pr else ""),
+                fmt(r.cpu_ms, ".0f"),
+                fmt(r.cpu_peak_mib, ".0f"),
+                fmt(r.ort_ms, ".0f"),
+                fmt(ratio(r.ort_ms, r.cpu_ms), ".2f"),
+                "—" if r.load_start is None else f"{r.load_start:.2f}→{r.load_end:.2f}",
+                fmt(r.cuda_fp32_ms, ".1f"),
+                fmt(r.cuda_bf16_ms, ".1f"),
+                fmt(r.cuda_fp32_peak_mib, ".0f"),
+            ]
+        )
+    header = [
+        "name",
+        "input",
+        "params",
+        "GMACs",
+        "paper GMACs (ratio)",
+        f"CPU ms ({rows[0].cpu_threads}t)",
+        "CPU MiB",
+        "ORT ms",
+        "ORT/torch",
+        "load",
+        "CUDA fp32 ms",
+        "CUDA bf16 ms",
+        "CUDA MiB",
+    ]
+    print(table(rows_out, header))
+    for r in rows:
+        if r.onnx_error:
+            print(f"{r.name}: ONNX: {r.onnx_error}", file=sys.stderr)
+        if r.cuda_error:
+            print(f"{r.name}: CUDA: {r.cuda_error}", file=sys.stderr)
+        if r.paper_gmacs and not r.paper_setting_declared:
+            print(
+                f"{r.name}: the registry declares no paper setting; paper GMACs compared at "
+                f"1×{r.input_shape}",
+                file=sys.stderr,
+            )
+    return 0

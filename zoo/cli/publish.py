@@ -1,0 +1,68 @@
+"""``zoo publish``: a Hub folder (and its upload) for registered weights or a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zoo.cli._base import arg, command
+
+
+@command(
+    "publish",
+    help="write (and upload) a Hub folder for name.tag or a run folder",
+    args=[
+        arg("name", help="name.tag, or the folder of a zoo finetune / pretrain run"),
+        arg("--repo", required=True, help="Hub repository, ORG/NAME"),
+        arg("--out", type=Path, default=None, help="new or empty folder to write (default: ORG__NAME)"),
+        arg("--checkpoint", default=None, help="publish this file instead of the registered one"),
+        arg("--dry-run", action="store_true", help="write the folder only"),
+        arg("--revision", default=None, help="Hub branch to commit to (default: the default branch)"),
+        arg(
+            "--license",
+            default=None,
+            help="licence of a run's weights (default: that of what it started from)",
+        ),
+        arg(
+            "--permission-obtained",
+            action="store_true",
+            help="the rights holder allowed redistribution of weights whose licence does not",
+        ),
+    ],
+)
+def cmd_publish(a: argparse.Namespace) -> int:
+    from zoo.publish import publish, publish_run
+
+    out = a.out or Path(a.repo.replace("/", "__"))
+    if Path(a.name).is_dir():  # a zoo finetune / pretrain run folder
+        if a.checkpoint:
+            raise ValueError(
+                "--checkpoint goes with name.tag, not with a run folder (its checkpoint is in it)"
+            )
+        path = publish_run(
+            a.name,
+            a.repo,
+            out,
+            dry_run=a.dry_run,
+            permission_obtained=a.permission_obtained,
+            revision=a.revision,
+            license=a.license,
+        )
+    else:
+        if a.license:
+            raise ValueError("--license goes with a run folder; a registered tag keeps its own licence")
+        path = publish(
+            a.name,
+            a.repo,
+            out,
+            dry_run=a.dry_run,
+            checkpoint_path=a.checkpoint,
+            permission_obtained=a.permission_obtained,
+            revision=a.revision,
+        )
+    files = ", ".join(sorted(p.name for p in Path(path).iterdir()))
+    if a.dry_run:
+        print(f"wrote {path}: {files}")
+    else:
+        print(f"uploaded {files} to {a.repo} (copy in {path}); load with zoo.create('hf-hub:{a.repo}')")
+    return 0

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import zoo
-from zoo.finetune import load_finetuned, make_mni_task, read_datalist, resolve_intensity
+from zoo.finetune import make_mni_task, read_datalist, resolve_intensity
 from zoo.presets import get_preset
 from zoo.train import LoopSettings, OptimConfig, lr_factor, make_loader, read_log, train
 
@@ -113,13 +113,11 @@ def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run
         8,
         "white matter",
     )
-    model = load_finetuned(out)  # strict load through zoo.create(name, checkpoint_path=...)
+    model = zoo.create(str(out))  # the run folder alone: model, arguments and weights, loaded strictly
     saved = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     assert model.pretrained_cfg["labels"]["1"] == "grey matter"
-    # The run folder itself is a checkpoint_path: config.json supplies the model arguments.
-    import zoo
-
+    # The run folder as a checkpoint_path: config.json supplies the model arguments.
     again = zoo.create("fmunet", checkpoint_path=out)
     assert all(torch.equal(v, saved[k]) for k, v in again.state_dict().items())
     assert again.pretrained_cfg["preprocessing"] == cfg["preprocessing"]
@@ -322,15 +320,17 @@ def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path):
 
 
 def test_what_a_run_starts_from_is_resolved_once_for_finetune_and_pretrain(tmp_path):
-    from zoo.finetune import ModelStart, resolve_start
+    from zoo.finetune import start_plan as resolve_start
     from zoo.ssl.runner import resolve_init
 
-    assert resolve_start("qtunet-t.ct-ssl") == ModelStart("qtunet-t", "ct-ssl", None)
-    assert resolve_start("fmunet", pretrained=True) == ModelStart("fmunet", "vf1k", None)
-    assert resolve_start("fmunet") == ModelStart("fmunet", None, None)
-    assert resolve_init("fmunet", "fmunet.vf1k") == ModelStart("fmunet", "vf1k", None)
-    assert resolve_init("fmunet", None, pretrained=True) == ModelStart("fmunet", "vf1k", None)
-    assert resolve_init("fmunet", tmp_path) == ModelStart("fmunet", None, str(tmp_path))
+    start = lambda p: (p.spec.name, p.tag, p.source)  # noqa: E731
+    assert start(resolve_start("qtunet-t.ct-ssl")) == ("qtunet-t", "ct-ssl", "registry")
+    assert start(resolve_start("fmunet", pretrained=True)) == ("fmunet", "vf1k", "registry")
+    assert start(resolve_start("fmunet")) == ("fmunet", None, "none")
+    assert start(resolve_init("fmunet", "fmunet.vf1k")) == ("fmunet", "vf1k", "registry")
+    assert start(resolve_init("fmunet", None, pretrained=True)) == ("fmunet", "vf1k", "registry")
+    with pytest.raises(FileNotFoundError, match="must be a zoo run folder"):
+        resolve_init("fmunet", tmp_path)  # an empty folder is no run: refused when planned, not when loaded
     with pytest.raises(ValueError, match="holds pctnet weights"):
         resolve_init("fmunet", "pctnet.vf110k")
     with pytest.raises(FileNotFoundError, match="nor a registered NAME.TAG"):

@@ -133,7 +133,9 @@ def test_licence_travels_through_a_chain_of_runs(tmp_path, ct_ssl):
     assert [link["id"] for link in record_b["lineage"]] == ["qtunet-t.ct-ssl", "A"]
     assert record_b["redistributable"] is False and record_b["license"] == "none"
     run_b = _run(tmp_path, "B", _state(3), init=record_b)
-    with pytest.raises(PermissionError, match=r"descends from qtunet-t\.ct-ssl \(through qtunet-t\.ct-ssl → A\)"):
+    with pytest.raises(
+        PermissionError, match=r"descends from qtunet-t\.ct-ssl \(through qtunet-t\.ct-ssl → A\)"
+    ):
         publish_run(run_b, "org/b", tmp_path / "ob", dry_run=True)
     assert not (tmp_path / "ob").exists()
 
@@ -142,7 +144,11 @@ def test_licence_travels_through_a_chain_of_runs(tmp_path, ct_ssl):
     assert [link["id"] for link in published["lineage"]] == ["qtunet-t.ct-ssl", "A"]
     assert published["redistributable"] is False
     card = (out / "README.md").read_text()  # the card names the chain
-    assert "## Lineage" in card and "1. `qtunet-t.ct-ssl` (file, encoder, sha256" in card and "1. `A` (run" in card
+    assert (
+        "## Lineage" in card
+        and "1. `qtunet-t.ct-ssl` (file, encoder, sha256" in card
+        and "1. `A` (run" in card
+    )
 
 
 def test_a_byte_identical_encoder_carries_its_licence_without_any_record(tmp_path, ct_ssl):
@@ -180,7 +186,10 @@ def _hostile(tmp_path: Path, name: str, config) -> Path:
 
 HOSTILE = {
     "embed_dim-1536": (_config(model_args={**TINY, "embed_dim": 1536}), r"model_args .* build a qtunet-t of"),
-    "depths-2000": (_config(model_args={**TINY, "depths": [2000, 2, 2, 1]}), r"model_args .* build a qtunet-t of"),
+    "depths-2000": (
+        _config(model_args={**TINY, "depths": [2000, 2, 2, 1]}),
+        r"model_args .* build a qtunet-t of",
+    ),
     "window-2048": (
         _config(sliding_window={"roi_size": [2048, 2048, 2048], "overlap": 0.5}),
         r"sliding_window\.roi_size: expected 1\.\.1024 per axis",
@@ -192,7 +201,10 @@ HOSTILE = {
         _config(model_args={**TINY, "checkpoint_path": "/etc/passwd"}),
         r"model_args\.checkpoint_path: not an argument of qtunet-t",
     ),
-    "wrong-type": (_config(labels="liver"), r"labels: expected an object of class index → name, found 'liver'"),
+    "wrong-type": (
+        _config(labels="liver"),
+        r"labels: expected an object of class index → name, found 'liver'",
+    ),
     "unknown-key": (_config(exec="rm -rf /"), r"exec: not a key of a medzoo config"),
 }
 

@@ -187,7 +187,9 @@ def test_model_arguments_that_would_allocate_far_more_than_the_weights_are_refus
         },
     )
     # Refused from config.json alone (the estimate is past the memory budget), before the weights download.
-    with pytest.raises(ValueError, match=r"build a qtunet-t of [\d.]+ GiB, but (model.safetensors holds|the memory)"):
+    with pytest.raises(
+        ValueError, match=r"build a qtunet-t of [\d.]+ GiB, but (model.safetensors holds|the memory)"
+    ):
         zoo.create("hf-hub:org/bomb")
 
 

@@ -21,13 +21,12 @@ channel, BraTS style); the loss and the Dice measure live in :mod:`zoo.seg_metri
 
 Example:
     >>> result = finetune("qtunet-t.ct-ssl", "datalist.json", "run/", FinetuneOptions(steps=2000))
-    >>> model = load_finetuned("run/")          # the fine-tuned model, strictly loaded
+    >>> model = zoo.create("run/")              # the fine-tuned model, strictly loaded
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._registry import ModelSpec, resolve
+from zoo._registry import ModelSpec
 from zoo.datalist import image_channels, make_mni_task, read_datalist
 from zoo.presets import Preset, default_preset_for, get_preset
 from zoo.seg_metrics import SegmentationLoss, evaluate_dice
@@ -55,8 +54,8 @@ __all__ = [
     "resolve_intensity",
     "build_transforms",
     "evaluate_dice",
-    "ModelStart",
-    "resolve_start",
+    "start_plan",
+    "check_run_folder",
     "create_model",
     "check_output_spares_input",
     "describe_load",
@@ -68,7 +67,6 @@ __all__ = [
     "build_datasets",
     "run_config",
     "finetune",
-    "load_finetuned",
 ]
 
 
@@ -226,94 +224,109 @@ class FinetuneResult:
     already_complete: bool = False
 
 
-@dataclass(frozen=True)
-class ModelStart:
-    """Which model a run builds and what it starts from (shared by ``zoo finetune`` and ``zoo pretrain``).
+def start_plan(
+    request: Any, pretrained: bool | None = None, checkpoint_path: str | Path | None = None
+) -> Any:
+    """What a run builds and starts from, as a :class:`zoo.plan.ModelPlan` (the request resolved once).
 
-    Attributes:
-        name: the registry name.
-        tag: registered weights to load (None: none).
-        checkpoint: a checkpoint file or run folder to load instead (None: none).
-    """
-
-    name: str
-    tag: str | None = None
-    checkpoint: str | None = None
-
-    @property
-    def model_id(self) -> str:
-        return f"{self.name}.{self.tag}" if self.tag else self.name
-
-    def describe(self) -> str:
-        if self.tag:
-            return f"weights {self.model_id}"
-        if self.checkpoint:
-            return f"checkpoint {self.checkpoint}"
-        return "random initialisation"
-
-
-def resolve_start(
-    name: str, pretrained: bool | None = None, checkpoint_path: str | Path | None = None
-) -> ModelStart:
-    """What a run starts from: ``NAME.TAG`` (or ``pretrained`` → the default tag), a checkpoint, or nothing.
+    ``NAME`` starts from random weights (the default tag with ``pretrained``), ``NAME.TAG`` from
+    those weights, ``checkpoint_path`` (a file, a run folder or a ``hf-hub:`` id) from that;
+    a run folder or a ``hf-hub:`` id may also be the request itself. A plan is passed through.
 
     Raises:
-        ValueError: both a tag and a checkpoint, or an unknown name or tag.
+        ValueError: a tag and a checkpoint together, or an unknown name or tag.
         zoo.NoPretrainedWeightsError: ``pretrained`` for a model without weights.
     """
-    from zoo._factory import NoPretrainedWeightsError
+    from zoo.plan import ModelPlan, plan
 
-    spec, tag = resolve(name)
-    if checkpoint_path is not None:
-        if tag is not None or pretrained:
+    if isinstance(request, ModelPlan):
+        return request
+    if checkpoint_path is not None and (pretrained or (isinstance(request, str) and "." in request)):
+        p = plan(request)
+        if p.source == "registry" or pretrained:
             # One start only: loading a tag and then a file over it would record the wrong origin.
             raise ValueError(
-                f"{name} names registered weights and a checkpoint ({checkpoint_path}) is given too; "
-                f"start from one: {spec.name} with the checkpoint, or {spec.name}.TAG alone"
+                f"{request} names registered weights and a checkpoint ({checkpoint_path}) is given too; "
+                f"start from one: {p.spec.name} with the checkpoint, or {p.spec.name}.TAG alone"
             )
-        return ModelStart(spec.name, None, str(checkpoint_path))
-    if tag is None and pretrained:
-        tag = spec.default_tag
-        if tag is None:
-            raise NoPretrainedWeightsError(f"{spec.name} has no pretrained weights: {spec.no_weights_reason}")
-    if tag is not None:
-        spec.weight(tag)
-    return ModelStart(spec.name, tag, None)
+        return plan(p.spec.name, checkpoint=checkpoint_path)
+    return plan(request, checkpoint=checkpoint_path, pretrained=bool(pretrained))
 
 
-def check_output_spares_input(start: ModelStart, out_dir: str | Path) -> None:
+def check_output_spares_input(p: Any, out_dir: str | Path) -> None:
     """Refuse a run folder that holds (or is) its own starting checkpoint: saving would overwrite it.
 
     Raises:
         ValueError: naming both paths.
     """
-    if start.checkpoint is None:
+    start = p.run or p.path
+    if start is None or p.source in ("registry", "hf-hub"):
         return
-    ckpt, out = Path(start.checkpoint).resolve(), Path(out_dir).resolve()
+    ckpt, out = Path(start).resolve(), Path(out_dir).resolve()
     if ckpt == out or out in ckpt.parents:
         raise ValueError(
-            f"the checkpoint {start.checkpoint} lies in the output folder {out_dir}: the run would overwrite "
+            f"the checkpoint {start} lies in the output folder {out_dir}: the run would overwrite "
             "the weights it starts from; choose another --out"
         )
 
 
-def create_model(start: ModelStart, **kwargs: Any) -> nn.Module:
-    """The model of ``start`` through ``zoo.create`` (the one weights path), in train mode.
+def check_run_folder(out_dir: str | Path, kind: str, resume: bool = True) -> bool:
+    """Refuse a non-empty ``out_dir`` that is not a run of this ``kind``; True when it holds one.
 
-    Weights that are asked for load or the call fails: unreachable weights raise
-    ``zoo.hub.WeightsUnavailableError`` before any training.
+    A run folder has an owner: ``zoo finetune`` (or ``zoo pretrain``) writes only into a new or
+    empty folder, or into one of its own runs (resumed, or restarted with ``--restart``). A
+    folder holding anything else (a published model, another kind of run, someone's files)
+    is refused before anything is read or written.
+
+    Raises:
+        ValueError: naming the folder, what it holds and what to do.
+    """
+    from zoo.runconfig import ConfigError, read_config
+    from zoo.train import CONFIG_FILE, STATE_FILE
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; a run writes a folder")
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not found:
+        return False
+    why = "it is not a zoo run"
+    if (out / CONFIG_FILE).is_file():
+        try:
+            cfg = read_config(out / CONFIG_FILE)
+        except (ConfigError, OSError) as e:
+            why = f"its config.json is not a run's ({str(e).split(': ')[-1]})"
+        else:
+            own = (out / STATE_FILE).is_file() or kind == "pretrain"
+            if cfg.kind == kind and own:
+                return True
+            why = f"it holds a {cfg.kind or 'published'} {cfg.model_name} model, not a {kind} run"
+    elif kind == "pretrain" and (out / STATE_FILE).is_file():
+        return True  # a pretraining run interrupted before its first export
+    elif kind == "pretrain" and all(f.startswith("stage") or f.startswith(".") for f in found):
+        return True  # a pipeline interrupted before its last stage: its stage folders
+    raise ValueError(
+        f"--out {out} already holds {', '.join(found[:6])}{' …' if len(found) > 6 else ''} and {why}; "
+        "a run writes only into a new or empty folder or one of its own runs: choose another --out"
+    )
+
+
+def create_model(p: Any, **kwargs: Any) -> nn.Module:
+    """The model of a plan (built, weights loaded through the one load path), in train mode.
+
+    ``kwargs`` replace model arguments (``in_chans``, ``num_classes``, a crop's ``img_size``)
+    without resolving the request again. Weights that are asked for load or the call fails:
+    unreachable weights raise ``zoo.hub.WeightsUnavailableError`` before any training.
 
     Returns:
         The model; ``model.pretrained_cfg["weights"]`` records what was loaded (None: random).
     """
-    import zoo
+    from zoo._factory import create_from_plan
 
-    model = zoo.create(
-        start.model_id, pretrained=start.tag is not None, checkpoint_path=start.checkpoint, **kwargs
-    )
+    model = create_from_plan(p.with_args(**kwargs) if kwargs else p)
     record = model.pretrained_cfg.get("weights")
-    if (start.tag or start.checkpoint) and record is None:
-        raise RuntimeError(f"{start.describe()} was asked for but zoo.create loaded nothing")
+    if p.loads_weights and record is None:
+        raise RuntimeError(f"{p.id} was asked for but nothing was loaded")
     return model.train()
 
 
@@ -371,20 +384,18 @@ _OVERRIDE_FIELDS = {
 
 def read_saved_settings(out_dir: str | Path) -> dict[str, Any] | None:
     """The settings of a resumable ``zoo finetune`` run in ``out_dir`` (None: no run to resume)."""
+    from zoo.runconfig import read_config
     from zoo.train import CONFIG_FILE, STATE_FILE
 
     out = Path(out_dir)
     if not (out / STATE_FILE).is_file() or not (out / CONFIG_FILE).is_file():
         return None
-    try:
-        saved = json.loads((out / CONFIG_FILE).read_text()).get("finetune")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{out / CONFIG_FILE}: unreadable run record ({e}); use another --out") from e
-    return saved if isinstance(saved, dict) else None
+    saved = read_config(out / CONFIG_FILE).finetune
+    return dict(saved) if isinstance(saved, Mapping) else None
 
 
 def resolve_settings(
-    start: ModelStart,
+    start: Any,
     datalist: Mapping[str, Any],
     preset: Preset,
     overrides: Mapping[str, Any],
@@ -393,7 +404,7 @@ def resolve_settings(
     """The settings of a new run: the preset and the weights' preprocessing, then the caller's overrides.
 
     Args:
-        start: the model and its weights.
+        start: the :class:`zoo.plan.ModelPlan` of the model and its weights.
         datalist: :func:`read_datalist`'s result.
         preset: the recipe.
         overrides: the caller's values (keys of :data:`_OVERRIDE_FIELDS`; None = not given).
@@ -401,9 +412,9 @@ def resolve_settings(
     """
     from zoo.transforms import InputContract
 
-    spec = resolve(start.name)[0]
+    spec = start.spec
     o = {k: v for k, v in overrides.items() if v is not None}
-    ws = spec.weight(start.tag) if start.tag else None
+    ws = start.weights
     prep = dict(ws.preprocessing) if ws else {}
     n_cls = o.get("num_classes") or (
         len(datalist["labels"]) if datalist["labels"] else _labels_in(datalist["training"])
@@ -424,7 +435,7 @@ def resolve_settings(
     )
     return FinetuneSettings(
         model=spec.name,
-        tag=start.tag,
+        tag=start.tag if ws is not None else None,
         preset=preset.name,
         in_chans=n_in,
         num_classes=n_cls,
@@ -442,8 +453,17 @@ def resolve_settings(
         val_every=o.get("val_every") or max(int(round(preset.val_every_fraction * total)), 1),
         lr=o.get("lr") or preset.optim.lr,
         adapters={k: o[k] for k in ("freeze", "lora_rank", "layer_decay") if o.get(k)},
-        checkpoint=start.checkpoint,
+        checkpoint=_checkpoint_of(start),
     )
+
+
+def _checkpoint_of(p: Any) -> str | None:
+    """What a run records as its checkpoint start: the file, run folder or Hub id (None: none)."""
+    if p.source == "hf-hub":
+        return p.request
+    if p.source in ("run", "file"):
+        return str(p.run if p.run is not None and p.path.name == "model.safetensors" else p.path)
+    return None
 
 
 def _settings_from_record(rec: Mapping[str, Any]) -> FinetuneSettings:
@@ -482,10 +502,10 @@ def merge_saved(
 
 
 def build_model(
-    settings: FinetuneSettings, start: ModelStart, preset: Preset, model_kwargs: Mapping[str, Any] | None
+    settings: FinetuneSettings, start: Any, preset: Preset, model_kwargs: Mapping[str, Any] | None
 ) -> tuple[nn.Module, bool]:
     """The model to train, through :func:`create_model`; returns it and whether it has deep supervision."""
-    spec = resolve(start.name)[0]
+    spec = start.spec
     kwargs: dict[str, Any] = dict(model_kwargs or {})
     if "img_size" in spec.model_args:  # a model built for one input size is built for the crop
         kwargs["img_size"] = settings.roi_size
@@ -529,38 +549,40 @@ def build_datasets(settings: FinetuneSettings, preset: Preset, datalist: Mapping
     return Dataset(datalist["training"], train_tf), Dataset(datalist["validation"], val_tf)
 
 
-def run_config(
-    settings: FinetuneSettings, preset: Preset, model: nn.Module, data: str | Path
-) -> dict[str, Any]:
-    """The run's ``config.json``: enough for ``zoo.create(name, checkpoint_path=run)`` and for publishing.
+def run_config(settings: FinetuneSettings, preset: Preset, model: nn.Module, data: str | Path) -> Any:
+    """The run's ``config.json`` (a :class:`zoo.runconfig.RunConfig`): what ``zoo.create(run)`` and
+    ``zoo publish`` read back.
 
-    ``init`` (and ``tag``) record what was actually loaded (``pretrained_cfg["weights"]``),
-    never what was asked for.
+    ``init`` and ``lineage`` record what was actually loaded (``pretrained_cfg["weights"]``),
+    never what was asked for; the licence is that of the chain.
     """
-    spec = resolve(settings.model)[0]
+    from zoo.provenance import chain_licence
+    from zoo.runconfig import Link, RunConfig
+
     record = model.pretrained_cfg.get("weights")
+    lineage = tuple(Link(**x) for x in (record or {}).get("lineage") or [])
+    licence, redistributable, _ = chain_licence(lineage)
     s = settings
-    return {
-        "library_name": "medzoo",
-        "model_name": spec.name,
-        "tag": record.get("tag") if record else None,
-        "init": record,
-        "family": spec.family,
-        "model_args": s.model_args,
-        "in_chans": s.in_chans,
-        "num_classes": s.num_classes,
-        "img_size": list(s.roi_size) if "img_size" in spec.model_args else None,
-        "covers": "full",
-        "labels": {str(k): v for k, v in s.label_names.items()},
-        "preprocessing": {
+    return RunConfig(
+        model_name=s.model,
+        model_args=dict(s.model_args),
+        kind="finetune",
+        tag=record.get("tag") if record else None,
+        covers="full",
+        labels={str(k): v for k, v in s.label_names.items()},
+        preprocessing={
             "orientation": s.orientation or "native",
             "axis_order": "zyx" if s.slice_axis_first else "xyz",
             "spacing_mm": list(s.spacing_mm) if s.spacing_mm else "native",
             "intensity_transform": s.intensity,
         },
-        "sliding_window": {"roi_size": list(s.roi_size), "overlap": preset.overlap, "mode": preset.sw_mode},
-        "finetune": {"data": str(Path(data).resolve()), **asdict(s)},
-    }
+        sliding_window={"roi_size": tuple(s.roi_size), "overlap": preset.overlap, "mode": preset.sw_mode},
+        license=licence,
+        redistributable=redistributable,
+        init=record,
+        lineage=lineage,
+        finetune={"data": str(Path(data).resolve()), **asdict(s)},
+    )
 
 
 @dataclass(frozen=True)
@@ -661,18 +683,18 @@ def finetune(
     info = distributed_context(o.device)
     say = print_fn if info.is_main else (lambda _msg: None)
 
-    # 1. settings, resolved once: preset ← the saved run's ← the caller's
-    start = resolve_start(name, o.pretrained, o.checkpoint_path)
+    # 1. the request, resolved once; the folder checked before anything is read
+    start = start_plan(name, o.pretrained, o.checkpoint_path)
     check_output_spares_input(start, out_dir)
-    _check_segmenter(resolve(start.name)[0])
+    _check_segmenter(start.spec)
+    check_run_folder(out_dir, "finetune", o.resume)
+    # 2. settings: preset ← the saved run's ← the caller's
     dl = read_datalist(data)
     if not dl["validation"]:
         raise ValueError(f"{data}: the datalist has no 'validation' cases (needed for the Dice report)")
     overrides = o.overrides()
     saved = read_saved_settings(out_dir) if o.resume else None
-    p = get_preset(
-        o.preset or (saved or {}).get("preset") or default_preset_for(resolve(start.name)[0].family)
-    )
+    p = get_preset(o.preset or (saved or {}).get("preset") or default_preset_for(start.spec.family))
     settings = resolve_settings(start, dl, p, overrides, info.world_size)
     if saved is not None:
         given = {k for k, v in overrides.items() if v is not None}
@@ -714,7 +736,7 @@ def finetune(
     if settings.adapters.get("layer_decay"):
         optim.layer_decay = settings.adapters["layer_decay"]
     config = run_config(settings, p, model, data)
-    fixed = {k: v for k, v in config["finetune"].items() if k not in ("total_steps", "val_every")}
+    fixed = {k: v for k, v in config.finetune.items() if k not in ("total_steps", "val_every")}
     started = time.perf_counter()
     loop = LoopSettings(
         val_every=settings.val_every,
@@ -741,7 +763,7 @@ def finetune(
         say("validation Dice (sliding window, background excluded):\n" + "\n".join(rows))
         say(f"  mean: {metrics['dice_mean']:.4f} (best {res.best:.4f})")
         say(f"saved {Path(out_dir) / 'model.safetensors'} (+ best.safetensors, config.json); load with "
-            f"zoo.finetune.load_finetuned({str(out_dir)!r})")  # fmt: skip
+            f"zoo.create({str(out_dir)!r})")  # fmt: skip
     return FinetuneResult(
         out_dir=Path(out_dir),
         settings=settings,
@@ -753,32 +775,3 @@ def finetune(
         init=record,
         already_complete=res.already_complete,
     )
-
-
-def load_finetuned(run_dir: str | Path, best: bool = False) -> nn.Module:
-    """The model of a ``zoo finetune`` run, rebuilt from its ``config.json`` and loaded strictly.
-
-    Args:
-        run_dir: the run folder.
-        best: load ``best.safetensors`` (highest validation Dice) instead of the last step.
-
-    Returns:
-        The model in eval mode; ``pretrained_cfg`` carries the run's preprocessing and window.
-    """
-    import zoo
-
-    run = Path(run_dir)
-    cfg = json.loads((run / "config.json").read_text())
-    args = dict(cfg["model_args"])
-    name = cfg["model_name"]
-    model = zoo.create(
-        name, checkpoint_path=run / ("best.safetensors" if best else "model.safetensors"), **args
-    )
-    model.pretrained_cfg.update(
-        tag=None,
-        preprocessing=cfg.get("preprocessing", {}),
-        sliding_window=cfg.get("sliding_window", {}),
-        labels=cfg.get("labels", {}),
-        finetuned_from=cfg.get("tag"),
-    )
-    return model

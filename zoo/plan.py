@@ -26,7 +26,7 @@ command takes a plan.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,17 @@ class ModelPlan:
         if self.preprocessing or self.weights is not None or self.config is not None:
             return self.preprocessing
         return dict(self.spec.meta.get("preprocessing") or {})
+
+    def with_args(self, **overrides: Any) -> ModelPlan:
+        """This plan with model arguments replaced (None: unchanged); checked, nothing resolved again."""
+        from zoo.layers.checks import check_args
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        args = {**self.model_args, **given}
+        check_args(args, self.spec.model_args, self.spec.name)
+        window = window_for(self.spec, args) if "img_size" in given else dict(self.window)
+        return replace(self, model_args=args, window=window or dict(self.window),
+                       new_head=self.new_head or "num_classes" in given)  # fmt: skip
 
     def planned_cfg(self) -> dict[str, Any]:
         """The ``pretrained_cfg`` the built model will carry, known before building (for checks)."""

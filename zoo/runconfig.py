@@ -94,7 +94,8 @@ class RunConfig:
     ``model_args`` holds the full constructor arguments (tuples for sequences); ``lineage``
     the chain of weights these descend from, oldest first (empty: random initialisation);
     ``init`` the load record of the direct parent (``zoo.provenance.load_record``), kept
-    for cards; ``finetune`` / ``pretraining`` the settings of the run that wrote it.
+    for cards; ``finetune`` / ``pretraining`` the settings of the run that wrote it, ``optim``,
+    ``total_steps`` and ``step`` its optimiser, length and progress.
     """
 
     model_name: str
@@ -117,6 +118,8 @@ class RunConfig:
     lineage: tuple[Link, ...] = ()
     finetune: Mapping[str, Any] | None = None
     pretraining: Mapping[str, Any] | None = None
+    optim: Mapping[str, Any] | None = None
+    total_steps: int | None = None
     step: int | None = None
 
     @property
@@ -402,6 +405,8 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "lineage": ((list,), "a list of links"),
     "finetune": ((dict,), "an object"),
     "pretraining": ((dict,), "an object"),
+    "optim": ((dict,), "an object"),
+    "total_steps": ((int,), "an int"),
     "step": ((int,), "an int"),
 }
 _LINK_TYPES = {
@@ -521,7 +526,7 @@ def parse_config(raw: Any, where: str, *, weights_bytes: int | None = None) -> R
     untrained = data.get("untrained") or []
     if not all(isinstance(u, str) for u in untrained):
         raise ConfigError(f"{where}: untrained: expected a list of key prefixes, found {_short(untrained)}")
-    for key in ("step",):
+    for key in ("step", "total_steps"):
         if data.get(key) is not None and data[key] < 0:
             raise ConfigError(f"{where}: {key}: expected ≥ 0, found {data[key]}")
     return RunConfig(
@@ -545,6 +550,8 @@ def parse_config(raw: Any, where: str, *, weights_bytes: int | None = None) -> R
         lineage=tuple(lineage),
         finetune=data.get("finetune"),
         pretraining=data.get("pretraining"),
+        optim=data.get("optim"),
+        total_steps=data.get("total_steps"),
         step=data.get("step"),
     )
 

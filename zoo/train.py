@@ -35,6 +35,7 @@ What it does, and nothing more:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -511,6 +512,18 @@ def _run_lock(out: Path, info: DistInfo) -> Iterator[None]:
         lock.release()
 
 
+def _with_run_length(config: Any, optim: OptimConfig, total_steps: int) -> Any:
+    """The config to save, with the optimiser and the run length (a RunConfig: in its run section)."""
+    from zoo.runconfig import RunConfig
+
+    extra = {"optim": asdict(optim), "total_steps": total_steps}
+    if config is None:
+        return None
+    if isinstance(config, RunConfig):
+        return dataclasses.replace(config, optim=config.optim or extra["optim"], total_steps=total_steps)
+    return {**extra, **dict(config or {})}
+
+
 def _train(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], Any],
@@ -540,9 +553,7 @@ def _train(
     base = unwrap(model).to(info.device)
     optimizer = build_optimizer(base, optim)
     scheduler = build_scheduler(optimizer, optim, total_steps)
-    config = dict(config or {})
-    config.setdefault("optim", asdict(optim))
-    config.setdefault("total_steps", total_steps)
+    config = _with_run_length(config, optim, total_steps)
 
     say = print if info.is_main else (lambda *_a, **_k: None)
     run_settings = json.dumps(

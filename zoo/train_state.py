@@ -9,6 +9,7 @@ run was started with (:func:`check_resume`); the run's length may change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -106,6 +107,13 @@ def _save_checkpoint(
         "scheduler": scheduler.state_dict(),
     }
     _atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
+    from zoo.runconfig import RunConfig, write_config
+
+    if config is None:  # the caller writes its own config.json (zoo pretrain: the recipe's export)
+        return
+    if isinstance(config, RunConfig):  # zoo's own runs: the one writer of config.json
+        write_config(out / CONFIG_FILE, dataclasses.replace(config, step=int(progress["step"])))
+        return
     cfg = {**config, "step": progress["step"]}
     _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(_jsonable(cfg), indent=2) + "\n"))
 

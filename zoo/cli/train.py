@@ -57,12 +57,6 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         return 0
     if not a.name or not a.data or not a.out:
         raise UsageError("NAME, --data and --out are required (or --list-presets)")
-    if a.name.startswith("hf-hub:"):  # start from a published repository: its model, its weights
-        from zoo.hub_repo import hub_model_name
-
-        if a.checkpoint:
-            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
-        a.checkpoint, a.name = a.name, hub_model_name(a.name)
     options = FinetuneOptions(
         preset=a.preset,
         pretrained=a.pretrained or None,
@@ -168,7 +162,6 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     print(describe_load((cfg.get("pretraining") or {}).get("init")))
     print(
         f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
-        f"load with zoo.create({cfg['model_name']!r}, checkpoint_path={str(r.checkpoint)!r}, **model_args "
-        f"from {r.config.name})"
+        f"load with zoo.create({str(r.out)!r}) (model and arguments from its {r.config.name})"
     )
     return 0

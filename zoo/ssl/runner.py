@@ -18,7 +18,6 @@ and only rank 0 writes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -175,19 +174,25 @@ def write_checkpoint(
     }
     ckpt, cfg = out / "model.safetensors", out / "config.json"
     _atomic_write(ckpt, lambda p: save_file(tensors, str(p), metadata=meta))
-    config = {
-        "library_name": "medzoo",
-        "model_name": name,
-        "model_args": _jsonable(args),
-        "covers": export.covers,
-        "untrained": list(export.untrained),
-        "in_chans": args.get("in_chans"),
-        "num_classes": args.get("num_classes"),
-        "img_size": _jsonable(args.get("img_size")),
-        "pretraining": _jsonable(dict(info)),
-        **_jsonable(export.extra),
-    }
-    _atomic_write(cfg, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    from zoo.provenance import chain_licence
+    from zoo.runconfig import Link, RunConfig, write_config
+
+    record = info.get("init") if isinstance(info.get("init"), Mapping) else None
+    lineage = tuple(Link(**x) for x in (record or {}).get("lineage") or [])
+    licence, redistributable, _ = chain_licence(lineage)
+    config = RunConfig(
+        model_name=name,
+        model_args={k: tuple(v) if isinstance(v, list) else v for k, v in args.items()},
+        kind="pretrain",
+        covers=export.covers,
+        untrained=tuple(export.untrained),
+        license=licence,
+        redistributable=redistributable,
+        init=_jsonable(record) if record else None,
+        lineage=lineage,
+        pretraining={**_jsonable(dict(info)), **_jsonable(export.extra)},
+    )
+    write_config(cfg, config)
     return ckpt, cfg
 
 
@@ -282,7 +287,7 @@ def run_recipe(
         total_steps=steps,
         loop=loop,
         val_fn=export,
-        config={"method": recipe.method, "model_name": model_name, "model_args": dict(model_args)},
+        config=None,  # config.json is the export's (write_checkpoint), never the recipe module's
         settings=_fixed_settings(recipe.method, model_name, model_args, batch_size, accum, info or {}),
     )
     if dist_info.is_main and not (out / "model.safetensors").is_file():
@@ -322,36 +327,39 @@ def _fixed_settings(
     }
 
 
-def resolve_init(model: str, init: str | Path | None = None, pretrained: bool | None = None):
+def resolve_init(model: Any, init: str | Path | None = None, pretrained: bool | None = None):
     """What a pretraining run starts from: ``model``'s tag, ``init`` (a file, a run folder or
     ``NAME.TAG``), ``pretrained`` (the default tag), or nothing.
 
     Returns:
-        A :class:`zoo.finetune.ModelStart`.
+        A :class:`zoo.plan.ModelPlan`.
 
     Raises:
         FileNotFoundError: ``init`` is neither an existing path nor a registered ``NAME.TAG``.
         ValueError: ``init`` names weights of another model, or two starts are given.
     """
-    from zoo._registry import resolve
-    from zoo.finetune import resolve_start
+    from zoo.finetune import start_plan
+    from zoo.hub_repo import is_hub_id
+    from zoo.plan import plan
 
-    if init is None or Path(init).exists():
-        return resolve_start(model, pretrained, init)
-    spec, tag = resolve(model)
+    if init is None or Path(init).exists() or is_hub_id(init):
+        return start_plan(model, pretrained, init)
+    start = start_plan(model, pretrained)
     try:
-        init_spec, init_tag = resolve(str(init))
+        named = plan(str(init))
     except ValueError:
-        init_spec, init_tag = None, None
-    if init_spec is None or init_tag is None:
+        named = None
+    if named is None or named.source != "registry":
         raise FileNotFoundError(
             f"--init {init}: not an existing checkpoint file or run folder, nor a registered NAME.TAG"
         )
-    if init_spec.name != spec.name:
-        raise ValueError(f"--init {init} holds {init_spec.name} weights; the run pretrains {spec.name}")
-    if tag is not None and tag != init_tag:
+    if named.spec.name != start.spec.name:
+        raise ValueError(
+            f"--init {init} holds {named.spec.name} weights; the run pretrains {start.spec.name}"
+        )
+    if start.source == "registry" and start.tag != named.tag:
         raise ValueError(f"{model} and --init {init} name two different weights; give one")
-    return resolve_start(f"{spec.name}.{init_tag}")
+    return named
 
 
 def _file_names(scan: Path | Sequence[Path]) -> str:
@@ -403,21 +411,21 @@ def pretrain(
 
     o = options or PretrainOptions()
 
-    from zoo._registry import resolve
-    from zoo.finetune import check_output_spares_input, create_model, describe_load
+    from zoo.finetune import check_output_spares_input, check_run_folder, create_model, describe_load
     from zoo.ssl.slice_swav import PIPELINES
 
     stages = PIPELINES.get(method, (method,))
     classes = [get_recipe(m) for m in stages]
-    spec, _ = resolve(model)
+    start = resolve_init(model, o.init, o.pretrained)  # the request, resolved once
+    spec = start.spec
     for cls in classes:
         if cls.families and spec.family not in cls.families:
             raise ValueError(
                 f"{cls.method} pretrains {', '.join(cls.families)} models; "
                 f"{spec.name} is a {spec.family} model"
             )
-    start = resolve_init(model, o.init, o.pretrained)
     check_output_spares_input(start, out)
+    check_run_folder(out, "pretrain", o.run.resume)
     net = create_model(start, **dict(o.model_args or {}))
     args = dict(net.pretrained_cfg["model_args"])
     log.info("pretraining %s from %s", spec.name, describe_load(net.pretrained_cfg["weights"]))

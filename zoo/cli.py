@@ -287,6 +287,8 @@ def _is_study(text: str) -> bool:
 def _predict(a: argparse.Namespace) -> int:
     import zoo
     from zoo import predict as P
+    from zoo import predict_checks as C
+    from zoo import study as S
 
     intensity = _parse_intensity(a.intensity) if a.intensity else None
     model = None
@@ -320,10 +322,10 @@ def _predict(a: argparse.Namespace) -> int:
         intensity=intensity,
         slice_axis={"x": 0, "y": 1, "z": 2}[a.slice_axis] if a.slice_axis else None,
     )
-    s = P.resolve_settings(cfg, **kw)
+    s = C.resolve_settings(cfg, **kw)
     if not a.no_weights and a.checkpoint is None:
         record = cfg["weights"] or {}
-        P.check_weights_trained(cfg["weights"], record.get("id", a.name), a.allow_untrained_head)
+        C.check_weights_trained(cfg["weights"], record.get("id", a.name), a.allow_untrained_head)
     if a.preview:
         from zoo.plots import require_matplotlib
 
@@ -331,20 +333,20 @@ def _predict(a: argparse.Namespace) -> int:
     budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
     study = _is_study(a.input)
     if study:
-        cases = P.list_cases(a.input)
-        P._study_outputs(cases, Path(a.output))
+        cases = S.list_cases(a.input)
+        S._study_outputs(cases, Path(a.output))
     else:
-        P.check_output(a.input, a.output)
-        info = P.inspect_input(a.input, s.in_chans, a.volume)
-        est = P.estimate(info, s)
-        P.check_budget(est, info, s, **budget)
+        C.check_output(a.input, a.output)
+        info = C.inspect_input(a.input, s.in_chans, a.volume)
+        est = C.estimate(info, s)
+        C.check_budget(est, info, s, **budget)
     # Every check passed: now weights may be downloaded and the model built.
     if model is None:
         model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
     common = dict(kw, volume=a.volume, allow_untrained_head=a.allow_untrained_head, preview=a.preview)
     common.update(budget)
     if not study:
-        r = P.predict_nifti(model, a.input, a.output, progress=not a.quiet, **common)
+        r = P.predict_nifti(model, a.input, a.output, P.PredictSettings(**common), progress=not a.quiet)
         print(_prediction_line(r))
         return 0
 
@@ -352,8 +354,13 @@ def _predict(a: argparse.Namespace) -> int:
         if r is not None and not a.quiet:
             print(_prediction_line(r), flush=True)
 
-    res = P.predict_study(
-        model, a.input, a.output, num_workers=a.workers, progress=not a.quiet, on_case=said, **common
+    res = S.predict_study(
+        model,
+        a.input,
+        a.output,
+        S.StudySettings(**common, num_workers=a.workers),
+        progress=not a.quiet,
+        on_case=said,
     )
     print(
         f"{res.cases} case(s): {len(res.written)} written, {len(res.skipped)} already there (skipped), "
@@ -394,7 +401,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     import zoo
     from zoo.hub import WeightsUnavailableError
-    from zoo.predict import check_weights_trained, predict_nifti, sample_volume_path
+    from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
+    from zoo.predict_checks import check_weights_trained
 
     os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
     spec, _ = resolve(a.name)
@@ -426,10 +434,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
         model,
         src,
         out,
-        spacing_mm=(a.spacing,) * 3,
+        PredictSettings(spacing_mm=(a.spacing,) * 3, preview=preview, allow_untrained_head=True),
         progress=False,
-        preview=preview,
-        allow_untrained_head=True,
     )
     print(
         f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} "

@@ -99,10 +99,12 @@ def test_cpu_peak_memory_sees_what_the_forward_allocates():
 
 
 def test_onnxruntime_latency_times_the_exported_graph(tmp_path):
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
 
     r = to_onnx(
-        nn.Conv3d(1, 2, 3, padding=1).eval(), tmp_path / "c.onnx", (1, 8, 8, 8), exporter="torchscript"
+        nn.Conv3d(1, 2, 3, padding=1).eval(),
+        tmp_path / "c.onnx",
+        ExportSettings(input_shape=(1, 8, 8, 8), exporter="torchscript"),
     )
     ms = onnxruntime_latency(r.path, torch.randn(1, 1, 8, 8, 8), warmup=1, repeats=3)
     assert 0 < ms < 10_000
@@ -142,13 +144,17 @@ def test_benchmark_measures_a_registered_model():
 
 def test_an_exported_file_is_timed_as_the_baseline_in_the_same_rounds(tmp_path):
     pytest.importorskip("onnxruntime")
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
 
     with pytest.raises(ValueError, match="expected an exported .onnx file"):
         benchmark("swinvit2d-c48", input_shape=(1, 32, 32), baseline_onnx=tmp_path / "missing.onnx")
     torch.manual_seed(0)
     # the TorchScript exporter: quicker, and a graph other than the timed dynamo one
-    old = to_onnx("swinvit2d-c48", tmp_path / "old.onnx", (1, 32, 32), exporter="torchscript", check=False)
+    old = to_onnx(
+        "swinvit2d-c48",
+        tmp_path / "old.onnx",
+        ExportSettings(input_shape=(1, 32, 32), exporter="torchscript", check=False),
+    )
     r = benchmark(
         "swinvit2d-c48",
         input_shape=(1, 32, 32),

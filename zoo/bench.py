@@ -397,7 +397,7 @@ def onnxruntime_latency(
     path: str | Path, x: torch.Tensor, warmup: int = 1, repeats: int = 5, threads: int | None = None
 ) -> float:
     """Median ms of onnxruntime CPU runs of ``x`` on the model at ``path`` (threads do not spin)."""
-    from zoo.export import onnx_session
+    from zoo.onnx_runtime import onnx_session
 
     session = onnx_session(path, threads)
     feed = {session.get_inputs()[0].name: x.numpy()}
@@ -486,7 +486,7 @@ def benchmark(
     Returns:
         A :class:`BenchResult`.
     """
-    from zoo.export import default_input_shape, to_onnx
+    from zoo.export import ExportSettings, default_input_shape, to_onnx
 
     say = log or (lambda s: None)
     if baseline_opset and baseline_onnx:
@@ -566,14 +566,17 @@ def benchmark(
 
             runners["torch"] = run_torch
         if onnx:
-            from zoo.export import onnx_session
+            from zoo.onnx_runtime import onnx_session
 
             say(f"{spec.name}: ONNX export (parity checked)")
             graphs = [("ort", onnx_opset)] + ([("ort_baseline", baseline_opset)] if baseline_opset else [])
             try:
                 for key, opset in graphs:
                     ex = to_onnx(
-                        model, Path(tmp) / f"{key}.onnx", shape, batch_sizes=(1,), opset=opset, verbose=False
+                        model,
+                        Path(tmp) / f"{key}.onnx",
+                        ExportSettings(input_shape=shape, batch_sizes=(1,), opset=opset),
+                        verbose=False,
                     )
                     if key == "ort":
                         res.onnx_exporter, res.onnx_opset = ex.exporter, ex.opset

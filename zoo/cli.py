@@ -296,7 +296,7 @@ def _predict(a: argparse.Namespace) -> int:
         # An exported file (onnxruntime, preprocessing from its metadata) or a Hub repository: the
         # plan comes from the file or the repository's config, so it is opened first.
         if a.name.endswith(".onnx"):
-            from zoo.export import load_onnx
+            from zoo.onnx_runtime import load_onnx
 
             model = load_onnx(a.name)
         else:
@@ -452,7 +452,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 @_command
 def cmd_export(a: argparse.Namespace) -> int:
     from zoo._optional import require
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
     from zoo.hub_repo import hub_model_name, is_hub_id
 
     require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")  # before any other line is printed
@@ -479,14 +479,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     r = to_onnx(
         spec.name,
         a.output,
-        input_shapes=shapes,
-        tag=tag,
-        checkpoint_path=a.checkpoint,
-        model_kwargs=kwargs,
-        opset=a.opset,
-        exporter=a.exporter,
-        rtol=a.rtol,
-        check=not a.no_check,
+        ExportSettings(
+            input_shapes=shapes,
+            tag=tag,
+            checkpoint_path=a.checkpoint,
+            model_kwargs=kwargs,
+            opset=a.opset,
+            exporter=a.exporter,
+            rtol=a.rtol,
+            check=not a.no_check,
+        ),
     )
     axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
     print(f"wrote {r.path} ({r.exporter} exporter, opset {r.opset}, {axes}; export {r.export_seconds:.1f} s)")

@@ -458,6 +458,8 @@ def predict_nifti(
         ValueError: any refused input, output or setting (one line, expected and found).
             Nothing is written then.
     """
+    if settings is not None and not isinstance(settings, PredictSettings):
+        raise TypeError(f"settings must be a PredictSettings, got {type(settings).__name__}")
     asked = settings if settings is not None else PredictSettings()
     s = _checked_settings(model, asked)
     out = check_output(image_path, out_path)

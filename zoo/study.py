@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -210,11 +210,22 @@ def auto_workers() -> int:
     return 1 if cores > torch.get_num_threads() else 0
 
 
+def _study_settings(settings: PredictSettings | None) -> StudySettings:
+    """``settings`` as a :class:`StudySettings`: a plain :class:`PredictSettings` takes the study defaults."""
+    if settings is None:
+        return StudySettings()
+    if isinstance(settings, StudySettings):
+        return settings
+    if isinstance(settings, PredictSettings):
+        return StudySettings(**{f.name: getattr(settings, f.name) for f in fields(PredictSettings)})
+    raise TypeError(f"settings must be a StudySettings, got {type(settings).__name__}")
+
+
 def predict_study(
     model: nn.Module,
     source: str | Path | Sequence[str | Path],
     out_dir: str | Path,
-    settings: StudySettings | None = None,
+    settings: StudySettings | PredictSettings | None = None,
     *,
     progress: bool = True,
     on_case: Callable[[Path, Prediction | None, str | None], None] | None = None,
@@ -231,7 +242,8 @@ def predict_study(
         source: a folder, a datalist JSON, a glob pattern, or a list of paths.
         out_dir: the output folder (created).
         settings: each case's settings as :func:`zoo.predict.predict_nifti` takes them, the
-            reading processes and the rank (:class:`StudySettings`); None takes the defaults.
+            reading processes and the rank (:class:`StudySettings`; a plain
+            :class:`zoo.predict.PredictSettings` or None takes the study's defaults).
         progress: progress bar (cases).
         on_case: called after each case with ``(path, prediction or None, error or None)``.
 
@@ -243,7 +255,7 @@ def predict_study(
     """
     from torch.utils.data import DataLoader
 
-    asked = settings if settings is not None else StudySettings()
+    asked = _study_settings(settings)
     s = _checked_settings(model, asked)
     num_workers = asked.num_workers
     if num_workers is None:

@@ -19,6 +19,7 @@ from torch import nn
 from zoo._registry import get_spec
 from zoo.bench import (
     CSV_FIELDS,
+    BenchSettings,
     benchmark,
     count_flops,
     cpu_latency,
@@ -128,7 +129,7 @@ def test_cuda_timing_uses_events_and_reports_peak_memory(bf16):
 
 
 def test_benchmark_measures_a_registered_model():
-    r = benchmark("swinvit2d-c48", input_shape=(1, 32, 32), warmup=1, repeats=2, onnx=False)
+    r = benchmark("swinvit2d-c48", BenchSettings(input_shape=(1, 32, 32), warmup=1, repeats=2, onnx=False))
     spec = get_spec("swinvit2d-c48")
     assert r.params == spec.meta["num_params"]
     assert r.input_shape == "1×32×32"
@@ -147,7 +148,9 @@ def test_an_exported_file_is_timed_as_the_baseline_in_the_same_rounds(tmp_path):
     from zoo.export import ExportSettings, to_onnx
 
     with pytest.raises(ValueError, match="expected an exported .onnx file"):
-        benchmark("swinvit2d-c48", input_shape=(1, 32, 32), baseline_onnx=tmp_path / "missing.onnx")
+        benchmark(
+            "swinvit2d-c48", BenchSettings(input_shape=(1, 32, 32), baseline_onnx=tmp_path / "missing.onnx")
+        )
     torch.manual_seed(0)
     # the TorchScript exporter: quicker, and a graph other than the timed dynamo one
     old = to_onnx(
@@ -157,12 +160,14 @@ def test_an_exported_file_is_timed_as_the_baseline_in_the_same_rounds(tmp_path):
     )
     r = benchmark(
         "swinvit2d-c48",
-        input_shape=(1, 32, 32),
-        warmup=1,
-        repeats=2,
-        baseline_onnx=old.path,
-        baseline_label="before",
-        cuda=False,
+        BenchSettings(
+            input_shape=(1, 32, 32),
+            warmup=1,
+            repeats=2,
+            baseline_onnx=old.path,
+            baseline_label="before",
+            cuda=False,
+        ),
     )
     assert r.timing == "alternating" and r.onnx_error == ""
     assert r.cpu_ms > 0 and r.ort_ms > 0 and r.ort_baseline_ms > 0

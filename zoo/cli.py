@@ -507,7 +507,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from zoo.bench import benchmark, ratio
+    from zoo.bench import BenchSettings, benchmark, ratio
 
     hub_args: dict = {}
     if a.name.startswith("hf-hub:"):  # the cost of a published configuration (model arguments from the Hub)
@@ -534,18 +534,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
     for n in names:
         r = benchmark(
             n,
-            input_shape=a.input_shape,
-            model_kwargs={**hub_args, **kwargs},
-            warmup=a.warmup,
-            repeats=a.repeats,
-            threads=a.threads,
-            cpu=not a.no_cpu,
-            onnx=not a.no_onnx,
-            cuda=False if a.no_cuda else None,
-            onnx_opset=a.opset,
-            baseline_opset=a.baseline_opset,
-            baseline_onnx=a.baseline_onnx,
-            baseline_label=a.baseline_label or "",
+            BenchSettings(
+                input_shape=a.input_shape,
+                model_kwargs={**hub_args, **kwargs},
+                warmup=a.warmup,
+                repeats=a.repeats,
+                threads=a.threads,
+                cpu=not a.no_cpu,
+                onnx=not a.no_onnx,
+                cuda=False if a.no_cuda else None,
+                onnx_opset=a.opset,
+                baseline_opset=a.baseline_opset,
+                baseline_onnx=a.baseline_onnx,
+                baseline_label=a.baseline_label or "",
+            ),
             log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
         )
         rows.append(r)

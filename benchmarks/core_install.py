@@ -133,7 +133,7 @@ def inside(repo: Path, work: Path) -> list[str]:
     import torch
 
     import zoo
-    from zoo.predict import predict_nifti
+    from zoo.predict import PredictSettings, predict_nifti
 
     failures: list[str] = []
 
@@ -173,7 +173,11 @@ def inside(repo: Path, work: Path) -> list[str]:
                 model = zoo.create(name, **{**kwargs, "deep_supervision": False})
             # Tiny widths: the window is the small configuration's input; 2D models go slice by slice.
             r = predict_nifti(
-                model, image, out_path, spacing_mm=(2.0, 2.0, 2.0), roi_size=shape[2:], progress=False
+                model,
+                image,
+                out_path,
+                PredictSettings(spacing_mm=(2.0, 2.0, 2.0), roi_size=shape[2:]),
+                progress=False,
             )
             seg = np.asarray(nib.load(out_path).dataobj)
             ncls = int(model.pretrained_cfg["model_args"].get("num_classes", 0) or 0)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
 
     import zoo
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
     from zoo.predict import sample_volume_path
 
     mni = sample_volume_path()
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         save_file(zoo.create(args.model).state_dict(), str(ckpt))
         model = zoo.create(args.model, checkpoint_path=ckpt)
         onnx_path = tmp / f"{args.model}.onnx"
-        ex = to_onnx(model, onnx_path, batch_sizes=(1,), verbose=False)
+        ex = to_onnx(model, onnx_path, ExportSettings(batch_sizes=(1,)), verbose=False)
         common = [
             "-i",
             str(mni),

@@ -4,9 +4,9 @@ Eight real volumes (nilearn's MNI152 template: at its own 1 mm grid, and resampl
 grid: 512×512×160 at 0.5×0.5×1.25 mm by default; ``--small`` for the half-size variant used on a
 loaded machine) go through the same model and the same preprocessing three ways:
 
-* ``study``: :func:`zoo.predict.predict_study` (what ``zoo predict NAME -i DIR -o OUT`` runs): a
+* ``study``: :func:`zoo.study.predict_study` (what ``zoo predict NAME -i DIR -o OUT`` runs): a
   DataLoader worker reads and preprocesses the next volume while the model runs, two windows
-  per forward (the default, ``zoo.predict.AUTO_SW_BATCH``);
+  per forward (the default, ``zoo.predict_checks.AUTO_SW_BATCH``);
 * ``study_sw1``: the same with one window per forward (what prefetching alone gives);
 * ``loop``: :func:`zoo.predict.predict_nifti` called once per file (defaults);
 * ``monai``: the plain MONAI recipe, LoadImaged → EnsureChannelFirstd → Orientationd → Spacingd →
@@ -98,9 +98,11 @@ def build_model():
 
 
 def run_study(paths: list[Path], out: Path, **kw) -> None:
-    from zoo.predict import predict_study
+    from zoo.study import StudySettings, predict_study
 
-    res = predict_study(build_model(), paths, out, roi_size=ROI, overlap=OVERLAP, progress=False, **kw)
+    res = predict_study(
+        build_model(), paths, out, StudySettings(roi_size=ROI, overlap=OVERLAP, **kw), progress=False
+    )
     assert not res.failed, res.failed
 
 
@@ -109,12 +111,12 @@ def run_study_sw1(paths: list[Path], out: Path) -> None:
 
 
 def run_loop(paths: list[Path], out: Path) -> None:
-    from zoo.predict import predict_nifti
+    from zoo.predict import PredictSettings, predict_nifti
 
     model = build_model()
     for p in paths:
         name = p.name if p.name.endswith(".gz") else p.name + ".gz"
-        predict_nifti(model, p, out / name, roi_size=ROI, overlap=OVERLAP, progress=False)
+        predict_nifti(model, p, out / name, PredictSettings(roi_size=ROI, overlap=OVERLAP), progress=False)
 
 
 def run_monai(paths: list[Path], out: Path) -> None:

@@ -54,9 +54,11 @@ def baseline_export(name: str, src: Path, cache: Path, timeout: float) -> Path |
         return out
     cache.mkdir(parents=True, exist_ok=True)
     # The old code exports at its registered size; parity was that code's own check, not this run's.
+    # Older checkouts take to_onnx's options as keywords, newer ones as an ExportSettings.
     code = (
-        "import sys; from zoo.export import to_onnx; "
-        "to_onnx(sys.argv[1], sys.argv[2], batch_sizes=(1,), check=False, verbose=False)"
+        "import sys; import zoo.export as E; a, p = sys.argv[1:3]; S = getattr(E, 'ExportSettings', None); "
+        "E.to_onnx(a, p, S(batch_sizes=(1,), check=False), verbose=False) if S else "
+        "E.to_onnx(a, p, batch_sizes=(1,), check=False, verbose=False)"
     )
     part = cache / f"{name}.part.onnx"
     env = {**os.environ, "PYTHONPATH": str(src.resolve()), "OMP_WAIT_POLICY": "PASSIVE"}

@@ -19,6 +19,7 @@ from torch import nn
 from zoo._registry import get_spec
 from zoo.bench import (
     CSV_FIELDS,
+    BenchSettings,
     benchmark,
     count_flops,
     cpu_latency,
@@ -99,10 +100,12 @@ def test_cpu_peak_memory_sees_what_the_forward_allocates():
 
 
 def test_onnxruntime_latency_times_the_exported_graph(tmp_path):
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
 
     r = to_onnx(
-        nn.Conv3d(1, 2, 3, padding=1).eval(), tmp_path / "c.onnx", (1, 8, 8, 8), exporter="torchscript"
+        nn.Conv3d(1, 2, 3, padding=1).eval(),
+        tmp_path / "c.onnx",
+        ExportSettings(input_shape=(1, 8, 8, 8), exporter="torchscript"),
     )
     ms = onnxruntime_latency(r.path, torch.randn(1, 1, 8, 8, 8), warmup=1, repeats=3)
     assert 0 < ms < 10_000
@@ -126,7 +129,7 @@ def test_cuda_timing_uses_events_and_reports_peak_memory(bf16):
 
 
 def test_benchmark_measures_a_registered_model():
-    r = benchmark("swinvit2d-c48", input_shape=(1, 32, 32), warmup=1, repeats=2, onnx=False)
+    r = benchmark("swinvit2d-c48", BenchSettings(input_shape=(1, 32, 32), warmup=1, repeats=2, onnx=False))
     spec = get_spec("swinvit2d-c48")
     assert r.params == spec.meta["num_params"]
     assert r.input_shape == "1×32×32"
@@ -142,21 +145,29 @@ def test_benchmark_measures_a_registered_model():
 
 def test_an_exported_file_is_timed_as_the_baseline_in_the_same_rounds(tmp_path):
     pytest.importorskip("onnxruntime")
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
 
     with pytest.raises(ValueError, match="expected an exported .onnx file"):
-        benchmark("swinvit2d-c48", input_shape=(1, 32, 32), baseline_onnx=tmp_path / "missing.onnx")
+        benchmark(
+            "swinvit2d-c48", BenchSettings(input_shape=(1, 32, 32), baseline_onnx=tmp_path / "missing.onnx")
+        )
     torch.manual_seed(0)
     # the TorchScript exporter: quicker, and a graph other than the timed dynamo one
-    old = to_onnx("swinvit2d-c48", tmp_path / "old.onnx", (1, 32, 32), exporter="torchscript", check=False)
+    old = to_onnx(
+        "swinvit2d-c48",
+        tmp_path / "old.onnx",
+        ExportSettings(input_shape=(1, 32, 32), exporter="torchscript", check=False),
+    )
     r = benchmark(
         "swinvit2d-c48",
-        input_shape=(1, 32, 32),
-        warmup=1,
-        repeats=2,
-        baseline_onnx=old.path,
-        baseline_label="before",
-        cuda=False,
+        BenchSettings(
+            input_shape=(1, 32, 32),
+            warmup=1,
+            repeats=2,
+            baseline_onnx=old.path,
+            baseline_label="before",
+            cuda=False,
+        ),
     )
     assert r.timing == "alternating" and r.onnx_error == ""
     assert r.cpu_ms > 0 and r.ort_ms > 0 and r.ort_baseline_ms > 0

@@ -11,7 +11,8 @@ import torch
 
 import zoo
 from zoo._registry import get_spec, list_models
-from zoo.predict import planned_cfg, preprocess, resolve_settings, sample_volume_path
+from zoo.predict import planned_cfg, preprocess, sample_volume_path
+from zoo.predict_checks import resolve_settings
 from zoo.transforms import InputContract, contract_of, for_model, parse_intensity
 
 pytest.importorskip("nilearn")

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 import zoo
 from zoo._registry import iter_specs
 from zoo.cli import main
-from zoo.export import EXPORTERS, OnnxParityError, onnx_session, reduced_config, to_onnx
+from zoo.export import EXPORTERS, ExportSettings, OnnxParityError, reduced_config, to_onnx
+from zoo.onnx_runtime import onnx_session
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -58,7 +59,7 @@ def _check_export(spec, overrides, shape, tmp_path, batch_sizes=(1, 2)):
     torch.manual_seed(0)
     model = zoo.create(spec.name, **overrides)
     path = tmp_path / f"{spec.name}.onnx"
-    r = to_onnx(model, path, shape, batch_sizes=batch_sizes)
+    r = to_onnx(model, path, ExportSettings(input_shape=shape, batch_sizes=batch_sizes))
     assert r.exporter in EXPORTERS
     assert [p.input_shape for p in r.parity] == [(b, *shape) for b in batch_sizes]
     assert all(p.rel <= 1e-4 for p in r.parity), [str(p) for p in r.parity]
@@ -156,7 +157,7 @@ class DataDependentBranch(TinyNet):
 def test_batch_axis_is_dynamic_and_spatial_axes_are_fixed(tmp_path):
     model = TinyNet().eval()
     path = tmp_path / "tiny.onnx"
-    r = to_onnx(model, path, (1, 6, 8, 10), exporter="dynamo")
+    r = to_onnx(model, path, ExportSettings(input_shape=(1, 6, 8, 10), exporter="dynamo"))
     assert r.exporter == "dynamo" and not r.dynamic_spatial
     session = onnx_session(path)
     x = torch.randn(3, 1, 6, 8, 10)
@@ -168,7 +169,9 @@ def test_batch_axis_is_dynamic_and_spatial_axes_are_fixed(tmp_path):
 
 
 def test_several_declared_shapes_make_spatial_axes_dynamic_and_each_is_checked(tmp_path):
-    r = to_onnx(TinyNet().eval(), tmp_path / "tiny.onnx", input_shapes=[(1, 6, 8, 10), (1, 10, 8, 6)])
+    r = to_onnx(
+        TinyNet().eval(), tmp_path / "tiny.onnx", ExportSettings(input_shapes=[(1, 6, 8, 10), (1, 10, 8, 6)])
+    )
     assert r.dynamic_spatial
     assert sorted(p.input_shape for p in r.parity) == sorted(
         [(1, 1, 6, 8, 10), (2, 1, 6, 8, 10), (1, 1, 10, 8, 6), (2, 1, 10, 8, 6)]
@@ -180,14 +183,20 @@ def test_several_declared_shapes_make_spatial_axes_dynamic_and_each_is_checked(t
 def test_a_graph_that_cannot_run_at_another_declared_size_fails_loudly(tmp_path):
     path = tmp_path / "cached.onnx"
     with pytest.raises(OnnxParityError, match=r"\(2, 1, 6, 6, 12\)|\(1, 1, 6, 6, 12\)"):
-        to_onnx(CachedPositionTable().eval(), path, input_shapes=[(1, 6, 6, 8), (1, 6, 6, 12)])
+        to_onnx(
+            CachedPositionTable().eval(), path, ExportSettings(input_shapes=[(1, 6, 6, 8), (1, 6, 6, 12)])
+        )
     assert not path.exists()
 
 
 def test_an_export_that_differs_from_pytorch_fails_loudly_and_leaves_no_file(tmp_path):
     path = tmp_path / "drift.onnx"
     with pytest.raises(OnnxParityError, match="differs from PyTorch"):
-        to_onnx(DriftsAfterTracing().eval(), path, (1, 6, 6, 6), exporter="torchscript", batch_sizes=(1,))
+        to_onnx(
+            DriftsAfterTracing().eval(),
+            path,
+            ExportSettings(input_shape=(1, 6, 6, 6), exporter="torchscript", batch_sizes=(1,)),
+        )
     assert not path.exists()
 
 
@@ -203,7 +212,12 @@ def test_instance_norm_over_a_million_voxels_is_exported_as_accurately_as_pytorc
         norm.weight.copy_(torch.tensor([0.5, 2.0]))
         norm.bias.copy_(torch.tensor([-1.0, 0.25]))
     path = tmp_path / "norm.onnx"
-    to_onnx(norm, path, (2, 64, 128, 128), batch_sizes=(1, 2), exporter="dynamo", verbose=False)
+    to_onnx(
+        norm,
+        path,
+        ExportSettings(input_shape=(2, 64, 128, 128), batch_sizes=(1, 2), exporter="dynamo"),
+        verbose=False,
+    )
     x = torch.randn(2, 2, 64, 128, 128, generator=torch.Generator().manual_seed(3)) * 2 + 5
     ref = F.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double(), eps=norm.eps)
     session = onnx_session(path)
@@ -224,11 +238,11 @@ def test_instance_norm_over_a_million_voxels_is_exported_as_accurately_as_pytorc
     ids=["dw5", "dw7-dil3", "dw-anisotropic", "dense3", "dense1x3x3", "dense5-nobias"],
 )
 def test_3d_convolutions_are_exported_as_2d_ones_computing_the_same(conv, tmp_path):
-    from zoo.export import _for_export
+    from zoo.export_forms import for_export
 
     torch.manual_seed(0)
     conv = conv.eval()
-    form = _for_export(copy.deepcopy(nn.Sequential(conv)))[0]
+    form = for_export(copy.deepcopy(nn.Sequential(conv)))[0]
     assert not isinstance(form, nn.Conv3d), "an eligible convolution keeps its 3D form"
     x = torch.randn(2, conv.in_channels, 6, 9, 11)
     with torch.no_grad():
@@ -238,7 +252,7 @@ def test_3d_convolutions_are_exported_as_2d_ones_computing_the_same(conv, tmp_pa
     # exported with dynamic spatial axes: the slices and reshapes must follow the size
     path = tmp_path / "conv.onnx"
     shapes = [(conv.in_channels, 6, 9, 11), (conv.in_channels, 5, 7, 8)]
-    r = to_onnx(conv, path, input_shapes=shapes, verbose=False)
+    r = to_onnx(conv, path, ExportSettings(input_shapes=shapes), verbose=False)
     assert r.exporter == "dynamo" and all(p.rel <= 1e-5 for p in r.parity), [str(p) for p in r.parity]
     graph = onnx.load(str(path)).graph
     weights = {t.name: len(t.dims) for t in graph.initializer}
@@ -259,35 +273,41 @@ def test_3d_convolutions_are_exported_as_2d_ones_computing_the_same(conv, tmp_pa
     ids=["strided", "grouped", "reflect", "1x1x1", "valid", "dense-dilated"],
 )
 def test_other_3d_convolutions_keep_their_own_form(conv):
-    from zoo.export import _for_export
+    from zoo.export_forms import for_export
 
-    assert _for_export(nn.Sequential(conv))[0] is conv
+    assert for_export(nn.Sequential(conv))[0] is conv
 
 
 def test_a_model_whose_output_is_not_finite_fails_instead_of_passing(tmp_path):
     with pytest.raises(OnnxParityError, match="non-finite"):
         to_onnx(
-            Overflows().eval(), tmp_path / "nan.onnx", (1, 6, 6, 6), exporter="torchscript", batch_sizes=(1,)
+            Overflows().eval(),
+            tmp_path / "nan.onnx",
+            ExportSettings(input_shape=(1, 6, 6, 6), exporter="torchscript", batch_sizes=(1,)),
         )
     assert not (tmp_path / "nan.onnx").exists()
 
 
 def test_dynamo_failure_falls_back_to_torchscript_and_says_why(tmp_path):
-    r = to_onnx(DataDependentBranch().eval(), tmp_path / "dd.onnx", (1, 6, 6, 6))
+    r = to_onnx(DataDependentBranch().eval(), tmp_path / "dd.onnx", ExportSettings(input_shape=(1, 6, 6, 6)))
     assert r.exporter == "torchscript"
     assert "dynamo export failed" in r.fallback_reason
     assert r.max_rel <= 1e-4
 
 
 def test_nested_outputs_are_compared_one_by_one(tmp_path):
-    r = to_onnx(NestedOutputs().eval(), tmp_path / "nested.onnx", (1, 6, 6, 6), exporter="torchscript")
+    r = to_onnx(
+        NestedOutputs().eval(),
+        tmp_path / "nested.onnx",
+        ExportSettings(input_shape=(1, 6, 6, 6), exporter="torchscript"),
+    )
     assert all(p.num_outputs == 3 for p in r.parity)
 
 
 def test_the_models_own_input_check_speaks_before_any_export(tmp_path):
     model = zoo.create("qtunet-t", img_size=32)
     with pytest.raises(ValueError, match="img_size"):
-        to_onnx(model, tmp_path / "q.onnx", (1, 64, 64, 64))
+        to_onnx(model, tmp_path / "q.onnx", ExportSettings(input_shape=(1, 64, 64, 64)))
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -343,7 +363,9 @@ def tiny_export(tmp_path_factory):
     model.pretrained_cfg["labels"] = ["background", "grey", "white", "csf"]
     model.pretrained_cfg["sliding_window"] = {"roi_size": [32, 32, 32], "overlap": 0.25}
     path = tmp_path_factory.mktemp("onnx") / "qt.onnx"
-    to_onnx(model, path, batch_sizes=(1, 2), verbose=False)  # parity at 1e-4 at both batch sizes
+    to_onnx(
+        model, path, ExportSettings(batch_sizes=(1, 2)), verbose=False
+    )  # parity at 1e-4 at both batch sizes
     return model, path
 
 
@@ -385,7 +407,7 @@ def test_window_attention_takes_3d_inputs_with_no_head_transposes_around_it(tiny
 def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):
     import onnx
 
-    from zoo.export import read_onnx_metadata
+    from zoo.onnx_runtime import read_onnx_metadata
 
     _, path = tiny_export
     onnx.checker.check_model(str(path))
@@ -402,7 +424,7 @@ def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):
 
 
 def test_the_preprocessing_is_rebuilt_from_the_file_alone(tiny_export):
-    from zoo.export import read_onnx_metadata
+    from zoo.onnx_runtime import read_onnx_metadata
     from zoo.predict import intensity_transform
 
     md = read_onnx_metadata(tiny_export[1])
@@ -420,8 +442,8 @@ def test_weights_tag_and_digest_are_recorded(tmp_path):
         "weights": {"source": "file", "id": "w.pt", "tag": "mine", "sha256": "ab" * 32, "covers": "full"},
     }
     path = tmp_path / "t.onnx"
-    to_onnx(model, path, input_shapes=[(1, 6, 8, 10), (1, 8, 10, 12)], verbose=False)
-    from zoo.export import read_onnx_metadata
+    to_onnx(model, path, ExportSettings(input_shapes=[(1, 6, 8, 10), (1, 8, 10, 12)]), verbose=False)
+    from zoo.onnx_runtime import read_onnx_metadata
 
     md = read_onnx_metadata(path)
     assert md["weights_tag"] == "mine" and md["weights_sha256"] == "ab" * 32
@@ -430,7 +452,7 @@ def test_weights_tag_and_digest_are_recorded(tmp_path):
 
 
 def test_an_onnx_file_runs_like_the_model(tiny_export):
-    from zoo.export import load_onnx
+    from zoo.onnx_runtime import load_onnx
 
     model, path = tiny_export
     onnx_model = load_onnx(path)
@@ -468,7 +490,7 @@ def test_predict_through_onnx_gives_the_labels_of_the_pytorch_path(tiny_export, 
 def test_files_that_are_not_medzoo_exports_are_refused_clearly(tmp_path):
     import onnx
 
-    from zoo.export import load_onnx
+    from zoo.onnx_runtime import load_onnx
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not a protobuf" * 10)
@@ -497,7 +519,7 @@ def test_export_of_a_run_folder_uses_the_runs_window(tmp_path, capsys):
 
     from safetensors.torch import save_file
 
-    from zoo.export import read_onnx_metadata
+    from zoo.onnx_runtime import read_onnx_metadata
 
     torch.manual_seed(0)
     args = {"feature_chns": [4, 8, 16, 32, 64], "num_classes": 2}

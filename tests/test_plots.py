@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from zoo.cli import main
-from zoo.predict import predict_nifti, sample_volume_path
+from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
 
 from .test_predict import ThresholdNet
 
@@ -30,7 +30,9 @@ def small(tmp_path_factory):
 
 
 def test_predict_writes_a_preview_with_the_scan_and_coloured_labels(tmp_path, small):
-    r = predict_nifti(ThresholdNet(), small, tmp_path / "seg.nii.gz", progress=False, preview=True)
+    r = predict_nifti(
+        ThresholdNet(), small, tmp_path / "seg.nii.gz", PredictSettings(preview=True), progress=False
+    )
     assert r.preview == tmp_path / "seg.png" and r.preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = mpimg.imread(r.preview)
     assert img.ndim == 3 and img.shape[1] > 1.5 * img.shape[0]  # three panels side by side
@@ -43,7 +45,7 @@ def test_preview_without_matplotlib_fails_in_one_line_before_compute(tmp_path, s
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     model = ThresholdNet()
     with pytest.raises(RuntimeError, match=r"pip install 'medzoo\[plots\]'"):
-        predict_nifti(model, small, tmp_path / "seg.nii.gz", progress=False, preview=True)
+        predict_nifti(model, small, tmp_path / "seg.nii.gz", PredictSettings(preview=True), progress=False)
     assert model.calls == 0 and not (tmp_path / "seg.nii.gz").exists()
     argv = [
         "predict",

@@ -10,7 +10,13 @@ from torch import nn
 
 import zoo
 from zoo.cli import main
-from zoo.predict import canonical_intensity, intensity_transform, predict_nifti, sample_volume_path
+from zoo.predict import (
+    PredictSettings,
+    canonical_intensity,
+    intensity_transform,
+    predict_nifti,
+    sample_volume_path,
+)
 
 pytest.importorskip("nilearn")
 
@@ -68,7 +74,11 @@ def _assert_nothing_written(tmp_path):
 def test_fmunet_segments_the_mni_template_on_its_own_grid(tmp_path):
     out = tmp_path / "seg.nii.gz"
     r = predict_nifti(
-        _tiny_fmunet(3), MNI, out, spacing_mm=(4.0, 4.0, 4.0), roi_size=(48, 48, 48), progress=False
+        _tiny_fmunet(3),
+        MNI,
+        out,
+        PredictSettings(spacing_mm=(4.0, 4.0, 4.0), roi_size=(48, 48, 48)),
+        progress=False,
     )
     src, seg = _mni(), nib.load(out)
     assert seg.shape == src.shape == (197, 233, 189)
@@ -86,7 +96,7 @@ def test_fmunet_segments_the_mni_template_on_its_own_grid(tmp_path):
 def test_label_map_lands_on_the_voxels_it_describes(tmp_path):
     # Resampled to 2 mm and back: the threshold of the input, not of a shifted or flipped copy.
     out = tmp_path / "seg.nii.gz"
-    predict_nifti(ThresholdNet(), MNI, out, spacing_mm=(2.0, 2.0, 2.0), progress=False)
+    predict_nifti(ThresholdNet(), MNI, out, PredictSettings(spacing_mm=(2.0, 2.0, 2.0)), progress=False)
     expected = np.asarray(_mni().dataobj) > THRESHOLD
     got = np.asarray(nib.load(out).dataobj).astype(bool)
     agree = (got == expected).mean()
@@ -108,9 +118,15 @@ def test_a_volume_stored_in_another_orientation_gets_the_same_labels(tmp_path):
     nib.save(lpi, tmp_path / "lpi.nii.gz")
     two_mm = (2.0, 2.0, 2.0)
     predict_nifti(
-        ThresholdNet(), tmp_path / "lpi.nii.gz", tmp_path / "seg_lpi.nii.gz", two_mm, progress=False
+        ThresholdNet(),
+        tmp_path / "lpi.nii.gz",
+        tmp_path / "seg_lpi.nii.gz",
+        PredictSettings(spacing_mm=two_mm),
+        progress=False,
     )
-    predict_nifti(ThresholdNet(), MNI, tmp_path / "seg_ras.nii.gz", two_mm, progress=False)
+    predict_nifti(
+        ThresholdNet(), MNI, tmp_path / "seg_ras.nii.gz", PredictSettings(spacing_mm=two_mm), progress=False
+    )
     seg_lpi = np.asarray(nib.load(tmp_path / "seg_lpi.nii.gz").dataobj)
     seg_ras = np.asarray(nib.load(tmp_path / "seg_ras.nii.gz").dataobj)
     np.testing.assert_array_equal(nib.load(tmp_path / "seg_lpi.nii.gz").affine, lpi.affine)
@@ -121,8 +137,12 @@ def test_axial_first_models_get_the_volume_transposed_and_back(tmp_path):
     # A pointwise model must give the same map whichever axis order it is fed in.
     plain = ThresholdNet()
     zyx = ThresholdNet(axis_order="zyx")
-    predict_nifti(plain, MNI, tmp_path / "seg_a.nii.gz", spacing_mm=(4.0, 4.0, 4.0), progress=False)
-    r = predict_nifti(zyx, MNI, tmp_path / "seg_b.nii.gz", spacing_mm=(4.0, 4.0, 4.0), progress=False)
+    predict_nifti(
+        plain, MNI, tmp_path / "seg_a.nii.gz", PredictSettings(spacing_mm=(4.0, 4.0, 4.0)), progress=False
+    )
+    r = predict_nifti(
+        zyx, MNI, tmp_path / "seg_b.nii.gz", PredictSettings(spacing_mm=(4.0, 4.0, 4.0)), progress=False
+    )
     assert r.model_grid_shape[0] < r.model_grid_shape[1]  # z (48) first, then y (59)
     a = np.asarray(nib.load(tmp_path / "seg_a.nii.gz").dataobj)
     b = np.asarray(nib.load(tmp_path / "seg_b.nii.gz").dataobj)
@@ -136,7 +156,7 @@ def test_native_orientation_is_kept_when_the_weights_say_so(tmp_path):
         ThresholdNet(orientation=None),
         MNI,
         tmp_path / "seg.nii.gz",
-        spacing_mm=(4.0, 4.0, 4.0),
+        PredictSettings(spacing_mm=(4.0, 4.0, 4.0)),
         progress=False,
     )
     assert r.orientation is None
@@ -256,7 +276,7 @@ def test_qtunet_t_segments_the_mni_template_on_its_own_grid(tmp_path):
     torch.manual_seed(0)
     model = zoo.create("qtunet-t", img_size=32, num_classes=4)
     out = tmp_path / "seg.nii.gz"
-    predict_nifti(model, MNI, out, spacing_mm=(6.0, 6.0, 6.0), overlap=0.0, progress=False)
+    predict_nifti(model, MNI, out, PredictSettings(spacing_mm=(6.0, 6.0, 6.0), overlap=0.0), progress=False)
     seg = nib.load(out)
     assert seg.shape == _mni().shape
     np.testing.assert_array_equal(seg.affine, _mni().affine)
@@ -314,7 +334,7 @@ def test_argmax_labels_keeps_argmax_rule_for_nan():
 
 
 def test_windows_are_batched_by_default_and_the_caller_can_say_one():
-    from zoo.predict import AUTO_SW_BATCH, resolve_settings
+    from zoo.predict_checks import AUTO_SW_BATCH, resolve_settings
 
     cfg = ThresholdNet().pretrained_cfg
     assert AUTO_SW_BATCH == 2
@@ -326,9 +346,9 @@ def test_default_batched_windows_give_the_labels_of_one_window_per_forward(tmp_p
     # The same narrow FMUNet over the template, 2 windows per forward (default) vs 1: logits
     # agree to float rounding, so the label maps may differ only at near-ties (here: none).
     out1, out2 = tmp_path / "seg1.nii.gz", tmp_path / "seg2.nii.gz"
-    kw = dict(spacing_mm=(4.0, 4.0, 4.0), roi_size=(32, 32, 32), progress=False)
-    r2 = predict_nifti(_tiny_fmunet(3), MNI, out2, **kw)
-    predict_nifti(_tiny_fmunet(3), MNI, out1, sw_batch_size=1, **kw)
+    kw = dict(spacing_mm=(4.0, 4.0, 4.0), roi_size=(32, 32, 32))
+    r2 = predict_nifti(_tiny_fmunet(3), MNI, out2, PredictSettings(**kw), progress=False)
+    predict_nifti(_tiny_fmunet(3), MNI, out1, PredictSettings(sw_batch_size=1, **kw), progress=False)
     assert r2.num_windows >= 4
     a, b = np.asarray(nib.load(out1).dataobj), np.asarray(nib.load(out2).dataobj)
     assert (a != b).mean() < 1e-4

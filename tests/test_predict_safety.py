@@ -14,7 +14,8 @@ import torch
 import zoo
 from zoo.cli import main
 from zoo.inference import sliding_window_predict
-from zoo.predict import planned_cfg, predict_nifti, resolve_settings, sample_volume_path
+from zoo.predict import PredictSettings, planned_cfg, predict_nifti, sample_volume_path
+from zoo.predict_checks import resolve_settings
 
 from .test_predict import THRESHOLD, ThresholdNet
 
@@ -132,7 +133,7 @@ def test_cli_refuses_a_model_without_weights_before_building_it(tmp_path, small,
 def test_out_of_range_settings_are_refused_before_reading(tmp_path, small, kwargs, message):
     model = ThresholdNet()
     with pytest.raises(ValueError, match=message):
-        predict_nifti(model, small, tmp_path / "seg.nii.gz", progress=False, **kwargs)
+        predict_nifti(model, small, tmp_path / "seg.nii.gz", PredictSettings(**kwargs), progress=False)
     assert model.calls == 0 and not (tmp_path / "seg.nii.gz").exists()
 
 
@@ -142,14 +143,16 @@ def test_a_tiny_spacing_is_refused_with_the_memory_it_would_need(tmp_path, small
     with pytest.raises(
         ValueError, match=r"needs about [\d.]+ GB \(model grid \d+×\d+×\d+ .*budget is [\d.]+ GB"
     ):
-        predict_nifti(model, small, tmp_path / "seg.nii.gz", spacing_mm=(0.05,) * 3, progress=False)
+        predict_nifti(
+            model, small, tmp_path / "seg.nii.gz", PredictSettings(spacing_mm=(0.05,) * 3), progress=False
+        )
     assert model.calls == 0
 
 
 def test_an_overlap_that_asks_for_too_many_windows_is_refused_with_the_count(tmp_path, small):
     model = ThresholdNet(roi=(16, 16, 16))
     with pytest.raises(ValueError, match=r"needs \d+ sliding windows of 16×16×16 .* cap is 5000"):
-        predict_nifti(model, small, tmp_path / "seg.nii.gz", overlap=0.99, progress=False)
+        predict_nifti(model, small, tmp_path / "seg.nii.gz", PredictSettings(overlap=0.99), progress=False)
     assert model.calls == 0
 
 
@@ -159,7 +162,9 @@ def test_the_budget_is_configurable_by_environment_and_argument(tmp_path, small,
         ValueError, match=r"budget is 0.001 GB \(set by --max-memory-gb or MEDZOO_PREDICT_MAX_GB\)"
     ):
         predict_nifti(ThresholdNet(), small, tmp_path / "seg.nii.gz", progress=False)
-    r = predict_nifti(ThresholdNet(), small, tmp_path / "seg.nii.gz", progress=False, max_memory_gb=1.0)
+    r = predict_nifti(
+        ThresholdNet(), small, tmp_path / "seg.nii.gz", PredictSettings(max_memory_gb=1.0), progress=False
+    )
     assert r.output.exists()
     monkeypatch.delenv("MEDZOO_PREDICT_MAX_GB")
     monkeypatch.setenv("MEDZOO_PREDICT_MAX_WINDOWS", "1")
@@ -205,13 +210,19 @@ def test_predict_refuses_a_model_with_a_random_head_unless_allowed(tmp_path, sma
     ckpt = _encoder_only_checkpoint(tmp_path)
     model = zoo.create("fmunet", checkpoint_path=ckpt, num_classes=2, feature_chns=(4, 8, 16, 32, 64))
     assert model.pretrained_cfg["weights"]["covers"] == "encoder"
-    kw = dict(spacing_mm=(8.0,) * 3, roi_size=(32, 32, 32), progress=False)
+    kw = dict(spacing_mm=(8.0,) * 3, roi_size=(32, 32, 32))
     with pytest.raises(
         ValueError, match="cover only the encoder.*fine-tune them first.*--allow-untrained-head"
     ):
-        predict_nifti(model, small, tmp_path / "seg.nii.gz", **kw)
+        predict_nifti(model, small, tmp_path / "seg.nii.gz", PredictSettings(**kw), progress=False)
     assert not (tmp_path / "seg.nii.gz").exists()
-    r = predict_nifti(model, small, tmp_path / "seg.nii.gz", allow_untrained_head=True, **kw)
+    r = predict_nifti(
+        model,
+        small,
+        tmp_path / "seg.nii.gz",
+        PredictSettings(allow_untrained_head=True, **kw),
+        progress=False,
+    )
     assert r.output.exists()
 
 
@@ -296,8 +307,12 @@ def test_a_4d_series_asks_for_a_volume_and_segments_the_one_chosen(tmp_path, sma
     with pytest.raises(ValueError, match=r"a 4D series of 3 volumes: pick one with --volume N \(0..2\)"):
         predict_nifti(ThresholdNet(), path, tmp_path / "seg.nii.gz", progress=False)
     with pytest.raises(ValueError, match=r"--volume must be in 0..2"):
-        predict_nifti(ThresholdNet(), path, tmp_path / "seg.nii.gz", progress=False, volume=3)
-    r = predict_nifti(ThresholdNet(), path, tmp_path / "seg.nii.gz", progress=False, volume=1)
+        predict_nifti(
+            ThresholdNet(), path, tmp_path / "seg.nii.gz", PredictSettings(volume=3), progress=False
+        )
+    r = predict_nifti(
+        ThresholdNet(), path, tmp_path / "seg.nii.gz", PredictSettings(volume=1), progress=False
+    )
     labels = np.asarray(nib.load(r.output).dataobj).astype(bool)
     assert labels.shape == vol.shape and (labels == (vol > THRESHOLD)).mean() > 0.97
 

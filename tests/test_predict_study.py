@@ -16,7 +16,8 @@ from torch import nn
 
 import zoo
 from zoo.cli import main
-from zoo.predict import list_cases, predict_nifti, predict_study, sample_volume_path
+from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
+from zoo.study import StudySettings, list_cases, predict_study
 
 from .test_predict import THRESHOLD, ThresholdNet
 
@@ -69,7 +70,7 @@ def test_a_folder_predicts_skips_the_corrupt_file_and_resumes(study, tmp_path):
     folder, cases = study
     out = tmp_path / "seg"
     res = predict_study(
-        ThresholdNet(), folder, out, spacing_mm=(2.0, 2.0, 2.0), num_workers=1, progress=False
+        ThresholdNet(), folder, out, StudySettings(spacing_mm=(2.0, 2.0, 2.0), num_workers=1), progress=False
     )
     assert res.cases == 5 and len(res.written) == 4 and res.skipped == []
     assert list(res.failed) == [str(folder / "corrupt.nii.gz")]
@@ -89,12 +90,14 @@ def test_a_folder_predicts_skips_the_corrupt_file_and_resumes(study, tmp_path):
     # A rerun resumes: nothing is recomputed; a deleted output is the only one written again.
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     model = ThresholdNet()
-    again = predict_study(model, folder, out, spacing_mm=(2.0, 2.0, 2.0), num_workers=0, progress=False)
+    again = predict_study(
+        model, folder, out, StudySettings(spacing_mm=(2.0, 2.0, 2.0), num_workers=0), progress=False
+    )
     assert len(again.skipped) == 4 and again.written == [] and model.calls == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     (out / "lpi_4mm.nii.gz").unlink()
     third = predict_study(
-        ThresholdNet(), folder, out, spacing_mm=(2.0, 2.0, 2.0), num_workers=0, progress=False
+        ThresholdNet(), folder, out, StudySettings(spacing_mm=(2.0, 2.0, 2.0), num_workers=0), progress=False
     )
     assert [p.output.name for p in third.written] == ["lpi_4mm.nii.gz"] and len(third.skipped) == 3
 
@@ -195,7 +198,11 @@ def test_a_2d_model_segments_a_volume_slice_by_slice_along_the_chosen_axis(study
     folder, cases = study
     model = Threshold2d()
     r = predict_nifti(
-        model, folder / "lpi_4mm.nii.gz", tmp_path / "seg.nii.gz", slice_axis=axis, progress=False
+        model,
+        folder / "lpi_4mm.nii.gz",
+        tmp_path / "seg.nii.gz",
+        PredictSettings(slice_axis=axis),
+        progress=False,
     )
     assert all(len(s) == 4 and s[2:] == (32, 32) for s in model.shapes)  # 2D windows, never a volume
     grid = r.model_grid_shape
@@ -206,8 +213,8 @@ def test_a_2d_model_segments_a_volume_slice_by_slice_along_the_chosen_axis(study
 def test_the_2d_swin_unetr_predicts_a_volume(study, tmp_path):
     torch.manual_seed(0)
     model = zoo.create("swinunetr2d-c48", num_classes=3, feature_size=12, num_heads=(1, 1, 1, 1))
-    r = predict_nifti(model, study[0] / "ras_4mm.nii.gz", tmp_path / "seg.nii.gz", spacing_mm=(4.0, 4.0, 8.0),
-                      progress=False)  # fmt: skip
+    scan, out = study[0] / "ras_4mm.nii.gz", tmp_path / "seg.nii.gz"
+    r = predict_nifti(model, scan, out, PredictSettings(spacing_mm=(4.0, 4.0, 8.0)), progress=False)
     seg = nib.load(r.output)
     assert seg.shape == nib.load(study[0] / "ras_4mm.nii.gz").shape
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
@@ -225,17 +232,17 @@ def test_a_study_writes_the_label_maps_single_predictions_write(study, tmp_path)
     }
     cases = [folder / "lpi_4mm.nii.gz", folder / "aniso_3x4x5.nii"]
     kw = dict(roi_size=(32, 32, 32), overlap=0.5)
-    predict_study(model, cases, tmp_path / "study", num_workers=1, progress=False, **kw)
+    predict_study(model, cases, tmp_path / "study", StudySettings(num_workers=1, **kw), progress=False)
     for c in cases:
         name = c.name if c.name.endswith(".gz") else c.name + ".gz"
-        one = predict_nifti(model, c, tmp_path / "one" / name, progress=False, **kw)
+        one = predict_nifti(model, c, tmp_path / "one" / name, PredictSettings(**kw), progress=False)
         a = np.asarray(nib.load(tmp_path / "study" / name).dataobj)
         np.testing.assert_array_equal(a, np.asarray(nib.load(one.output).dataobj))
         assert len(np.unique(a)) > 1
 
 
 def test_a_reader_process_is_used_only_when_a_core_is_left_over(monkeypatch):
-    from zoo.predict import auto_workers
+    from zoo.study import auto_workers
 
     threads = torch.get_num_threads()
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(threads)))
@@ -248,5 +255,5 @@ def test_a_reader_process_is_used_only_when_a_core_is_left_over(monkeypatch):
 def test_a_bad_worker_count_is_refused_before_any_case(study, tmp_path, workers):
     model = ThresholdNet()
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
-        predict_study(model, study[0], tmp_path / "seg", num_workers=workers, progress=False)
+        predict_study(model, study[0], tmp_path / "seg", StudySettings(num_workers=workers), progress=False)
     assert model.calls == 0 and not (tmp_path / "seg").exists()

@@ -25,8 +25,8 @@ Counting conventions (stated because papers differ):
 
 Example::
 
-    from zoo.bench import benchmark
-    r = benchmark("qtunet-t", repeats=3)      # CUDA too when torch.cuda.is_available()
+    from zoo.bench import BenchSettings, benchmark
+    r = benchmark("qtunet-t", BenchSettings(repeats=3))  # CUDA too when torch.cuda.is_available()
     r.params, r.gmacs, r.gmacs_paper_setting, r.paper_gmacs, r.cpu_ms, r.ort_ms
 """
 
@@ -55,6 +55,7 @@ from zoo._registry import ModelSpec, resolve
 
 __all__ = [
     "BenchResult",
+    "BenchSettings",
     "benchmark",
     "count_params",
     "count_flops",
@@ -397,7 +398,7 @@ def onnxruntime_latency(
     path: str | Path, x: torch.Tensor, warmup: int = 1, repeats: int = 5, threads: int | None = None
 ) -> float:
     """Median ms of onnxruntime CPU runs of ``x`` on the model at ``path`` (threads do not spin)."""
-    from zoo.export import onnx_session
+    from zoo.onnx_runtime import onnx_session
 
     session = onnx_session(path, threads)
     feed = {session.get_inputs()[0].name: x.numpy()}
@@ -441,30 +442,11 @@ def _fmt_shape(shape: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in shape)
 
 
-def benchmark(
-    name: str,
-    *,
-    input_shape: Sequence[int] | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    warmup: int = 1,
-    repeats: int = 5,
-    threads: int | None = None,
-    cpu: bool = True,
-    onnx: bool = True,
-    cuda: bool | None = None,
-    cuda_repeats: int = 20,
-    onnx_opset: int | None = None,
-    baseline_opset: int | None = None,
-    baseline_onnx: str | Path | None = None,
-    baseline_label: str = "",
-    log: Callable[[str], None] | None = None,
-) -> BenchResult:
-    """Measure one registered model.
+@dataclass(frozen=True)
+class BenchSettings:
+    """What :func:`benchmark` measures and how; the defaults time PyTorch and onnxruntime at batch 1.
 
-    Args:
-        name: registry name (the architecture is built with random weights), or ``name.tag``:
-            those weights are loaded through :func:`zoo.create` (``pretrained=True``) and the
-            timed export carries them; unavailable weights raise before anything is measured.
+    Attributes:
         input_shape: input without batch; default ``spec.input_size`` (or the size that
             ``model_kwargs["img_size"]`` implies).
         model_kwargs: constructor overrides (``img_size=`` …) for the timed model.
@@ -481,20 +463,58 @@ def benchmark(
             export of an older medzoo, ``benchmarks/run_all.py --baseline-src``); it must take the
             same input.
         baseline_label: what the baseline graph is (``ort_baseline_graph``), e.g. ``main``.
+    """
+
+    input_shape: Sequence[int] | None = None
+    model_kwargs: Mapping[str, Any] | None = None
+    warmup: int = 1
+    repeats: int = 5
+    threads: int | None = None
+    cpu: bool = True
+    onnx: bool = True
+    cuda: bool | None = None
+    cuda_repeats: int = 20
+    onnx_opset: int | None = None
+    baseline_opset: int | None = None
+    baseline_onnx: str | Path | None = None
+    baseline_label: str = ""
+
+
+def benchmark(
+    name: str,
+    settings: BenchSettings | None = None,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure one registered model.
+
+    Args:
+        name: registry name (the architecture is built with random weights), or ``name.tag``:
+            those weights are loaded through :func:`zoo.create` (``pretrained=True``) and the
+            timed export carries them; unavailable weights raise before anything is measured.
+        settings: shape, model overrides, rounds, threads, back ends and baseline
+            (:class:`BenchSettings`); None takes the defaults.
         log: progress callback (e.g. ``print``).
 
     Returns:
         A :class:`BenchResult`.
     """
-    from zoo.export import default_input_shape, to_onnx
+    from zoo.export import ExportSettings, default_input_shape, to_onnx
 
+    if settings is not None and not isinstance(settings, BenchSettings):
+        raise TypeError(f"settings must be a BenchSettings, got {type(settings).__name__}")
+    opts = settings if settings is not None else BenchSettings()
+    input_shape, warmup, repeats, threads = opts.input_shape, opts.warmup, opts.repeats, opts.threads
+    cpu, onnx, cuda, cuda_repeats = opts.cpu, opts.onnx, opts.cuda, opts.cuda_repeats
+    onnx_opset, baseline_opset = opts.onnx_opset, opts.baseline_opset
+    baseline_onnx, baseline_label = opts.baseline_onnx, opts.baseline_label
     say = log or (lambda s: None)
     if baseline_opset and baseline_onnx:
         raise ValueError("give baseline_opset or baseline_onnx, not both")
     if baseline_onnx is not None and not Path(baseline_onnx).is_file():
         raise ValueError(f"baseline_onnx: expected an exported .onnx file, found no file at {baseline_onnx}")
     spec, tag = resolve(name)
-    kwargs = dict(model_kwargs or {})
+    kwargs = dict(opts.model_kwargs or {})
     if threads:
         torch.set_num_threads(int(threads))
     n_threads = torch.get_num_threads()
@@ -566,14 +586,17 @@ def benchmark(
 
             runners["torch"] = run_torch
         if onnx:
-            from zoo.export import onnx_session
+            from zoo.onnx_runtime import onnx_session
 
             say(f"{spec.name}: ONNX export (parity checked)")
             graphs = [("ort", onnx_opset)] + ([("ort_baseline", baseline_opset)] if baseline_opset else [])
             try:
                 for key, opset in graphs:
                     ex = to_onnx(
-                        model, Path(tmp) / f"{key}.onnx", shape, batch_sizes=(1,), opset=opset, verbose=False
+                        model,
+                        Path(tmp) / f"{key}.onnx",
+                        ExportSettings(input_shape=shape, batch_sizes=(1,), opset=opset),
+                        verbose=False,
                     )
                     if key == "ort":
                         res.onnx_exporter, res.onnx_opset = ex.exporter, ex.opset

@@ -6,12 +6,15 @@ parity check runs at each of them, because a graph traced at one size can drift 
 another (3D Swin window padding, shifts and masks are the usual culprits). An export
 whose outputs differ from PyTorch's by more than ``rtol`` of the output's scale fails.
 
+The model exported is a copy with export forms swapped in (:mod:`zoo.export_forms`); the file
+describes itself in its metadata, which :mod:`zoo.onnx_runtime` reads back to run it.
+
 Example::
 
-    from zoo.export import to_onnx
+    from zoo.export import ExportSettings, to_onnx
     result = to_onnx("qtunet-t", "qtunet-t.onnx")        # prints max abs / rel diff per shape
     result.exporter, result.max_rel                       # e.g. ("dynamo", 1.2e-06)
-    to_onnx("fmunet", "fmunet.onnx", input_shapes=[(1, 64, 128, 128), (1, 96, 160, 160)])
+    to_onnx("fmunet", "fmunet.onnx", ExportSettings(input_shapes=[(1, 64, 128, 128), (1, 96, 160, 160)]))
 """
 
 from __future__ import annotations
@@ -28,25 +31,22 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils._pytree import tree_flatten
 
 from zoo._registry import ModelSpec, resolve
+from zoo.export_forms import for_export
+from zoo.onnx_runtime import METADATA_KEYS, onnx_session
 
 log = logging.getLogger("zoo")
 
 __all__ = [
     "to_onnx",
+    "ExportSettings",
     "ExportResult",
     "Parity",
     "OnnxParityError",
     "default_input_shape",
     "reduced_config",
-    "onnx_session",
-    "read_onnx_metadata",
-    "load_onnx",
-    "OnnxModel",
-    "METADATA_KEYS",
 ]
 
 # Above this much parameter data the weights go to an external-data file (protobuf caps at 2 GiB).
@@ -214,45 +214,6 @@ def reduced_config(spec: ModelSpec, min_side: int = 32) -> tuple[dict[str, Any],
     return {}, full
 
 
-# -- onnxruntime ---------------------------------------------------------------------------------
-
-
-def onnx_session(
-    path: str | Path,
-    threads: int | None = None,
-    *,
-    spinning: bool = False,
-    optimized_path: str | Path | None = None,
-):
-    """An onnxruntime CPU session on ``path``.
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (default: torch's).
-        spinning: let idle onnxruntime threads spin-wait. Off by default: on a shared or small
-            machine spinning threads steal the cores the working ones need (measured 1.4–2.9×
-            slower on 2 loaded cores); a dedicated server may gain a few percent with it on.
-        optimized_path: also write the graph after onnxruntime's optimisations (all levels,
-            attention and layout fusions included) there, for serving without re-optimising.
-
-    Returns:
-        An ``onnxruntime.InferenceSession`` with graph optimisation ``ORT_ENABLE_ALL``.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    flag = "1" if spinning else "0"
-    opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
-    opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
-    if optimized_path is not None:
-        opts.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def _flat_outputs(out: Any) -> list[torch.Tensor]:
     leaves, _ = tree_flatten(out)
     tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
@@ -356,157 +317,6 @@ def _export_torchscript(
         )
 
 
-_INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-
-
-class _ExportInstanceNorm(nn.Module):
-    """An instance norm whose exported statistics are as accurate as PyTorch's.
-
-    onnxruntime's ``InstanceNormalization`` accumulates a channel's mean and variance in float32
-    in one run: over the 1 M voxels of a 64×128×128 map its output is 1e-5 to 5e-5 (relative)
-    from a float64 reference where PyTorch's is 1e-7, and FMUNet's 36 norms carried that to 1e-4
-    of its logits. Here the mean and the variance of the centred values are taken in two stages
-    (over the last axis, then over the rest), which keeps each sum short.
-    """
-
-    def __init__(self, norm: nn.InstanceNorm3d) -> None:
-        super().__init__()
-        self.eps = norm.eps
-        self.weight = norm.weight if norm.affine else None
-        self.bias = norm.bias if norm.affine else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c = x.shape[:2]
-        rows = x.reshape(n, c, -1, x.shape[-1]) if x.ndim > 3 else x.reshape(n, c, 1, -1)
-        mean = rows.mean(-1, keepdim=True).mean(-2, keepdim=True)
-        # sum of squares of the centred values through a norm (ReduceL2): no squared copy
-        sq = torch.linalg.vector_norm(rows - mean, dim=-1, keepdim=True).square().sum(-2)
-        var = sq.flatten() / rows[0, 0].numel()
-        # the normalisation itself as one fused BatchNormalization pass over (1, N·C, …)
-        w = None if self.weight is None else self.weight.repeat(n)
-        b = None if self.bias is None else self.bias.repeat(n)
-        # inference only: batch_norm refuses statistics that carry gradients
-        stats = mean.flatten().detach(), var.detach()
-        y = F.batch_norm(x.reshape(1, n * c, -1), *stats, w, b, False, 0.0, self.eps)
-        return y.reshape(x.shape)
-
-
-def _size_keeping_3d(conv: nn.Module) -> bool:
-    """A plain Conv3d of stride 1 whose zero padding keeps the map's size (what both 2D forms need)."""
-    if type(conv) is not nn.Conv3d or conv.stride != (1, 1, 1) or conv.padding_mode != "zeros":
-        return False
-    k, d, p = conv.kernel_size, conv.dilation, conv.padding
-    return isinstance(p, tuple) and all(2 * pi == di * (ki - 1) for ki, di, pi in zip(k, d, p, strict=True))
-
-
-def _is_depthwise_3d(conv: nn.Module) -> bool:
-    """A size-keeping Conv3d of one filter per channel."""
-    return _size_keeping_3d(conv) and conv.groups > 1 and conv.out_channels == conv.in_channels == conv.groups
-
-
-class _ExportDepthwiseConv3d(nn.Module):
-    """A depth-wise 3D convolution computed as a sum of 2D depth-wise convolutions.
-
-    onnxruntime has no depth-wise kernel for 3D: it runs a grouped ``Conv`` as one small im2col +
-    GEMM per channel, while its 2D depth-wise kernel is direct and vectorised. With depth moved
-    into the batch, tap ``a`` of the kernel's depth axis is a 2D depth-wise convolution of the
-    depth slices shifted by ``a·dilation``; the sum over taps is the 3D convolution. Measured per
-    node at 1 thread (64 channels at 24³): 7³ dilated 82 → 12 ms, 5³ 29 → 6 ms, 3³ at 512
-    channels 60 → 43 ms. (Stacking the taps on the channel axis into one node exports faster
-    but ran 1.5–2.6× slower: the stacked copy and the sum over taps are extra passes.)
-    """
-
-    def __init__(self, conv: nn.Conv3d) -> None:
-        super().__init__()
-        self.weight, self.bias = conv.weight, conv.bias
-        self.kd, self.dd, self.pd = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-        self.padding, self.dilation = conv.padding[1:], conv.dilation[1:]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, c, d, h, w = x.shape
-        # (N, D, C, H, W), depth zero-padded: each tap's input is a contiguous run of slices
-        xt = F.pad(x.transpose(1, 2), (0, 0, 0, 0, 0, 0, self.pd, self.pd))
-        out = None
-        for a in range(self.kd):
-            y = F.conv2d(
-                xt[:, a * self.dd : a * self.dd + d].reshape(-1, c, h, w),
-                self.weight[:, :, a],
-                self.bias if a == 0 else None,
-                padding=self.padding,
-                dilation=self.dilation,
-                groups=c,
-            )
-            out = y if out is None else out + y
-        return out.reshape(-1, d, c, h, w).transpose(1, 2)
-
-
-def _is_dense_same_3d(conv: nn.Module) -> bool:
-    """A size-keeping Conv3d of full channel mixing, no dilation, and a spatial kernel (a 1×1×1
-    convolution is a MatMul-like node already)."""
-    return (
-        _size_keeping_3d(conv)
-        and conv.groups == 1
-        and conv.dilation == (1, 1, 1)
-        and conv.kernel_size[1:] != (1, 1)
-    )
-
-
-class _ExportConv3d(nn.Module):
-    """A dense 3D convolution computed as one 2D convolution over depth slices.
-
-    onnxruntime runs a 3D ``Conv`` as im2col + GEMM, but a 2D one in its blocked (NCHWc) direct
-    kernels. With depth moved into the batch and the ``kd`` depth-shifted copies of the input
-    stacked on the channel axis, the 3D convolution is one 2D convolution with ``kd·C`` input
-    channels (weight ``(O, C, kd, kh, kw)`` → ``(O, kd·C, kh, kw)``). Measured per node at
-    1 thread: 7–17 % faster than onnxruntime's 3D ``Conv`` from 16 channels at 64×128×128 to
-    96 at 24³.
-    """
-
-    def __init__(self, conv: nn.Conv3d) -> None:
-        super().__init__()
-        self.bias = conv.bias
-        o, c, kd, kh, kw = conv.weight.shape
-        self.kd, self.pd = kd, conv.padding[0]
-        self.padding = conv.padding[1:]
-        # tap-major input channels, as the stacked copies below
-        self.weight = nn.Parameter(conv.weight.detach().transpose(1, 2).reshape(o, kd * c, kh, kw))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, c, d, h, w = x.shape
-        xt = x.transpose(1, 2)  # (N, D, C, H, W)
-        if self.kd > 1:
-            xp = F.pad(xt, (0, 0, 0, 0, 0, 0, self.pd, self.pd))
-            xt = torch.cat([xp[:, a : a + d] for a in range(self.kd)], dim=2)
-        y = F.conv2d(xt.reshape(-1, self.kd * c, h, w), self.weight, self.bias, padding=self.padding)
-        return y.reshape(-1, d, y.shape[1], h, w).transpose(1, 2)
-
-
-def _export_form(sub: nn.Module) -> nn.Module | None:
-    if isinstance(sub, _INSTANCE_NORMS) and not (sub.track_running_stats and not sub.training):
-        return _ExportInstanceNorm(sub)
-    if _is_depthwise_3d(sub):
-        return _ExportDepthwiseConv3d(sub)
-    if _is_dense_same_3d(sub):
-        return _ExportConv3d(sub)
-    return None
-
-
-def _for_export(module: nn.Module) -> nn.Module:
-    """``module`` (a copy) with the submodules that onnxruntime computes less accurately or more
-    slowly than PyTorch replaced by export forms of the same function: instance norms on batch
-    statistics, depth-wise 3D convolutions as sums of 2D ones, dense ones as one 2D convolution
-    over depth slices."""
-    top = _export_form(module)
-    if top is not None:
-        return top
-    for child in list(module.modules()):
-        for attr, sub in list(child.named_children()):
-            repl = _export_form(sub)
-            if repl is not None:
-                setattr(child, attr, repl)
-    return module
-
-
 _EXPORT_FNS: dict[str, Callable[..., None]] = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
 
 
@@ -539,20 +349,45 @@ def _resolve_model(
     return built.eval(), spec
 
 
+@dataclass(frozen=True)
+class ExportSettings:
+    """How :func:`to_onnx` exports and checks; the defaults export at the model's declared size.
+
+    Attributes:
+        input_shape: one input shape without the batch axis, ``(C, *spatial)`` (default:
+            the model's declared size, see :func:`default_input_shape`).
+        input_shapes: several shapes without batch, same rank; when their spatial sizes
+            differ the spatial axes are exported dynamic and parity is checked at each —
+            the model counts as shape-polymorphic only if every one passes.
+        tag: weights tag when the model is given by name.
+        checkpoint_path: local checkpoint when the model is given by name.
+        model_kwargs: further :func:`zoo.create` arguments (``img_size=``, ``num_classes=`` …).
+        opset: ONNX opset (default: the exporter's own, :data:`DYNAMO_OPSET` for dynamo, 17 for
+            TorchScript).
+        exporter: ``"dynamo"`` (``torch.export``), ``"torchscript"``, or ``"auto"``: dynamo,
+            falling back to TorchScript when dynamo fails to export or to match.
+        batch_sizes: batch sizes the parity check runs (the batch axis is always dynamic).
+        rtol: tolerance on max |onnx − torch| / max |torch| per output.
+        check: run the onnxruntime parity check (otherwise only export).
+    """
+
+    input_shape: Sequence[int] | None = None
+    input_shapes: Sequence[Sequence[int]] | None = None
+    tag: str | None = None
+    checkpoint_path: str | Path | None = None
+    model_kwargs: Mapping[str, Any] | None = None
+    opset: int | None = None
+    exporter: str = "auto"
+    batch_sizes: Sequence[int] = (1, 2)
+    rtol: float = 1e-4
+    check: bool = True
+
+
 def to_onnx(
     model: nn.Module | str,
     path: str | Path,
-    input_shape: Sequence[int] | None = None,
+    settings: ExportSettings | None = None,
     *,
-    input_shapes: Sequence[Sequence[int]] | None = None,
-    tag: str | None = None,
-    checkpoint_path: str | Path | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    opset: int | None = None,
-    exporter: str = "auto",
-    batch_sizes: Sequence[int] = (1, 2),
-    rtol: float = 1e-4,
-    check: bool = True,
     verbose: bool = True,
 ) -> ExportResult:
     """Export a zoo model to ONNX and check it against PyTorch with onnxruntime.
@@ -561,21 +396,8 @@ def to_onnx(
         model: an ``nn.Module`` (a zoo model) or a registered name / ``name.tag``; a name
             is built with :func:`zoo.create` (weights when a tag is named).
         path: the ``.onnx`` file to write (large models add ``<path>.data``).
-        input_shape: one input shape without the batch axis, ``(C, *spatial)`` (default:
-            the model's declared size, see :func:`default_input_shape`).
-        input_shapes: several shapes without batch, same rank; when their spatial sizes
-            differ the spatial axes are exported dynamic and parity is checked at each —
-            the model counts as shape-polymorphic only if every one passes.
-        tag: weights tag when ``model`` is a name.
-        checkpoint_path: local checkpoint when ``model`` is a name.
-        model_kwargs: further :func:`zoo.create` arguments (``img_size=``, ``num_classes=`` …).
-        opset: ONNX opset (default: the exporter's own, 20 for dynamo in torch 2.14, 17 for
-            TorchScript).
-        exporter: ``"dynamo"`` (``torch.export``), ``"torchscript"``, or ``"auto"``: dynamo,
-            falling back to TorchScript when dynamo fails to export or to match.
-        batch_sizes: batch sizes the parity check runs (the batch axis is always dynamic).
-        rtol: tolerance on max |onnx − torch| / max |torch| per output.
-        check: run the onnxruntime parity check (otherwise only export).
+        settings: shapes, weights, exporter, opset and parity check (:class:`ExportSettings`);
+            None exports at the model's declared size with the defaults.
         verbose: print the parity lines.
 
     Returns:
@@ -591,11 +413,16 @@ def to_onnx(
     require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")
     import onnx
 
+    if settings is not None and not isinstance(settings, ExportSettings):
+        raise TypeError(f"settings must be an ExportSettings, got {type(settings).__name__}")
+    opts = settings if settings is not None else ExportSettings()
+    input_shape, input_shapes = opts.input_shape, opts.input_shapes
+    exporter, batch_sizes, rtol = opts.exporter, opts.batch_sizes, opts.rtol
     if exporter not in ("auto", *EXPORTERS):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
-    module, spec = _resolve_model(model, tag, checkpoint_path, model_kwargs or {})
+    module, spec = _resolve_model(model, opts.tag, opts.checkpoint_path, opts.model_kwargs or {})
     if input_shapes is not None and input_shape is not None:
         raise ValueError("give input_shape or input_shapes, not both")
     shapes = [
@@ -634,12 +461,12 @@ def to_onnx(
             # A fresh copy per exporter: tracing can leave state (caches) on modules that would leak
             # into the next attempt and into the caller's model.
             _EXPORT_FNS[name](
-                _for_export(copy.deepcopy(module)),
+                for_export(copy.deepcopy(module)),
                 _example(trace_shape, 0),
                 path,
                 n_out,
                 dyn_axes,
-                opset,
+                opts.opset,
                 external,
             )
         except Exception as e:  # exporters raise many types; the next one gets its chance
@@ -663,7 +490,7 @@ def to_onnx(
             rtol=rtol,
             fallback_reason="; ".join(failures) or None,
         )
-        if not check:
+        if not opts.check:
             return result
         try:
             session = onnx_session(path)
@@ -720,32 +547,6 @@ def _opset_of(onnx: Any, path: Path) -> int:
 
 # -- self-describing files -------------------------------------------------------------------------
 
-# metadata_props keys (values are strings; JSON where structured). A file carries all of them.
-METADATA_KEYS = (
-    "medzoo.version",
-    "medzoo.model",
-    "medzoo.family",
-    "medzoo.weights_tag",
-    "medzoo.weights_sha256",
-    "medzoo.weights",
-    "medzoo.model_args",
-    "medzoo.input_size",
-    "medzoo.input_axes",
-    "medzoo.axis_order",
-    "medzoo.preprocessing",
-    "medzoo.labels",
-    "medzoo.num_classes",
-    "medzoo.sliding_window",
-)
-_JSON_KEYS = {
-    "medzoo.weights",
-    "medzoo.model_args",
-    "medzoo.input_size",
-    "medzoo.input_axes",
-    "medzoo.preprocessing",
-    "medzoo.labels",
-    "medzoo.sliding_window",
-}
 _SPATIAL_NAMES = ("depth", "height", "width")
 
 
@@ -856,112 +657,3 @@ def _describe(
                 d.dim_param = rename[d.dim_param]
     onnx.save(m, str(path))  # external tensors keep their locations: only the graph file is rewritten
     onnx.checker.check_model(str(path))
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The medzoo description of an exported file, from its ``metadata_props`` alone.
-
-    Returns:
-        ``{"version", "model", "family", "weights_tag", "weights_sha256", "weights",
-        "model_args", "input_size", "input_axes", "axis_order", "preprocessing", "labels",
-        "num_classes", "sliding_window", "doc_string"}`` (JSON values decoded; keys without the
-        ``medzoo.`` prefix).
-
-    Raises:
-        ValueError: not an ONNX file, or one without medzoo metadata (exported elsewhere or by
-            an older medzoo), naming the keys that are missing.
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ValueError(f"{path}: not an ONNX file ({type(e).__name__}: {str(e)[:200]})") from e
-    props = {p.key: p.value for p in m.metadata_props}
-    missing = [k for k in METADATA_KEYS if k not in props]
-    if missing:
-        raise ValueError(
-            f"{path}: expected medzoo metadata ({', '.join(METADATA_KEYS[:3])} …), missing "
-            f"{', '.join(missing)}; re-export it with zoo export"
-        )
-    out: dict[str, Any] = {}
-    for k in METADATA_KEYS:
-        v = props[k]
-        if k in _JSON_KEYS:
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: metadata {k} is not valid JSON ({e}): {v[:200]!r}") from e
-        out[k.removeprefix("medzoo.")] = v
-    out["num_classes"] = int(out["num_classes"]) if out["num_classes"] else None
-    out["doc_string"] = m.doc_string
-    return out
-
-
-class OnnxModel(nn.Module):
-    """An exported file run by onnxruntime, usable where a zoo model is expected for inference.
-
-    Callable on a float tensor (batch first) and returns a float tensor; ``pretrained_cfg`` is
-    rebuilt from the file's metadata alone, so :func:`zoo.predict.predict_nifti` and
-    :func:`zoo.inference.sliding_window_predict` take it as they take a model from
-    :func:`zoo.create`. Inference only: ``train()`` refuses, there are no parameters.
-
-    Args:
-        path: the ``.onnx`` file (exported by :func:`to_onnx`).
-        threads: onnxruntime intra-op threads (default: torch's).
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self.metadata = read_onnx_metadata(self.path)
-        md = self.metadata
-        self.pretrained_cfg = {
-            "name": md["model"],
-            "tag": md["weights_tag"] or None,
-            "family": md["family"],
-            "model_args": md["model_args"],
-            "input_size": md["input_size"] if len(md["input_size"]) > 1 else None,
-            "preprocessing": md["preprocessing"],
-            "sliding_window": md["sliding_window"] or {},
-            "weights": md["weights"],
-            "onnx": str(self.path),
-        }
-        if md["labels"] is not None:
-            self.pretrained_cfg["labels"] = md["labels"]
-        self.num_classes = md["num_classes"]
-        self._session = onnx_session(self.path, threads)
-        self._input = self._session.get_inputs()[0]
-        super().train(False)
-
-    def train(self, mode: bool = True) -> OnnxModel:
-        if mode:
-            raise RuntimeError(f"{self.path.name} is an ONNX file run by onnxruntime: inference only")
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        if x.dtype != torch.float32:
-            x = x.float()
-        dims = self._input.shape
-        if len(dims) != x.ndim or any(
-            isinstance(d, int) and d != s for d, s in zip(dims[1:], x.shape[1:], strict=False)
-        ):
-            raise ValueError(f"{self.path.name} takes inputs of shape {tuple(dims)}, got {tuple(x.shape)}")
-        outs = self._session.run(None, {self._input.name: x.detach().cpu().contiguous().numpy()})
-        tensors = [torch.from_numpy(o) for o in outs]
-        return tensors[0] if len(tensors) == 1 else tensors
-
-    def extra_repr(self) -> str:
-        return f"path={self.path.name}, model={self.metadata['model']}"
-
-
-def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
-    """An exported file as a model: see :class:`OnnxModel`.
-
-    Raises:
-        ValueError: not an ONNX file or one without medzoo metadata.
-    """
-    return OnnxModel(path, threads)

@@ -12,12 +12,9 @@ Resolution for a weights tag (``zoo.create`` handles ``checkpoint_path`` before 
 2. The upstream URL: downloaded once under a lock, checked against the published digest
    (git blob SHA-1 or sha256), converted to safetensors and cached under
    ``$MEDZOO_CACHE`` (default ``~/.cache/medzoo``) with a sidecar JSON (``name``, ``tag``,
-   ``sha256`` of the converted file, ``source_digest`` of the upstream file).
-   ``MEDZOO_UPSTREAM_ENDPOINT`` replaces the scheme and host of upstream URLs (a mirror),
-   Google Drive's hosts included. Google Drive files go through ``gdown``: a file URL
-   (``drive.google.com/uc?id=…``) past Drive's virus-scan confirmation page, or
-   ``drive.google.com/drive/folders/<id>#<file name>[,<other name>]`` for a file picked by
-   name from a shared folder.
+   ``sha256`` of the converted file, ``source_digest`` of the upstream file). The transfer
+   itself is :mod:`zoo.download`'s: HTTP, or Google Drive through ``gdown``, with
+   ``MEDZOO_UPSTREAM_ENDPOINT`` as a mirror; it keeps the invariants below.
 
 Invariants:
 
@@ -50,17 +47,12 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -88,7 +80,6 @@ __all__ = [
 
 _CHUNK = 1 << 20
 _MIB = 1 << 20
-_DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -562,207 +553,6 @@ def _from_hub(spec: ModelSpec, ws: WeightSpec) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------- upstream
-
-
-def upstream_url(url: str) -> str:
-    """``url``, with scheme and host replaced by ``MEDZOO_UPSTREAM_ENDPOINT`` when set."""
-    mirror = os.environ.get("MEDZOO_UPSTREAM_ENDPOINT")
-    if not mirror:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    base = mirror.rstrip("/")
-    return base + parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def is_drive_url(url: str) -> bool:
-    """Whether ``url`` is a Google Drive file or folder link (fetched through gdown)."""
-    return urllib.parse.urlsplit(url).hostname in _DRIVE_HOSTS
-
-
-def _download(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
-    """Stream ``url`` to ``dest`` within ``limits``; a short read, a crossed bound or a web page fails."""
-    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
-    req = urllib.request.Request(url, headers={"User-Agent": "medzoo"})
-    try:
-        resp = urllib.request.urlopen(req, timeout=limits.stall_s)
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"{what}: upstream {url} answered HTTP {e.code} {e.reason}") from e
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError | socket.timeout):
-            raise transfer.stall_error() from e
-        raise DownloadError(f"{what}: cannot reach upstream {url}: {e.reason}") from e
-    except TimeoutError as e:
-        raise transfer.stall_error() from e
-    except OSError as e:
-        raise DownloadError(f"{what}: cannot reach upstream {url}: {e}") from e
-    with resp, open(dest, "wb") as out:
-        if (resp.headers.get("Content-Type") or "").lower().startswith("text/"):  # absent is not text
-            raise _page_error(what, url, " ".join(resp.read1(4096).decode("utf-8", "replace").split())[:200])
-        total = resp.headers.get("Content-Length")
-        total = int(total) if total is not None and total.isdigit() else None
-        transfer.announce(total)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False)
-        try:
-            while True:
-                try:
-                    chunk = resp.read1(_CHUNK)  # returns what has arrived: the deadline is checked per read
-                except TimeoutError as e:
-                    raise transfer.stall_error() from e
-                except OSError as e:
-                    raise DownloadError(f"{what}: connection to {url} failed: {e}") from e
-                if not chunk:
-                    break
-                out.write(chunk)
-                transfer.seen(transfer.received + len(chunk))
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
-    if total is not None and transfer.received != total:
-        raise DownloadError(
-            f"{what}: truncated download from {url}: received {transfer.received} of {total} bytes"
-        )
-    return dest
-
-
-# ------------------------------------------------------------------ Google Drive
-
-_SEAM_LOCK = threading.Lock()
-_LAST_PAGE = threading.local()
-
-
-def _install_drive_seam() -> None:
-    """Route gdown's requests to Drive's hosts through ``MEDZOO_UPSTREAM_ENDPOINT`` when it is set."""
-    import importlib
-
-    # The package re-exports functions under the module names: fetch the modules themselves.
-    gd = importlib.import_module("gdown.download")
-    gf = importlib.import_module("gdown.download_folder")
-    with _SEAM_LOCK:
-        if getattr(gd._get_session, "_medzoo_seam", False):
-            return
-        make_session = gd._get_session
-
-        def _get_session(**kwargs: Any) -> Any:
-            sess, cookies_file = make_session(**kwargs)
-            request = sess.request
-
-            def _request(method: str, url: str, *args: Any, **kw: Any) -> Any:
-                host = urllib.parse.urlsplit(url).hostname
-                resp = request(method, upstream_url(url) if host in _DRIVE_HOSTS else url, *args, **kw)
-                if resp.headers.get("Content-Type", "").startswith("text/"):
-                    _LAST_PAGE.response = resp  # the page shown when gdown cannot use it
-                return resp
-
-            sess.request = _request
-            return sess, cookies_file
-
-        _get_session._medzoo_seam = True  # type: ignore[attr-defined]
-        # Seam: gdown hard-codes Drive's https hosts, and opens every session in this one function.
-        gd._get_session = gf._get_session = _get_session
-
-
-def _last_page_excerpt() -> str:
-    resp = getattr(_LAST_PAGE, "response", None)
-    try:
-        text = resp.text if resp is not None else ""
-    except Exception:  # a streamed page that gdown closed unread
-        text = ""
-    return " ".join(text.split())[:200] or "(empty page)"
-
-
-def _drive_file_id(url: str, dest_dir: Path, limits: DownloadLimits, what: str) -> str:
-    """The Drive file id named by ``url``: its ``id``, or the folder entry named in its fragment."""
-    import gdown
-    import requests
-
-    parts = urllib.parse.urlsplit(url)
-    folder = re.match(r"^/drive/folders/([-\w]+)", parts.path)
-    if folder is None:
-        file_id, _ = gdown.parse_url.parse_url(url)
-        if not file_id:
-            raise ValueError(f"{what}: {url} names no Google Drive file id")
-        return file_id
-    names = [urllib.parse.unquote(n) for n in parts.fragment.split(",") if n]
-    if not names:
-        raise ValueError(f"{what}: Drive folder URL {url} must end with #<file name>")
-    _LAST_PAGE.response = None
-    try:
-        listing = gdown.download_folder(
-            id=folder.group(1),
-            output=str(dest_dir) + os.sep,
-            skip_download=True,
-            quiet=True,
-            use_cookies=False,
-            timeout=(limits.stall_s, limits.stall_s),
-        )
-    except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{what}: cannot list Google Drive folder {folder.group(1)}: {e}") from e
-    except gdown.exceptions.DownloadError as e:
-        first = str(e).splitlines()[0]
-        raise DownloadError(f"{what}: Google Drive folder {folder.group(1)}: {first}") from e
-    found = {PurePosixPath(f.path).name: f.id for f in listing}
-    for name in names:
-        if name in found:
-            return found[name]
-    raise DownloadError(
-        f"{what}: Google Drive folder {folder.group(1)} has no file {' or '.join(names)} "
-        f"(it holds: {', '.join(sorted(found)) or 'nothing'})"
-    )
-
-
-def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
-    """Download a Google Drive file (past the virus-scan page) with gdown, within ``limits``."""
-    import gdown
-    import requests
-
-    _install_drive_seam()
-    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
-    file_id = _drive_file_id(url, dest.parent, limits, what)
-    cancel = threading.Event()
-    timer = threading.Timer(max(0.0, limits.deadline_s - (time.monotonic() - transfer.start)), cancel.set)
-    timer.daemon = True
-    timer.start()
-
-    def _progress(done: int, total: int | None) -> None:
-        transfer.announce(total)
-        transfer.seen(done)
-
-    _LAST_PAGE.response = None
-    try:
-        gdown.download(
-            id=file_id,
-            output=str(dest),
-            quiet=not progress,
-            use_cookies=False,  # never read or write ~/.cache/gdown/cookies.txt
-            timeout=(limits.stall_s, limits.stall_s),
-            progress=_progress,
-            cancel=cancel,
-        )
-    except gdown.exceptions.DownloadCancelled as e:
-        raise transfer.deadline_error() from e
-    except gdown.exceptions.FileURLRetrievalError as e:
-        raise _page_error(what, url, _last_page_excerpt()) from e
-    except requests.exceptions.HTTPError as e:
-        code = e.response.status_code if e.response is not None else "?"
-        raise DownloadError(f"{what}: Google Drive answered HTTP {code} for {url}") from e
-    except (requests.exceptions.Timeout, TimeoutError) as e:
-        raise (transfer.deadline_error() if cancel.is_set() else transfer.stall_error()) from e
-    except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{what}: cannot reach Google Drive for {url}: {type(e).__name__}") from e
-    except gdown.exceptions.DownloadError as e:
-        raise DownloadError(f"{what}: Google Drive download of {url} failed: {str(e).splitlines()[0]}") from e
-    finally:
-        timer.cancel()
-    return dest
-
-
 # ------------------------------------------------------------------------- cache
 
 
@@ -882,6 +672,7 @@ def _warn_if_unpinned(spec: ModelSpec, ws: WeightSpec, meta: dict[str, Any]) -> 
 
 def _from_upstream(spec: ModelSpec, ws: WeightSpec, progress: bool) -> Path:
     from zoo.convert import convert_checkpoint, read_checkpoint
+    from zoo.download import fetch_upstream  # it builds on this module's limits and errors
 
     target = converted_path(spec, ws)
     what = f"{spec.name}.{ws.tag}"
@@ -902,14 +693,7 @@ def _from_upstream(spec: ModelSpec, ws: WeightSpec, progress: bool) -> Path:
         work = Path(tempfile.mkdtemp(dir=target.parent, prefix=_part_name(target), suffix=".part"))
         try:
             raw = work / "upstream"
-            if is_drive_url(ws.url):
-                url = ws.url
-                log.info("downloading %s from Google Drive %s", what, url)
-                _download_drive(url, raw, limits, progress, what)
-            else:
-                url = upstream_url(ws.url)
-                log.info("downloading %s from %s", what, url)
-                _download(url, raw, limits, progress, what)
+            url = fetch_upstream(ws.url, raw, limits, progress, what)
             if (page := web_page_excerpt(raw)) is not None:
                 raise _page_error(what, url, page)
             source_sha = file_digest(raw)

@@ -120,6 +120,8 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     assert "license_name: no-license" in card
     assert cfg["redistributable"] is False and cfg["permission_obtained"] is True
     assert set(load_file(str(out / "model.safetensors"))) == set(ct_ssl_encoder)
+    # This file is not the upstream one (its digest is not the registry's): no claim that it is.
+    assert cfg["source_url"] is None and cfg["source_digest"] is None
 
 
 def test_card_check_passes_on_the_checked_in_cards(capsys, monkeypatch):

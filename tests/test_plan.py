@@ -166,10 +166,19 @@ def test_a_byte_identical_encoder_carries_its_licence_without_any_record(tmp_pat
 def test_a_tag_is_published_only_with_its_own_file(tmp_path, ct_ssl):
     unrelated = tmp_path / "other.safetensors"
     save_file({k: v.contiguous() for k, v in _state(5).items()}, str(unrelated))
-    with pytest.raises(ValueError, match=r"other\.safetensors .* not identified as any registered weights"):
+    with pytest.raises(
+        ValueError, match=r"other\.safetensors is not qtunet-t\.ct-ssl: that tag holds the encoder only"
+    ):
         publish("qtunet-t.ct-ssl", "org/x", tmp_path / "o", dry_run=True, checkpoint_path=unrelated,
                 permission_obtained=True)  # fmt: skip
     assert not (tmp_path / "o").exists()
+    # A copy of the tag's own tensors, identified by content: published with the tag's provenance.
+    copy = tmp_path / "copy.safetensors"
+    save_file({k: v.contiguous() for k, v in ct_ssl.items()}, str(copy))
+    out = publish("qtunet-t.ct-ssl", "org/x", tmp_path / "o2", dry_run=True, checkpoint_path=copy,
+                  permission_obtained=True)  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["source_digest"] == zoo.get_spec("qtunet-t").weight("ct-ssl").upstream_digest
 
 
 # ------------------------------------------------------------------------------------ hostile configs

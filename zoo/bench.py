@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo._registry import ModelSpec, resolve
+from zoo._registry import ModelSpec
 
 __all__ = [
     "BenchResult",
@@ -481,7 +481,7 @@ class BenchSettings:
 
 
 def benchmark(
-    name: str,
+    name: Any,
     settings: BenchSettings | None = None,
     *,
     log: Callable[[str], None] | None = None,
@@ -513,21 +513,26 @@ def benchmark(
         raise ValueError("give baseline_opset or baseline_onnx, not both")
     if baseline_onnx is not None and not Path(baseline_onnx).is_file():
         raise ValueError(f"baseline_onnx: expected an exported .onnx file, found no file at {baseline_onnx}")
-    spec, tag = resolve(name)
+    from zoo.plan import ModelPlan, plan
+
+    p = name if isinstance(name, ModelPlan) else plan(name)  # the request, resolved once
+    spec, tag = p.spec, p.tag
     kwargs = dict(opts.model_kwargs or {})
     if threads:
         torch.set_num_threads(int(threads))
     n_threads = torch.get_num_threads()
-    args = {**spec.model_args, **kwargs}
+    base = dict(p.model_args)  # the registry's, a weights tag's, or a run's / Hub repository's
+    args = {**base, **kwargs}
     loaded = None
-    if tag is not None:
-        # NAME.TAG times (and exports) those weights; unavailable weights fail here, before any work.
-        from zoo._factory import create
+    if p.loads_weights:
+        # NAME.TAG (or a run, a Hub id) times and exports those weights; unavailable weights fail
+        # here, before any work.
+        from zoo._factory import create_from_plan
 
-        loaded = create(name, pretrained=True, **kwargs).eval()
+        loaded = create_from_plan(p.with_args(**kwargs)).eval()
 
     def build(extra: Mapping[str, Any] = kwargs) -> nn.Module:
-        return spec.builder(**{**spec.model_args, **extra}).eval()
+        return spec.builder(**{**base, **extra}).eval()
 
     # Shape: explicit, else the registered one with the overridden img_size.
     if input_shape is None:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from zoo._registry import ModelSpec, resolve
+from zoo._registry import ModelSpec
 from zoo.export_forms import for_export
 from zoo.onnx_runtime import METADATA_KEYS, onnx_session
 
@@ -321,32 +321,30 @@ _EXPORT_FNS: dict[str, Callable[..., None]] = {"dynamo": _export_dynamo, "torchs
 
 
 def _resolve_model(
-    model: nn.Module | str,
+    model: Any,
     tag: str | None,
     checkpoint_path: str | Path | None,
     model_kwargs: Mapping[str, Any],
 ) -> tuple[nn.Module, ModelSpec | None]:
+    """The module to export and its spec: a built model, a :class:`zoo.plan.ModelPlan`, or a request
+    (a name, ``name.tag``, a run folder or a ``hf-hub:`` id) planned here, once."""
+    from zoo._factory import create_from_plan
+    from zoo._registry import registered
+    from zoo.plan import ModelPlan, plan
+
     if isinstance(model, nn.Module):
         spec = None
         name = getattr(model, "pretrained_cfg", {}).get("name")
         if name:
             try:
-                spec = resolve(name)[0]
+                spec = registered(name)
             except ValueError:  # a model of the user's own, not registered: described by its cfg
                 spec = None
         return model.eval(), spec
-    from zoo._factory import create
-
-    spec, name_tag = resolve(model)
-    pretrained = tag is not None or name_tag is not None
-    built = create(
-        model,
-        pretrained=pretrained and checkpoint_path is None,
-        weights=tag,
-        checkpoint_path=checkpoint_path,
-        **dict(model_kwargs),
-    )
-    return built.eval(), spec
+    if not isinstance(model, ModelPlan):
+        model = plan(model, weights=tag, checkpoint=checkpoint_path)
+    p = model.with_args(**dict(model_kwargs)) if model_kwargs else model
+    return create_from_plan(p).eval(), p.spec
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,13 @@ class ModelPlan:
         return replace(self, model_args=args, window=window or dict(self.window),
                        new_head=self.new_head or "num_classes" in given)  # fmt: skip
 
+    def without_weights(self) -> ModelPlan:
+        """The same architecture and arguments, randomly initialised (nothing to load)."""
+        return replace(
+            self, tag=None, source="none", path=None, run=None, hub=None, config=None, covers=None,
+            preprocessing={}, labels=None, lineage=(),
+        )  # fmt: skip
+
     def planned_cfg(self) -> dict[str, Any]:
         """The ``pretrained_cfg`` the built model will carry, known before building (for checks)."""
         record = None

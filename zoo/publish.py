@@ -374,11 +374,14 @@ def publish_run(
     return out
 
 
-def _check_is_the_tag(path: Path, spec: ModelSpec, tag: str) -> None:
-    """A tag's provenance is written only for the tag's own file: refuse any other checkpoint.
+def _is_the_tag(path: Path, spec: ModelSpec, tag: str) -> bool:
+    """Whether a checkpoint is the registered ``spec.tag`` file, by content (never by its name).
 
-    The file is identified by content (its upstream digest, its Hub sha256, a cached conversion,
-    or the converted tensors byte for byte), never by its name.
+    Its upstream digest, its Hub sha256, a cached conversion, or its converted tensors byte for
+    byte. Another registered tag is refused outright.
+
+    Raises:
+        ValueError: the file is other registered weights.
     """
     from zoo.provenance import identify_file, identify_parts
 
@@ -387,11 +390,25 @@ def _check_is_the_tag(path: Path, spec: ModelSpec, tag: str) -> None:
     sha, origin = identify_file(path)
     if origin is None:
         origin = identify_parts(path, spec)
-    if origin is None or origin.id != f"{spec.name}.{tag}":
-        what = f"the registered {origin.id}" if origin else "not identified as any registered weights"
+    if origin is not None and origin.id != f"{spec.name}.{tag}":
         raise ValueError(
-            f"--checkpoint {path.name} (sha256 {sha}) is {what}, not {spec.name}.{tag}: a tag's source and "
-            f"digest are published only with the tag's own file; publish your own weights from a run folder"
+            f"--checkpoint {path.name} (sha256 {sha}) is the registered {origin.id}, not {spec.name}.{tag}"
+        )
+    return origin is not None
+
+
+def _check_shape_of_tag(sd: dict[str, Any], path: Path, spec: ModelSpec, tag: str) -> None:
+    """An unidentified file published as a tag must at least hold what the tag holds, and no more."""
+    ws = spec.weight(tag)
+    if ws.covers == "full":
+        return
+    prefixes = tuple(spec.partial_components.get(ws.covers, ()))
+    outside = sorted(k for k in sd if not k.startswith(prefixes))
+    if outside:
+        raise ValueError(
+            f"--checkpoint {path.name} is not {spec.name}.{tag}: that tag holds the {ws.covers} only, "
+            f"the file also holds {len(outside)} other tensor(s) ({', '.join(outside[:3])} …); publish a "
+            "model of your own from a run folder (zoo publish RUN)"
         )
 
 
@@ -439,9 +456,13 @@ def publish(
             f"{spec.name}.{tag} has licence {ws.license!r}, which does not allow redistribution. "
             + _PERMISSION
         )
+    identified = True
+    sd = None
     if checkpoint_path is not None:
-        _check_is_the_tag(Path(checkpoint_path), spec, tag)
-    sd = convert_checkpoint(read_checkpoint(checkpoint_path), spec) if checkpoint_path is not None else None
+        identified = _is_the_tag(Path(checkpoint_path), spec, tag)
+        sd = convert_checkpoint(read_checkpoint(checkpoint_path), spec)
+        if not identified:
+            _check_shape_of_tag(sd, Path(checkpoint_path), spec, tag)
     source = fetch_weights(spec, ws) if sd is None else None
     out = Path(out_dir)
     with _staged(out) as tmp:
@@ -466,8 +487,10 @@ def publish(
             "license": ws.license,
             "redistributable": ws.redistributable,
             "permission_obtained": permission_obtained,
-            "source_url": ws.url,
-            "source_digest": ws.upstream_digest,
+            # The tag's provenance only for the tag's own file; a copy that cannot be identified
+            # is published as what the user says it is, without the upstream's URL and digest.
+            "source_url": ws.url if identified else None,
+            "source_digest": ws.upstream_digest if identified else None,
             "sha256": file_digest(tmp / "model.safetensors"),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from zoo._registry import list_models, resolve
+from zoo._registry import list_models
 from zoo.cli._base import UsageError, arg, command, table
 
 
@@ -73,33 +73,22 @@ def _is_study(text: str) -> bool:
 )
 def cmd_predict(a: argparse.Namespace) -> int:
     """Segment one scan, or a whole study; every check runs before weights are fetched."""
-    import zoo
-    from zoo import predict as P
+    from zoo import predict_checks as C
+    from zoo import study as S
+    from zoo.plan import NoPretrainedWeightsError, plan
+    from zoo.predict import PredictSettings, predict_nifti
 
     intensity = _parse_intensity(a.intensity) if a.intensity else None
-    model = None
-    if a.name.endswith(".onnx") or a.name.startswith("hf-hub:"):
-        # An exported file (onnxruntime, preprocessing from its metadata) or a Hub repository: the
-        # plan comes from the file or the repository's config, so it is opened first.
-        if a.name.endswith(".onnx"):
-            from zoo.export import load_onnx
-
-            model = load_onnx(a.name)
-        else:
-            model = zoo.create(a.name)
-        cfg = dict(model.pretrained_cfg)
-    else:
-        from zoo._factory import NoPretrainedWeightsError
-
-        try:
-            cfg = P.planned_cfg(a.name, a.checkpoint, pretrained=not a.no_weights)
-        except NoPretrainedWeightsError:  # the API's message names pretrained=False: say the flags
-            spec, _ = resolve(a.name)
-            why = f" ({spec.no_weights_reason.rstrip('.')})" if spec.no_weights_reason else ""
-            raise ValueError(
-                f"{spec.name} has no pretrained weights{why}: predict with --checkpoint FILE_OR_RUN (your "
-                "own, e.g. from zoo finetune), or --no-weights to check the pipeline with random weights"
-            ) from None
+    try:  # the request, resolved once: registry, file, run folder, Hub repository (its config only) or ONNX
+        p = plan(a.name, checkpoint=a.checkpoint, pretrained=not a.no_weights and a.checkpoint is None)
+    except NoPretrainedWeightsError:  # the API's message names pretrained=False: say the flags
+        spec = plan(a.name).spec
+        why = f" ({spec.no_weights_reason.rstrip('.')})" if spec.no_weights_reason else ""
+        raise ValueError(
+            f"{spec.name} has no pretrained weights{why}: predict with --checkpoint FILE_OR_RUN (your "
+            "own, e.g. from zoo finetune), or --no-weights to check the pipeline with random weights"
+        ) from None
+    cfg = p.planned_cfg()
     kw = dict(
         roi_size=tuple(a.roi_size) if a.roi_size else None,
         overlap=a.overlap,
@@ -108,10 +97,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
         intensity=intensity,
         slice_axis={"x": 0, "y": 1, "z": 2}[a.slice_axis] if a.slice_axis else None,
     )
-    s = P.resolve_settings(cfg, **kw)
-    if not a.no_weights and a.checkpoint is None:
-        record = cfg["weights"] or {}
-        P.check_weights_trained(cfg["weights"], record.get("id", a.name), a.allow_untrained_head)
+    s = C.resolve_settings(cfg, **kw)
+    if p.source in ("registry", "hf-hub", "onnx"):  # a file or run of one's own is what one trained
+        C.check_weights_trained(cfg["weights"], p.id, a.allow_untrained_head)
     if a.preview:
         from zoo.plots import require_matplotlib
 
@@ -119,29 +107,40 @@ def cmd_predict(a: argparse.Namespace) -> int:
     budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
     study = _is_study(a.input)
     if study:
-        cases = P.list_cases(a.input)
-        P._study_outputs(cases, Path(a.output))
+        cases = S.list_cases(a.input)
+        S._study_outputs(cases, Path(a.output))
     else:
-        P.check_output(a.input, a.output)
-        info = P.inspect_input(a.input, s.in_chans, a.volume)
-        est = P.estimate(info, s)
-        P.check_budget(est, info, s, **budget)
+        C.check_output(a.input, a.output)
+        info = C.inspect_input(a.input, s.in_chans, a.volume)
+        est = C.estimate(info, s)
+        C.check_budget(est, info, s, **budget)
     # Every check passed: now weights may be downloaded and the model built.
-    if model is None:
-        model = zoo.create(a.name, pretrained=not a.no_weights, checkpoint_path=a.checkpoint)
+    if p.source == "onnx":
+        from zoo.onnx_runtime import load_onnx
+
+        model = load_onnx(p.path)
+    else:
+        from zoo._factory import create_from_plan
+
+        model = create_from_plan(p)
     common = dict(kw, volume=a.volume, allow_untrained_head=a.allow_untrained_head, preview=a.preview)
     common.update(budget)
     if not study:
-        r = P.predict_nifti(model, a.input, a.output, progress=not a.quiet, **common)
+        r = predict_nifti(model, a.input, a.output, PredictSettings(**common), progress=not a.quiet)
         print(_prediction_line(r))
         return 0
 
-    def said(path: Path, r: P.Prediction | None, err: str | None) -> None:
+    def said(path: Path, r: object | None, err: str | None) -> None:
         if r is not None and not a.quiet:
             print(_prediction_line(r), flush=True)
 
-    res = P.predict_study(
-        model, a.input, a.output, num_workers=a.workers, progress=not a.quiet, on_case=said, **common
+    res = S.predict_study(
+        model,
+        a.input,
+        a.output,
+        S.StudySettings(**common, num_workers=a.workers),
+        progress=not a.quiet,
+        on_case=said,
     )
     print(
         f"{res.cases} case(s): {len(res.written)} written, {len(res.skipped)} already there (skipped), "
@@ -181,19 +180,27 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     import torch
 
-    import zoo
+    from zoo._factory import create_from_plan
     from zoo.hub import WeightsUnavailableError
-    from zoo.predict import check_weights_trained, predict_nifti, sample_volume_path
+    from zoo.plan import NoPretrainedWeightsError, plan
+    from zoo.predict import predict_nifti, sample_volume_path
+    from zoo.predict_checks import check_weights_trained
 
     os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
-    spec, _ = resolve(a.name)
+    try:  # resolved once: the named (or default) weights when the model has any
+        wanted = plan(a.name, pretrained=True)
+    except NoPretrainedWeightsError:
+        wanted = plan(a.name)
+    spec = wanted.spec
     torch.manual_seed(0)  # with random weights: the same ones (and label counts) on every run
     try:
-        model = zoo.create(a.name, pretrained=bool(spec.default_tag))
+        if wanted.source == "none":
+            raise WeightsUnavailableError("no weights registered")
+        model = create_from_plan(wanted)
         weights = f"weights {model.pretrained_cfg['tag']} (from the cache)"
-    except (WeightsUnavailableError, zoo.NoPretrainedWeightsError):
+    except WeightsUnavailableError:
         torch.manual_seed(0)
-        model = zoo.create(a.name)
+        model = create_from_plan(wanted.without_weights())
         weights = "random initialisation (no weights cached; `zoo download` fetches them)"
     try:
         check_weights_trained(model.pretrained_cfg.get("weights"), spec.name)
@@ -267,39 +274,29 @@ def cmd_demo(a: argparse.Namespace) -> int:
 )
 def cmd_export(a: argparse.Namespace) -> int:
     from zoo._optional import require
-    from zoo.export import to_onnx
-    from zoo.hub_repo import hub_model_name, is_hub_id
+    from zoo.export import ExportSettings, to_onnx
+    from zoo.plan import plan
 
     require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")  # before any other line is printed
 
-    if is_hub_id(a.name):  # a published repository: its model, loaded through checkpoint_path
-        if a.checkpoint:
-            raise ValueError(f"{a.name} names its weights already; --checkpoint cannot be combined with it")
-        a.checkpoint, a.name = a.name, hub_model_name(a.name)
-    spec, name_tag = resolve(a.name)
-    if a.tag and name_tag and a.tag != name_tag:
-        raise UsageError(f"{a.name!r} names weights {name_tag!r} and --tag says {a.tag!r}")
-    tag = a.tag or name_tag or (spec.default_tag if a.pretrained else None)
-    if a.pretrained and tag is None:
-        reason = spec.no_weights_reason or ""
-        raise UsageError(f"{spec.name} has no pretrained weights. {reason}")
-    if tag is None and a.checkpoint is None:
-        print(f"{spec.name}: exporting the architecture with random weights (no tag given)", file=sys.stderr)
     kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
     if a.num_classes is not None:
         kwargs["num_classes"] = a.num_classes
+    # The request, resolved once: NAME, NAME.TAG, --tag, --pretrained, --checkpoint or a hf-hub: id.
+    p = plan(a.name, weights=a.tag, checkpoint=a.checkpoint, pretrained=a.pretrained, **kwargs)
+    if p.source == "onnx":
+        raise UsageError(f"{a.name} is an exported file already; export a model name, run or hf-hub: id")
+    if p.source == "none":
+        print(
+            f"{p.spec.name}: exporting the architecture with random weights (no tag given)", file=sys.stderr
+        )
     shapes = [tuple(s) for s in a.input_shape] if a.input_shape else None
     r = to_onnx(
-        spec.name,
+        p,
         a.output,
-        input_shapes=shapes,
-        tag=tag,
-        checkpoint_path=a.checkpoint,
-        model_kwargs=kwargs,
-        opset=a.opset,
-        exporter=a.exporter,
-        rtol=a.rtol,
-        check=not a.no_check,
+        ExportSettings(
+            input_shapes=shapes, opset=a.opset, exporter=a.exporter, rtol=a.rtol, check=not a.no_check
+        ),
     )
     axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
     print(f"wrote {r.path} ({r.exporter} exporter, opset {r.opset}, {axes}; export {r.export_seconds:.1f} s)")
@@ -348,18 +345,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from zoo.bench import benchmark, ratio
+    from zoo.bench import BenchSettings, benchmark, ratio
+    from zoo.plan import plan
 
-    hub_args: dict = {}
-    if a.name.startswith("hf-hub:"):  # the cost of a published configuration (model arguments from the Hub)
-        from zoo.hub_repo import fetch_config
-
-        hub_cfg = fetch_config(a.name)[3]
-        a.name = str(hub_cfg["model_name"])
-        hub_args = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in (hub_cfg.get("model_args") or {}).items()
-        }
-    names = list_models(a.name) if any(ch in a.name for ch in "*?[") else [a.name]
+    glob = any(ch in a.name for ch in "*?[") and not a.name.startswith("hf-hub:")
+    # Each model resolved once: a name, NAME.TAG (those weights), a run folder or a hf-hub: id (its config).
+    names = [plan(n) for n in list_models(a.name)] if glob else [plan(a.name)]
     if not names:
         print(f"no model matches {a.name!r}", file=sys.stderr)
         return 1
@@ -375,18 +366,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
     for n in names:
         r = benchmark(
             n,
-            input_shape=a.input_shape,
-            model_kwargs={**hub_args, **kwargs},
-            warmup=a.warmup,
-            repeats=a.repeats,
-            threads=a.threads,
-            cpu=not a.no_cpu,
-            onnx=not a.no_onnx,
-            cuda=False if a.no_cuda else None,
-            onnx_opset=a.opset,
-            baseline_opset=a.baseline_opset,
-            baseline_onnx=a.baseline_onnx,
-            baseline_label=a.baseline_label or "",
+            BenchSettings(
+                input_shape=a.input_shape,
+                model_kwargs=kwargs,
+                warmup=a.warmup,
+                repeats=a.repeats,
+                threads=a.threads,
+                cpu=not a.no_cpu,
+                onnx=not a.no_onnx,
+                cuda=False if a.no_cuda else None,
+                onnx_opset=a.opset,
+                baseline_opset=a.baseline_opset,
+                baseline_onnx=a.baseline_onnx,
+                baseline_label=a.baseline_label or "",
+            ),
             log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
         )
         rows.append(r)

@@ -260,3 +260,104 @@ def test_hostile_hub_configs_are_refused_before_the_weights(tmp_path, hub, chang
         zoo.create("hf-hub:org/bomb")
     assert time.perf_counter() - started < 1.0
     assert not list((tmp_path / "hf-cache").rglob("model.safetensors"))  # never downloaded
+
+
+# ------------------------------------------------------------------------------------ resolved once
+
+
+class _ResolveCounter:
+    """Counts calls of ``zoo._registry.resolve`` by its code object (however a module imported it)."""
+
+    def __init__(self) -> None:
+        from zoo._registry import resolve
+
+        self.code, self.calls = resolve.__code__, []
+
+    def __enter__(self):
+        import sys
+
+        def profile(frame, event, arg):
+            if event == "call" and frame.f_code is self.code:
+                self.calls.append(frame.f_locals.get("name"))
+
+        self._old = sys.getprofile()
+        sys.setprofile(profile)
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        sys.setprofile(self._old)
+
+
+def test_the_counter_counts_resolutions():
+    with _ResolveCounter() as c:
+        zoo.resolve("qtunet-t")
+        from zoo._registry import resolve as again
+
+        again("vtunet-t.brats-ssl") if "brats-ssl" in zoo.get_spec("vtunet-t").tags else again("vtunet-t")
+    assert len(c.calls) == 3  # get_spec resolves too
+
+
+def test_every_cli_command_resolves_its_model_name_once(tmp_path, monkeypatch, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    from zoo.cli import main
+
+    monkeypatch.setenv("MEDZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    run = _run(tmp_path, "run", _state(1))
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 36, 34), np.float32), np.eye(4)), scan)
+    datalist = tmp_path / "dl.json"
+    datalist.write_text(json.dumps({"training": [{"image": "scan.nii.gz", "label": "missing.nii.gz"}]}))
+    commands = {
+        ("info", "qtunet-t.ct-ssl"): 0,
+        (
+            "predict",
+            "qtunet-t",
+            "--checkpoint",
+            str(run),
+            "-i",
+            str(scan),
+            "-o",
+            str(tmp_path / "s.nii.gz"),
+            "-q",
+        ): 0,
+        ("bench", "qtunet-t", "--img-size", "32", "--no-cpu", "--no-onnx", "--no-cuda", "-q", "--json"): 0,
+        ("publish", str(run), "--repo", "org/x", "--dry-run", "--out", str(tmp_path / "pub")): 0,
+        ("download", "qtunet-t.ct-ssl", "-q"): 1,  # offline: fails after the plan
+        (
+            "finetune",
+            "qtunet-t.ct-ssl",
+            "--data",
+            str(datalist),
+            "--out",
+            str(tmp_path / "ft"),
+        ): 2,  # bad datalist
+        (
+            "pretrain",
+            "byol-rot-rec",
+            "--model",
+            "qtunet-t",
+            "--data",
+            str(datalist),
+            "--out",
+            str(tmp_path / "p"),
+        ): 2,
+        (
+            "export",
+            "qtunet-t.nope",
+            "-o",
+            str(tmp_path / "x.onnx"),
+        ): 2,  # an unknown tag: one resolution says so
+    }
+    for argv, status in commands.items():
+        with _ResolveCounter() as c:
+            rc = main(list(argv))
+        err = capsys.readouterr().err
+        assert rc == status, (argv, rc, err)
+        # A run folder names its model in its config.json: looked up as registered, not resolved.
+        assert len(c.calls) == (0 if argv[0] == "publish" else 1), (argv[0], c.calls)

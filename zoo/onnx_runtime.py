@@ -9,9 +9,7 @@ a model from :func:`zoo.create`. Needs the ``onnx`` extra.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -56,74 +54,8 @@ def onnx_session(
 
 
 # metadata_props keys (values are strings; JSON where structured). A file carries all of them.
-METADATA_KEYS = (
-    "medzoo.version",
-    "medzoo.model",
-    "medzoo.family",
-    "medzoo.weights_tag",
-    "medzoo.weights_sha256",
-    "medzoo.weights",
-    "medzoo.model_args",
-    "medzoo.input_size",
-    "medzoo.input_axes",
-    "medzoo.axis_order",
-    "medzoo.preprocessing",
-    "medzoo.labels",
-    "medzoo.num_classes",
-    "medzoo.sliding_window",
-)
-_JSON_KEYS = {
-    "medzoo.weights",
-    "medzoo.model_args",
-    "medzoo.input_size",
-    "medzoo.input_axes",
-    "medzoo.preprocessing",
-    "medzoo.labels",
-    "medzoo.sliding_window",
-}
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The medzoo description of an exported file, from its ``metadata_props`` alone.
-
-    Returns:
-        ``{"version", "model", "family", "weights_tag", "weights_sha256", "weights",
-        "model_args", "input_size", "input_axes", "axis_order", "preprocessing", "labels",
-        "num_classes", "sliding_window", "doc_string"}`` (JSON values decoded; keys without the
-        ``medzoo.`` prefix).
-
-    Raises:
-        ValueError: not an ONNX file, or one without medzoo metadata (exported elsewhere or by
-            an older medzoo), naming the keys that are missing.
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ValueError(f"{path}: not an ONNX file ({type(e).__name__}: {str(e)[:200]})") from e
-    props = {p.key: p.value for p in m.metadata_props}
-    missing = [k for k in METADATA_KEYS if k not in props]
-    if missing:
-        raise ValueError(
-            f"{path}: expected medzoo metadata ({', '.join(METADATA_KEYS[:3])} …), missing "
-            f"{', '.join(missing)}; re-export it with zoo export"
-        )
-    out: dict[str, Any] = {}
-    for k in METADATA_KEYS:
-        v = props[k]
-        if k in _JSON_KEYS:
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: metadata {k} is not valid JSON ({e}): {v[:200]!r}") from e
-        out[k.removeprefix("medzoo.")] = v
-    out["num_classes"] = int(out["num_classes"]) if out["num_classes"] else None
-    out["doc_string"] = m.doc_string
-    return out
+# The medzoo metadata of an exported file is read (and checked) where config.json is: zoo.runconfig.
+from zoo.runconfig import METADATA_KEYS, read_onnx_metadata  # noqa: E402
 
 
 class OnnxModel(nn.Module):

@@ -47,6 +47,9 @@ __all__ = [
     "check_labels",
     "estimate_param_bytes",
     "memory_budget_bytes",
+    "METADATA_KEYS",
+    "read_onnx_metadata",
+    "check_onnx_metadata",
 ]
 
 SCHEMA_VERSION = 2
@@ -658,4 +661,77 @@ def check_onnx_metadata(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
             spec = None
         if spec is not None:
             check_model_args(spec, out["model_args"], f"{where}: metadata medzoo")
+    return out
+
+
+# ------------------------------------------------------------------------------- ONNX metadata
+
+METADATA_KEYS = (
+    "medzoo.version",
+    "medzoo.model",
+    "medzoo.family",
+    "medzoo.weights_tag",
+    "medzoo.weights_sha256",
+    "medzoo.weights",
+    "medzoo.model_args",
+    "medzoo.input_size",
+    "medzoo.input_axes",
+    "medzoo.axis_order",
+    "medzoo.preprocessing",
+    "medzoo.labels",
+    "medzoo.num_classes",
+    "medzoo.sliding_window",
+)
+_JSON_KEYS = {
+    "medzoo.weights",
+    "medzoo.model_args",
+    "medzoo.input_size",
+    "medzoo.input_axes",
+    "medzoo.preprocessing",
+    "medzoo.labels",
+    "medzoo.sliding_window",
+}
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The medzoo description of an exported file, from its ``metadata_props`` alone.
+
+    Returns:
+        ``{"version", "model", "family", "weights_tag", "weights_sha256", "weights",
+        "model_args", "input_size", "input_axes", "axis_order", "preprocessing", "labels",
+        "num_classes", "sliding_window", "doc_string"}`` (JSON values decoded; keys without the
+        ``medzoo.`` prefix).
+
+    Raises:
+        ValueError: not an ONNX file, or one without medzoo metadata (exported elsewhere or by
+            an older medzoo), naming the keys that are missing.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ValueError(f"{path}: not an ONNX file ({type(e).__name__}: {str(e)[:200]})") from e
+    props = {p.key: p.value for p in m.metadata_props}
+    missing = [k for k in METADATA_KEYS if k not in props]
+    if missing:
+        raise ValueError(
+            f"{path}: expected medzoo metadata ({', '.join(METADATA_KEYS[:3])} …), missing "
+            f"{', '.join(missing)}; re-export it with zoo export"
+        )
+    out: dict[str, Any] = {}
+    for k in METADATA_KEYS:
+        v = props[k]
+        if k in _JSON_KEYS:
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: metadata {k} is not valid JSON ({e}): {v[:200]!r}") from e
+        out[k.removeprefix("medzoo.")] = v
+    check_onnx_metadata(out, str(path))  # types, ranges and the model's cost: before any session
+    out["num_classes"] = int(out["num_classes"]) if out["num_classes"] else None
+    out["doc_string"] = m.doc_string
     return out

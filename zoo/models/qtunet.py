@@ -681,7 +681,7 @@ class QTUNet(ModelApiMixin, nn.Module):
         return _parts(self.embed_dim, self.decoder == "qt")[0]
 
     def _api_features(self) -> list[dict]:
-        return [dict(f) for f in _parts(self.embed_dim, self.decoder == "qt")[1]]
+        return [dict(f) for f in _parts(self.embed_dim, self.decoder == "qt", self.merge_depth)[1]]
 
     def _api_head_keys(self) -> tuple[str, ...]:
         return ("output.",)
@@ -958,8 +958,11 @@ _LIMITATIONS_WEIGHTS = (
 )
 
 
-def _parts(dim: int, is_qt: bool) -> tuple[dict, tuple]:
-    """param_groups and feature_info; VT-UNet keeps its encoder at the top level (no ``encoder.``)."""
+def _parts(dim: int, is_qt: bool, merge_depth: bool = True) -> tuple[dict, tuple]:
+    """param_groups and feature_info; VT-UNet keeps its encoder at the top level (no ``encoder.``).
+
+    Without depth merging the maps keep D/4: their reductions are (D, H, W) tuples.
+    """
     enc = "encoder." if is_qt else ""
     groups = {"stem": (f"{enc}patch_embed.",)}
     groups.update({f"encoder.{i}": (f"{enc}layers.{i}.",) for i in range(3)})
@@ -969,11 +972,14 @@ def _parts(dim: int, is_qt: bool) -> tuple[dict, tuple]:
 
     # One map per resolution: the patch embedding, the merged outputs of stages 0–1 (the skips)
     # and the normed bottleneck; all channels-last inside the encoder.
+    def red(r: int) -> int | tuple[int, int, int]:
+        return r if merge_depth else (4, r, r)
+
     features = (
-        dict(module=f"{enc}patch_embed", num_chs=dim, reduction=4, channels_last=True),
-        dict(module=f"{enc}layers.0", num_chs=2 * dim, reduction=8, channels_last=True),
-        dict(module=f"{enc}layers.1", num_chs=4 * dim, reduction=16, channels_last=True),
-        dict(module=f"{enc}norm", num_chs=8 * dim, reduction=32, channels_last=True),
+        dict(module=f"{enc}patch_embed", num_chs=dim, reduction=red(4), channels_last=True),
+        dict(module=f"{enc}layers.0", num_chs=2 * dim, reduction=red(8), channels_last=True),
+        dict(module=f"{enc}layers.1", num_chs=4 * dim, reduction=red(16), channels_last=True),
+        dict(module=f"{enc}norm", num_chs=8 * dim, reduction=red(32), channels_last=True),
     )
     return groups, features
 
@@ -1002,7 +1008,7 @@ def _variant(
     is_qt = decoder == "qt"
     num, gmacs, gmacs_brats = measured
     ssl = _ssl_weights(_SIZE_DIR[dim]) if weights else ()
-    param_groups, feature_info = _parts(dim, is_qt)
+    param_groups, feature_info = _parts(dim, is_qt, merge_depth)
     decoder_text = (
         "Its decoder blocks make their own keys and values from the same-stage encoder skip "
         '("self-querying" window cross-attention, post-norm blocks).'

@@ -64,7 +64,10 @@ def _can_fold_bn(net: ResNet, x: torch.Tensor) -> bool:
     """Inference with a plain torchvision ResNet-50 layout: BatchNorm may be folded into the convs."""
     if torch.is_grad_enabled() or net.training or torch.jit.is_tracing():
         return False
-    blocks = [b for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for b in stage]
+    stages = (net.layer1, net.layer2, net.layer3, net.layer4)
+    if any(s._forward_hooks or s._forward_pre_hooks for s in stages):
+        return False  # the folded path never calls the stages: hooks (zoo.adapt.features_only) must see them
+    blocks = [b for stage in stages for b in stage]
     return all(
         type(b) is Bottleneck
         and (b.downsample is None or (len(b.downsample) == 2 and isinstance(b.downsample[1], nn.BatchNorm2d)))

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from zoo._registry import ModelSpec, get_spec
+from zoo.layers.model_api import FeatureInfo, no_weight_decay_rule
 
 log = logging.getLogger("zoo")
 
@@ -45,6 +46,7 @@ __all__ = [
     "has_lora",
     "merge_lora",
     "plain_state_dict",
+    "set_grad_checkpointing",
 ]
 
 
@@ -231,11 +233,9 @@ def unfreeze(
     return [g for g in spec.param_groups if g in names]
 
 
-def _no_weight_decay(name: str, p: torch.Tensor) -> bool:
-    # Biases, norm scales and position-bias tables are not decayed (BEiT / timm convention).
-    return (
-        p.ndim <= 1 or name.endswith(".bias") or "relative_position_bias_table" in name or "pos_embed" in name
-    )
+# Biases, norm scales and position-bias tables are not decayed (BEiT / timm convention); the
+# models' no_weight_decay() names the same parameters.
+_no_weight_decay = no_weight_decay_rule
 
 
 def param_groups(
@@ -254,6 +254,12 @@ def param_groups(
     stages + 1), so the deepest encoder stage gets ``lr · layer_decay`` and the stem the
     smallest rate, as in BEiT / MAE fine-tuning. Biases, norm weights and relative-position
     tables get no weight decay. Frozen parameters are left out.
+
+    timm's ``create_optimizer_v2(model, layer_decay=…)`` builds the same layers and scales from
+    the model's ``group_matcher()`` (one layer per part, decoder and head last), and leaves the
+    same parameters undecayed (``no_weight_decay()``), for every model with a decoder or head;
+    for an encoder alone (no decoder or head parameters) timm's deepest layer is its last, so its
+    scales are these divided by ``layer_decay``.
 
     Args:
         model: a model from :func:`zoo.create` (or pass ``spec``).
@@ -323,7 +329,9 @@ class FeatureExtractor(nn.Module):
         spec: the model's spec, when ``model`` was not built by :func:`zoo.create`.
 
     Attributes:
-        feature_info: ``[{"module", "num_chs", "reduction"}, …]`` of the returned maps.
+        feature_info: :class:`~zoo.layers.model_api.FeatureInfo` of the returned maps (timm's
+            ``channels()``, ``reduction()``, ``module_name()``; a sequence of
+            ``{"module", "num_chs", "reduction"}`` dicts).
 
     Shapes:
         input as the model takes it → list of ``(B, C_i, *spatial / reduction_i)`` maps;
@@ -346,7 +354,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"{spec.name} declares no feature_info, so it has no features_only form")
         idx = list(range(len(info))) if out_indices is None else [range(len(info))[i] for i in out_indices]
         self.model = model
-        self.feature_info = [info[i] for i in idx]
+        self.feature_info = FeatureInfo([info[i] for i in idx])
         self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}), features_only=True)
         self._spec_name = spec.name
         self._maps: dict[int, torch.Tensor] = {}
@@ -618,3 +626,30 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         weight = out[f"{name}.weight"]
         weight += _delta_weight(layer).to(weight.dtype).detach()
     return {k: out[k] for k in sorted(out)}
+
+
+# ---------------------------------------------------------------------------------------
+# gradient checkpointing
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Turn gradient checkpointing of the encoder's blocks on (or off) for any zoo model, in place.
+
+    The block activations are recomputed in the backward pass instead of being kept: the same
+    outputs and gradients for less memory and about one more encoder forward of compute. A
+    :func:`features_only` or :func:`linear_probe` wrapper passes it to the model it wraps.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        TypeError: for a module without ``set_grad_checkpointing`` (not a zoo model).
+    """
+    target = model
+    while not hasattr(target, "set_grad_checkpointing"):
+        inner = getattr(target, "model", None) or getattr(target, "backbone", None)
+        if not isinstance(inner, nn.Module):
+            raise TypeError(f"{type(model).__name__} has no set_grad_checkpointing: not a zoo model")
+        target = inner
+    target.set_grad_checkpointing(enable)
+    return model

@@ -5,6 +5,8 @@
 * :mod:`zoo.layers.mlp`: the transformer ``Mlp`` and ``DropPath`` (timm's keys and maths).
 * :mod:`zoo.layers.window_attention_3d`: 3D (shifted) window attention.
 * :mod:`zoo.layers.tracing`: tracing / channels-last helpers for export.
+* :mod:`zoo.layers.model_api`: timm's training API as a mixin (``ModelApiMixin``), ``FeatureInfo``,
+  and ``checkpointed`` (gradient checkpointing per block).
 
 Nothing here imports timm, torchvision or MONAI's networks at import time: the registry,
 ``zoo list`` and ``zoo info`` load this package.

@@ -14,10 +14,12 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from zoo.layers.model_api import ModelApiMixin, checkpointed
 from zoo.layers.tracing import is_tracing
 
 # The registration module lists these names for its lazy __getattr__; one list serves both.
-from zoo.models.deformattn import _MULTI_SCALE_DIMS, _NET_NAMES  # _MULTI_SCALE_DIMS: feature_info too
+# _MULTI_SCALE_DIMS, _FEATURE_INFO and _PARAM_GROUPS: the registry's data, read by the model API too.
+from zoo.models.deformattn import _FEATURE_INFO, _MULTI_SCALE_DIMS, _NET_NAMES, _PARAM_GROUPS
 
 __all__ = list(_NET_NAMES)
 
@@ -62,7 +64,10 @@ def _can_fold_bn(net: ResNet, x: torch.Tensor) -> bool:
     """Inference with a plain torchvision ResNet-50 layout: BatchNorm may be folded into the convs."""
     if torch.is_grad_enabled() or net.training or torch.jit.is_tracing():
         return False
-    blocks = [b for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for b in stage]
+    stages = (net.layer1, net.layer2, net.layer3, net.layer4)
+    if any(s._forward_hooks or s._forward_pre_hooks for s in stages):
+        return False  # the folded path never calls the stages: hooks (zoo.adapt.features_only) must see them
+    blocks = [b for stage in stages for b in stage]
     return all(
         type(b) is Bottleneck
         and (b.downsample is None or (len(b.downsample) == 2 and isinstance(b.downsample[1], nn.BatchNorm2d)))
@@ -285,7 +290,7 @@ class DeformableEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x)
+            x = checkpointed(layer, x)
         return x
 
 
@@ -332,7 +337,7 @@ class MultiScaleResNet50(ResNet):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
+            x = checkpointed(stage, x)
             feats.append(x)
         return feats
 
@@ -378,7 +383,7 @@ class MultiScaleResNet50(ResNet):
 # model
 
 
-class ResNet50DeformAttn(nn.Module):
+class ResNet50DeformAttn(ModelApiMixin, nn.Module):
     """Joint image-volume SSL encoder: ResNet-50 per slice + deformable inter-slice Transformer.
 
     Args:
@@ -510,12 +515,50 @@ class ResNet50DeformAttn(nn.Module):
             b, n = x.shape[:2]
             maps = self.intra.stage_features(x.flatten(0, 1))
             return [m.view(b, n, *m.shape[1:]) for m in maps]
-        z = self.forward_features(x)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_head(self, z: torch.Tensor, pre_logits: bool = False):
+        """The classifier or the SwAV prototypes on the embedding; ``pre_logits`` (or neither): ``z``."""
+        if pre_logits:
+            return z
         if self.head is not None:
             return self.head(z)
         if self.prototypes is not None:
             return z, [p(z) for p in self.prototypes.children()]
         return z
+
+    # ---- timm's API (zoo.layers.model_api): the ResNet stages, then the inter-slice Transformer
+
+    def _api_parts(self) -> dict:
+        return dict(_PARAM_GROUPS)
+
+    def _api_features(self) -> list[dict]:
+        return [dict(f) for f in _FEATURE_INFO]
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return (("head.",) if self.head is not None else ()) + (
+            ("prototypes.",) if self.prototypes is not None else ()
+        )
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        stages = [self.intra.layer1, self.intra.layer2, self.intra.layer3, self.intra.layer4]
+        return stages + list(self.inter.encoder.layers)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The linear classifier, else the SwAV prototypes, else Identity."""
+        return self.head or self.prototypes or nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new linear classifier on the embedding (0: none); SSL prototypes are dropped."""
+        if int(num_classes) < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        w = self.intra.deconv.weight
+        self.prototypes = None
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) if num_classes else None
+        )
+        self._api_record_classes(int(num_classes))
 
     def encoder_2d(self, in_chans: int | None = None) -> ResNet:
         """A standalone torchvision ResNet-50 (``fc`` = Identity) holding ``f_intra``'s trunk.

@@ -16,15 +16,26 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from zoo.layers import check_input, int_tuple
+from zoo.layers.model_api import ModelApiMixin
 
 # The registration module lists these names for its lazy __getattr__; one list serves both.
-from zoo.models.swinvit2d import _NET_NAMES
+from zoo.models.swinvit2d import _NET_NAMES, _SIMSIAM_HEADS, _UNETR_DECODER, _swin_parts
 
 __all__ = list(_NET_NAMES)
 
 
 # Why a Swin-UNETR input side must divide by 32, for the error message.
 _WHY_DIVISOR = "the patch embedding and 4 patch mergings each halve it"
+
+
+def _swin_blocks(swin: SwinTransformer) -> list[nn.Module]:
+    # MONAI's Swin blocks checkpoint themselves (use_checkpoint); the mixin switches that flag.
+    layers = (swin.layers1, swin.layers2, swin.layers3, swin.layers4)
+    return [blk for layer in layers for basic in layer for blk in basic.blocks]
+
+
+def _swin_width(swin: SwinTransformer) -> int:
+    return swin.patch_embed.proj.out_channels
 
 
 @contextmanager
@@ -75,7 +86,7 @@ class SimSiamHead(nn.Module):
         return self.layers(x)
 
 
-class SwinViT2d(nn.Module):
+class SwinViT2d(ModelApiMixin, nn.Module):
     """The Swin-UNETR encoder on 2D slices, pooled to one vector (the thesis's SSL backbone).
 
     ``model`` is MONAI's ``SwinTransformer`` (the module ``SwinUNETR.swinViT``) with the legacy
@@ -156,12 +167,30 @@ class SwinViT2d(nn.Module):
         check_input(x, self.in_chans, type(self).__name__, spatial_dims=2)
         return self.model(x, self.normalize)
 
+    def forward_head(self, feats: Sequence[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        """The deepest map averaged over space (no classifier, so ``pre_logits`` changes nothing)."""
+        return feats[-1].flatten(2).mean(dim=2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) → (B, 16·embed_dim): the deepest map averaged over space."""
-        return self.forward_features(x)[-1].flatten(2).mean(dim=2)
+        return self.forward_head(self.forward_features(x))
+
+    # ---- timm's API (zoo.layers.model_api); no classifier: reset_classifier refuses
+
+    def _api_parts(self) -> dict:
+        return dict(_swin_parts("model.", "model.")["param_groups"])
+
+    def _api_features(self) -> list[dict]:
+        return [
+            dict(f)
+            for f in _swin_parts("model.", "model.", embed_dim=_swin_width(self.model))["feature_info"]
+        ]
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        return _swin_blocks(self.model)
 
 
-class SwinViT2dSimSiam(nn.Module):
+class SwinViT2dSimSiam(ModelApiMixin, nn.Module):
     """SimSiam around :class:`SwinViT2d`: encoder → projector (z) → predictor (p).
 
     Module names follow the reference's ``src.models.SimSiam`` (``backbone.model.*``,
@@ -193,15 +222,38 @@ class SwinViT2dSimSiam(nn.Module):
         self.projection_head = SimSiamHead((width, proj_hidden_dim, proj_hidden_dim, out_dim), last_bn=True)
         self.prediction_head = SimSiamHead((out_dim, pred_hidden_dim, out_dim), last_bn=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, in_chans, H, W) → (z, p); z is detached, the SimSiam stop-gradient."""
-        z = self.projection_head(self.backbone(x))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features: the backbone's pooled feature, (B, 16·embed_dim)."""
+        return self.backbone(x)
+
+    def forward_head(self, f: torch.Tensor, pre_logits: bool = False):
+        """Projector and predictor: ``(z.detach(), p)``; ``pre_logits``: ``f`` unchanged."""
+        if pre_logits:
+            return f
+        z = self.projection_head(f)
         p = self.prediction_head(z)
         # Reference quirk kept: forward returns z already detached (lightly's SimSiam recipe).
         return z.detach(), p
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, in_chans, H, W) → (z, p); z is detached, the SimSiam stop-gradient."""
+        return self.forward_head(self.forward_features(x))
 
-class SwinUNETR2d(SwinUNETR):
+    # ---- timm's API (zoo.layers.model_api); SSL heads, no classifier: reset_classifier refuses
+
+    def _api_parts(self) -> dict:
+        return dict(_swin_parts("backbone.model.", "backbone.", head=_SIMSIAM_HEADS)["param_groups"])
+
+    def _api_features(self) -> list[dict]:
+        width = _swin_width(self.backbone.model)
+        parts = _swin_parts("backbone.model.", "backbone.", head=_SIMSIAM_HEADS, embed_dim=width)
+        return [dict(f) for f in parts["feature_info"]]
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        return _swin_blocks(self.backbone.model)
+
+
+class SwinUNETR2d(ModelApiMixin, SwinUNETR):
     """MONAI ``SwinUNETR`` on 2D slices, as the thesis fine-tunes it (keys ``swinViT.*``, ``out.*``).
 
     A subclass rather than a wrapper so the state_dict keys are MONAI's own (159 entries),
@@ -275,3 +327,39 @@ class SwinUNETR2d(SwinUNETR):
             x, self.in_chans, type(self).__name__, spatial_dims=2, multiple=self.divisor, why=_WHY_DIVISOR
         )
         return super().forward(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features: ``decoder1``'s map (B, feature_size, H, W), MONAI's forward up to ``out``."""
+        check_input(
+            x, self.in_chans, type(self).__name__, spatial_dims=2, multiple=self.divisor, why=_WHY_DIVISOR
+        )
+        hidden = self.swinViT(x, self.normalize)
+        enc0 = self.encoder1(x)
+        enc1 = self.encoder2(hidden[0])
+        enc2 = self.encoder3(hidden[1])
+        enc3 = self.encoder4(hidden[2])
+        dec3 = self.decoder5(self.encoder10(hidden[4]), hidden[3])
+        dec0 = self.decoder2(self.decoder3(self.decoder4(dec3, enc3), enc2), enc1)
+        return self.decoder1(dec0, enc0)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``out`` (a 1×1 convolution); ``pre_logits``: ``x`` unchanged."""
+        return x if pre_logits else self.out(x)
+
+    # ---- timm's API (zoo.layers.model_api)
+
+    def _api_parts(self) -> dict:
+        return dict(
+            _swin_parts("swinViT.", "swinViT.", decoder=_UNETR_DECODER, head=("out.",))["param_groups"]
+        )
+
+    def _api_features(self) -> list[dict]:
+        width = _swin_width(self.swinViT)
+        parts = _swin_parts("swinViT.", "swinViT.", decoder=_UNETR_DECODER, head=("out.",), embed_dim=width)
+        return [dict(f) for f in parts["feature_info"]]
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return ("out.",)
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        return _swin_blocks(self.swinViT)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.layers import check_input
+from zoo.layers.model_api import ModelApiMixin, checkpointed
 from zoo.layers.tracing import channels_last_3d
 
 __all__ = ["ULKANet", "LoGoNet", "split_subcubes", "merge_subcubes"]
@@ -199,7 +200,12 @@ class ULKAStage(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.patch_embed(x))
+        x = self.patch_embed(x)
+        if self.blocks and getattr(self.blocks[0], "grad_checkpointing", False):
+            for blk in self.blocks:  # what nn.Sequential runs, each block recomputed in backward
+                x = checkpointed(blk, x)
+        else:
+            x = self.blocks(x)
         # Channels-last out: for a channels-last input (the models' own layout) this is free.
         x = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
         return channels_last_3d(x)
@@ -278,7 +284,7 @@ def _check_img_size(img_size: int | Sequence[int], multiple: int, what: str) -> 
     return img_size
 
 
-class ULKANet(nn.Module):
+class ULKANet(ModelApiMixin, nn.Module):
     """ULKANet: LKA encoder stages + convolutional decoder (one block more than stages).
 
     Encoder stage ``i`` halves the resolution (the first one quarters it), decoder block
@@ -384,14 +390,34 @@ class ULKANet(nn.Module):
             x = self.decoder[k](x, skips[n - 1 - k])
         return self.proj(self.decoder[n](x))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``classifier`` on the features; ``pre_logits`` (or no classifier): the features."""
+        return (x if pre_logits or self.classifier is None else self.classifier(x)).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_chans, type(self).__name__, multiple=self.size_multiple)
         # Channels-last inside: oneDNN convolves NDHWC without reordering every activation.
-        x = self.forward_features(channels_last_3d(x))
-        return (x if self.classifier is None else self.classifier(x)).contiguous()
+        return self.forward_head(self.forward_features(channels_last_3d(x)))
+
+    # ---- timm's API (zoo.layers.model_api)
+
+    def _dims(self) -> tuple[int, ...]:
+        return tuple(stage.norm.normalized_shape[0] for stage in self.encoder)
+
+    def _api_parts(self) -> dict:
+        return _parts(self._dims(), 0, is_logonet=False)[0]
+
+    def _api_features(self) -> list[dict]:
+        return [dict(f) for f in _parts(self._dims(), 0, is_logonet=False)[1]]
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return ("classifier.",) if self.classifier is not None else ()
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        return [blk for stage in self.encoder for blk in stage.blocks]
 
 
-class LoGoNet(nn.Module):
+class LoGoNet(ModelApiMixin, nn.Module):
     """LoGoNet: one global ULKANet + ``n_cubes`` local ULKANets with separate weights, fused.
 
     The input is cut into a g×g×g grid of blocks (g³ = n_cubes; the paper's N = 8 gives
@@ -491,10 +517,30 @@ class LoGoNet(nn.Module):
         parts = [net.forward_features(cube) for net, cube in zip(self.local_nets, cubes, strict=True)]
         return self.global_net.forward_features(x) + merge_subcubes(parts, self.grid)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The fusion block ``proj``, then ``classifier``; ``pre_logits``: the output of ``proj``."""
+        x = self.proj(x)
+        return x if pre_logits else self.classifier(x).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_chans, type(self).__name__, multiple=self.size_multiple)
-        x = self.forward_features(channels_last_3d(x))  # see ULKANet
-        return self.classifier(self.proj(x)).contiguous()
+        return self.forward_head(self.forward_features(channels_last_3d(x)))  # see ULKANet
+
+    # ---- timm's API (zoo.layers.model_api): stage i of all nine nets is one part
+
+    def _api_parts(self) -> dict:
+        n_local = len(self.local_nets[0].encoder) if len(self.local_nets) else 0
+        return _parts(self.global_net._dims(), n_local, is_logonet=True, n_cubes=len(self.local_nets))[0]
+
+    def _api_features(self) -> list[dict]:
+        return [dict(f) for f in _parts(self.global_net._dims(), 0, is_logonet=True)[1]]
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return ("classifier.",)
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        nets = [self.global_net, *self.local_nets]
+        return [blk for net in nets for blk in net._api_checkpoint_units()]
 
 
 # ---------------------------------------------------------------------------------------
@@ -718,9 +764,11 @@ def _create_logonet(**kwargs) -> LoGoNet:
     return LoGoNet(**kwargs)
 
 
-def _parts(dims: tuple[int, ...], n_local_stages: int, is_logonet: bool) -> tuple[dict, tuple]:
+def _parts(
+    dims: tuple[int, ...], n_local_stages: int, is_logonet: bool, n_cubes: int = 8
+) -> tuple[dict, tuple]:
     """param_groups and feature_info: stage i of all nine nets is one part; stem: the first patch embeds."""
-    nets = ("global_net.", *(f"local_nets.{k}." for k in range(8))) if is_logonet else ("",)
+    nets = ("global_net.", *(f"local_nets.{k}." for k in range(n_cubes))) if is_logonet else ("",)
     groups = {"stem": tuple(f"{n}encoder.0.patch_embed." for n in nets)}
     groups["encoder.0"] = tuple(f"{n}encoder.0.{m}." for n in nets for m in ("blocks", "norm"))
     for i in range(1, len(dims)):

@@ -21,6 +21,7 @@ from torch import nn
 
 from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, WeightSpec, register_family
 from zoo.layers import DropPath, Mlp, check_input, int_tuple, trunc_normal_
+from zoo.layers.model_api import ModelApiMixin, checkpointed
 from zoo.layers.tracing import channels_last_3d, is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
@@ -413,9 +414,9 @@ class PCTEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # A one-channel input is as much NCDHW as NDHWC, so proj returns NCDHW: switch here.
-        x0 = self.conv0(channels_last_3d(self.proj(x)), owned=True)
-        x1 = self.conv1(self.down1(x0), owned=True)
-        return x0, x1, self.down2(x1)
+        x0 = checkpointed(self.conv0, channels_last_3d(self.proj(x)), owned=True)
+        x1 = checkpointed(self.conv1, checkpointed(self.down1, x0), owned=True)
+        return x0, x1, checkpointed(self.down2, x1)
 
 
 class PCTPyramid(nn.Module):
@@ -459,9 +460,9 @@ class PCTPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the decoded level-2 and level-3 maps (d2, d3)."""
-        e2 = self.convtrans_e2(x)
-        e3 = self.convtrans_e3(self.down3(e2))
-        e4 = self.convtrans_e4(self.down4(e3))
+        e2 = checkpointed(self.convtrans_e2, x)
+        e3 = checkpointed(self.convtrans_e3, checkpointed(self.down3, e2))
+        e4 = checkpointed(self.convtrans_e4, checkpointed(self.down4, e3))
         d3 = self.convtrans_d3(self.up4(e4, e3))
         d2 = self.convtrans_d2(self.up3(d3, e2))
         return d2, d3
@@ -500,7 +501,7 @@ class PCTPredHead(nn.Module):
 _RESOLUTION_MODES = {0: ((3, 3), (3, 3)), 1: ((2, 3), (2, 3)), 2: ((2, 2), (2, 2))}
 
 
-class PCTNet(nn.Module):
+class PCTNet(ModelApiMixin, nn.Module):
     """PCT-Net (MIS-FM): CNN embedding → pyramid of parallel conv/transformer blocks → CNN head.
 
     The Swin blocks are built for a fixed feature-map size, so the network takes inputs of
@@ -587,6 +588,10 @@ class PCTNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        self._check(x)
+        return self.forward_head(self._decode(x))
+
+    def _check(self, x: torch.Tensor) -> None:
         check_input(x, self.in_chans, "PCTNet")
         if tuple(x.shape[2:]) != self.img_size:
             raise ValueError(
@@ -595,6 +600,13 @@ class PCTNet(nn.Module):
                 f"inference with roi_size={self.img_size} (e.g. monai.inferers.sliding_window_inference), "
                 "or build the model with img_size=<your size>."
             )
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features: the decoded maps the four heads read, finest first ``[y0, y1, d2, d3]``."""
+        self._check(x)
+        return self._decode(x)
+
+    def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
         embed = self.embeddings[self.resolution_mode]
         head = self.pred_heads[self.resolution_mode]
         # Channels-last inside: oneDNN convolves NDHWC without reordering every activation,
@@ -603,11 +615,56 @@ class PCTNet(nn.Module):
         x0, x1, x2 = embed(x)
         d2, d3 = self.pyramid_ct(x2)
         y0, y1 = head(d2, x1, x0)
+        return [y0, y1, d2, d3]
+
+    def forward_head(
+        self, feats: Sequence[torch.Tensor], pre_logits: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """The pre-activated pointwise heads (all four with deep supervision); ``pre_logits``: ``feats``."""
+        if pre_logits:
+            return list(feats)
+        head = self.pred_heads[self.resolution_mode]
+        y0, y1, d2, d3 = feats
         out = head.out_conv0(y0).contiguous()
         if not self.deep_supervision:
             return out
         outs = [head.out_conv1(y1), self.pyramid_ct.out_conv2(d2), self.pyramid_ct.out_conv3(d3)]
         return [out, *(o.contiguous() for o in outs)]
+
+    # ---- timm's API (zoo.layers.model_api)
+
+    def _api_parts(self) -> dict:
+        return dict(_PCT_GROUPS)
+
+    def _api_features(self) -> list[dict]:
+        conv_dims, down_dims = _RESOLUTION_MODES[self.resolution_mode]
+        s1 = _scale(down_dims[0])
+        s2 = tuple(a * b for a, b in zip(s1, _scale(down_dims[1]), strict=True))
+        red = [(1, 1, 1), s1, s2, tuple(2 * r for r in s2), tuple(4 * r for r in s2)]
+        m = self.resolution_mode
+        embed, pyr = self.embeddings[m], self.pyramid_ct
+        mods = [f"embeddings.{m}.conv0", f"embeddings.{m}.conv1"]
+        mods += [f"pyramid_ct.convtrans_e{i}" for i in (2, 3, 4)]
+        chs = [embed.proj.out_channels, embed.down1.conv[-1].out_channels]
+        chs += [
+            pyr.down3.conv[-1].in_channels,
+            pyr.down3.conv[-1].out_channels,
+            pyr.down4.conv[-1].out_channels,
+        ]
+        return [dict(module=n, num_chs=c, reduction=r) for n, c, r in zip(mods, chs, red, strict=True)]
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return _PCT_HEADS
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The full-resolution head's pointwise conv of the running resolution mode."""
+        return self.pred_heads[self.resolution_mode].out_conv0.conv[2]
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        units = [getattr(e, k) for e in self.embeddings for k in ("conv0", "down1", "conv1", "down2")]
+        pyr = self.pyramid_ct
+        return units + [pyr.convtrans_e2, pyr.down3, pyr.convtrans_e3, pyr.down4, pyr.convtrans_e4]
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,10 +738,10 @@ class FMUEncoder(nn.Module):
             self.add_module(f"down{i}", FMUDownSample(chns[i], chns[i + 1], dims[i]))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = [self.en_conv0(x)]
+        feats = [checkpointed(self.en_conv0, x)]
         for i in range(1, 5):
-            down = getattr(self, f"down{i - 1}")
-            feats.append(getattr(self, f"en_conv{i}")(down(feats[-1])))
+            down = checkpointed(getattr(self, f"down{i - 1}"), feats[-1])
+            feats.append(checkpointed(getattr(self, f"en_conv{i}"), down))
         return feats
 
 
@@ -713,7 +770,7 @@ class FMUDecoder(nn.Module):
 _FMU_DIMS = {0: (3, 3), 1: (2, 3), 2: (2, 2)}
 
 
-class FMUNet(nn.Module):
+class FMUNet(ModelApiMixin, nn.Module):
     """FMUNet: the MIS-FM release's 3D U-Net (InstanceNorm + LeakyReLU, residual convolutions).
 
     Takes any spatial size divisible by the total downsampling (res_mode 0: 16 on each axis).
@@ -775,6 +832,10 @@ class FMUNet(nn.Module):
         self.apply(_init_he)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features: the decoder's maps of levels 0–3 that the four heads read, finest first."""
         check_input(x, self.in_chans, "FMUNet")
         size = tuple(x.shape[2:])
         if any(s % q for s, q in zip(size, self.size_divisor, strict=True)):
@@ -782,10 +843,43 @@ class FMUNet(nn.Module):
                 f"FMUNet (res_mode {self.res_mode}) needs D, H, W divisible by {self.size_divisor}, "
                 f"got {size}; pad or crop the input (or use sliding-window inference)."
             )
-        decoded = self.decoder(self.encoder(self.project(x)))
+        return self.decoder(self.encoder(self.project(x)))
+
+    def forward_head(
+        self, feats: Sequence[torch.Tensor], pre_logits: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """The ``out_layers`` heads (all four with deep supervision); ``pre_logits``: ``feats``."""
+        if pre_logits:
+            return list(feats)
         if not self.deep_supervision:
-            return self.out_layers[0](decoded[0])
-        return [head(d) for head, d in zip(self.out_layers, decoded, strict=True)]
+            return self.out_layers[0](feats[0])
+        return [head(d) for head, d in zip(self.out_layers, feats, strict=True)]
+
+    # ---- timm's API (zoo.layers.model_api)
+
+    def _api_parts(self) -> dict:
+        return dict(_FMU_GROUPS)
+
+    def _api_features(self) -> list[dict]:
+        dims = (*_FMU_DIMS[self.res_mode], 3, 3, 3)
+        out, red = [], (1, 1, 1)
+        for i in range(5):
+            if i:
+                red = tuple(a * b for a, b in zip(red, _scale(dims[i - 1]), strict=True))
+            c = getattr(self.encoder, f"en_conv{i}").conv_list[0][-1].out_channels
+            r = red[0] if len(set(red)) == 1 else red  # isotropic: one number, as the registry
+            out.append(dict(module=f"encoder.en_conv{i}", num_chs=c, reduction=r))
+        return out
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return tuple(f"out_layers.{i}.2." for i in range(len(self.out_layers)))
+
+    def _api_init_head(self, module: nn.Module) -> None:
+        _init_he(module)  # as built
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        enc = self.encoder
+        return [getattr(enc, f"en_conv{i}") for i in range(5)] + [getattr(enc, f"down{i}") for i in range(4)]
 
 
 def _init_he(module: nn.Module) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 
 from zoo._registry import ModelMeta, PaperInfo, SpecFields, Variant, WeightSpec, register_family
 from zoo.layers import DropPath, InvalidArgumentError, Mlp
+from zoo.layers.model_api import ModelApiMixin, checkpointed
 from zoo.layers.tracing import is_tracing
 from zoo.layers.window_attention_3d import (
     WindowPlan,
@@ -384,10 +385,10 @@ class EncoderStage(nn.Module):
         kvs = []
         for blk in self.blocks:
             if isinstance(blk, VTBlock3D):
-                x, kv = blk(x)
+                x, kv = checkpointed(blk, x)
                 kvs.append(kv)
             else:
-                x = blk(x)
+                x = checkpointed(blk, x)
         if self.downsample is not None:
             x = self.downsample(x)
         return x, kvs
@@ -495,7 +496,7 @@ class QTUNetEncoder(nn.Module):
 # --------------------------------------------------------------------------- model
 
 
-class QTUNet(nn.Module):
+class QTUNet(ModelApiMixin, nn.Module):
     """QT-UNet / VT-UNet family: a Swin-Transformer 3D U-Net with decoder cross-attention.
 
     Encoder: 4³ patch embedding, four Swin stages (dims C, 2C, 4C, 8C; depths 2, 2, 2, 1;
@@ -644,8 +645,24 @@ class QTUNet(nn.Module):
         y, skips, _ = _encode(self.encoder if self.decoder == "qt" else self, x)
         return y.permute(0, 4, 1, 2, 3), [s.permute(0, 4, 1, 2, 3) for s in skips]
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features: the decoder's last map before the ×4 expansion, ``(B, C, D/4, H/4, W/4)``."""
+        return self._decode(x).permute(0, 4, 1, 2, 3)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The ×4 expansion ``up``, then ``output``; ``pre_logits``: the expanded map ``(B, C, D, H, W)``."""
+        x = x.permute(0, 2, 3, 4, 1)  # back to the decoder's channels-last layout (a view)
+        if pre_logits:
+            y = self.up(x)
+            return y.permute(0, 4, 1, 2, 3)
+        return self._expand_and_classify(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes, *img_size)`` for ``x`` of shape ``(B, in_chans, *img_size)``."""
+        return self._expand_and_classify(self._decode(x))
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        # Encoder and decoder up to norm_up, channels-last (B, D/4, H/4, W/4, C).
         self._check_input(x)
         x, skips, kv_pairs = _encode(self.encoder if self.decoder == "qt" else self, x)
         n = len(self.layers_up)
@@ -656,7 +673,22 @@ class QTUNet(nn.Module):
             skip = skips[n - 1 - i]
             x = self.concat_back_dim[i](torch.cat([x, skip], dim=-1))
             x = layer(x, skip if self.decoder == "qt" else kv_pairs[n - 1 - i])
-        return self._expand_and_classify(self.norm_up(x))
+        return self.norm_up(x)
+
+    # ---- timm's API (zoo.layers.model_api): the registry's parts of this instance
+
+    def _api_parts(self) -> dict:
+        return _parts(self.embed_dim, self.decoder == "qt")[0]
+
+    def _api_features(self) -> list[dict]:
+        return [dict(f) for f in _parts(self.embed_dim, self.decoder == "qt", self.merge_depth)[1]]
+
+    def _api_head_keys(self) -> tuple[str, ...]:
+        return ("output.",)
+
+    def _api_checkpoint_units(self) -> list[nn.Module]:
+        enc = self.encoder if self.decoder == "qt" else self
+        return [blk for stage in enc.layers for blk in stage.blocks]
 
     def _expand_and_classify(self, x: torch.Tensor) -> torch.Tensor:
         # self.up then self.output. The ×4 expansion's LayerNorm and the 1×1×1 output conv act
@@ -926,21 +958,28 @@ _LIMITATIONS_WEIGHTS = (
 )
 
 
-def _parts(dim: int, is_qt: bool) -> tuple[dict, tuple]:
-    """param_groups and feature_info; VT-UNet keeps its encoder at the top level (no ``encoder.``)."""
+def _parts(dim: int, is_qt: bool, merge_depth: bool = True) -> tuple[dict, tuple]:
+    """param_groups and feature_info; VT-UNet keeps its encoder at the top level (no ``encoder.``).
+
+    Without depth merging the maps keep D/4: their reductions are (D, H, W) tuples.
+    """
     enc = "encoder." if is_qt else ""
     groups = {"stem": (f"{enc}patch_embed.",)}
     groups.update({f"encoder.{i}": (f"{enc}layers.{i}.",) for i in range(3)})
     groups["encoder.3"] = (f"{enc}layers.3.", f"{enc}norm.")
     groups["decoder"] = ("layers_up.", "concat_back_dim.", "norm_up.", "up.")
     groups["head"] = ("output.",)
+
     # One map per resolution: the patch embedding, the merged outputs of stages 0–1 (the skips)
     # and the normed bottleneck; all channels-last inside the encoder.
+    def red(r: int) -> int | tuple[int, int, int]:
+        return r if merge_depth else (4, r, r)
+
     features = (
-        dict(module=f"{enc}patch_embed", num_chs=dim, reduction=4, channels_last=True),
-        dict(module=f"{enc}layers.0", num_chs=2 * dim, reduction=8, channels_last=True),
-        dict(module=f"{enc}layers.1", num_chs=4 * dim, reduction=16, channels_last=True),
-        dict(module=f"{enc}norm", num_chs=8 * dim, reduction=32, channels_last=True),
+        dict(module=f"{enc}patch_embed", num_chs=dim, reduction=red(4), channels_last=True),
+        dict(module=f"{enc}layers.0", num_chs=2 * dim, reduction=red(8), channels_last=True),
+        dict(module=f"{enc}layers.1", num_chs=4 * dim, reduction=red(16), channels_last=True),
+        dict(module=f"{enc}norm", num_chs=8 * dim, reduction=red(32), channels_last=True),
     )
     return groups, features
 
@@ -969,7 +1008,7 @@ def _variant(
     is_qt = decoder == "qt"
     num, gmacs, gmacs_brats = measured
     ssl = _ssl_weights(_SIZE_DIR[dim]) if weights else ()
-    param_groups, feature_info = _parts(dim, is_qt)
+    param_groups, feature_info = _parts(dim, is_qt, merge_depth)
     decoder_text = (
         "Its decoder blocks make their own keys and values from the same-stage encoder skip "
         '("self-querying" window cross-attention, post-norm blocks).'

@@ -165,6 +165,12 @@ def _swin_parts(
     )
 
 
+# Swin-UNETR's residual blocks on the skips (encoder1..4, encoder10) start random with an SSL
+# encoder, so they belong with the decoder.
+_UNETR_DECODER = tuple(f"encoder{i}." for i in (1, 2, 3, 4, 10)) + tuple(f"decoder{i}." for i in range(1, 6))
+_SIMSIAM_HEADS = ("projection_head.", "prediction_head.")
+
+
 def _create_backbone(**kwargs: Any) -> SwinViT2d:
     from zoo.models._swinvit2d_net import SwinViT2d
 
@@ -233,7 +239,7 @@ register_family(
             aliases={"swinvit2d-c48-simsiam-iou30-60-flare22": None},
             spec=SpecFields(
                 builder=_create_simsiam,
-                **_swin_parts("backbone.model.", "backbone.", head=("projection_head.", "prediction_head.")),
+                **_swin_parts("backbone.model.", "backbone.", head=_SIMSIAM_HEADS),
                 description=(
                     "The thesis's pretraining module: the 2D Swin-UNETR encoder (C=48) with lightly-style "
                     "SimSiam heads (projector 768→2048→2048→2048 with BN, last BN non-affine; predictor "
@@ -271,10 +277,7 @@ register_family(
                 **_swin_parts(
                     "swinViT.",
                     "swinViT.",
-                    # Swin-UNETR's residual blocks on the skips (encoder1..4, encoder10) start random
-                    # with an SSL encoder, so they belong with the decoder.
-                    decoder=tuple(f"encoder{i}." for i in (1, 2, 3, 4, 10))
-                    + tuple(f"decoder{i}." for i in range(1, 6)),
+                    decoder=_UNETR_DECODER,
                     head=("out.",),
                     # Both the Swin patch embedding and Swin-UNETR's encoder1 skip convs read the input.
                     first_conv=(

@@ -361,3 +361,92 @@ def test_every_cli_command_resolves_its_model_name_once(tmp_path, monkeypatch, c
         assert rc == status, (argv, rc, err)
         # A run folder names its model in its config.json: looked up as registered, not resolved.
         assert len(c.calls) == (0 if argv[0] == "publish" else 1), (argv[0], c.calls)
+
+
+# ------------------------------------------------------------------------------------ run folders and ONNX
+
+
+def test_a_run_never_writes_into_a_folder_it_does_not_own(tmp_path, capsys):
+    from zoo.cli import main
+
+    published = _run(tmp_path, "published", _state(1))  # a zoo publish folder: weights + config, no trainer
+    (published / "README.md").write_text("# someone's model\n")
+    before = {p.name: p.read_bytes() for p in published.iterdir()}
+    for argv in (
+        ["finetune", "qtunet-t", "--data", str(tmp_path / "none.json"), "--out", str(published)],
+        ["pretrain", "byol-rot-rec", "--model", "qtunet-t", "--data", str(tmp_path / "none.json"),
+         "--out", str(published)],
+    ):  # fmt: skip
+        started = time.perf_counter()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--out {published} already holds" in err and "choose another --out" in err, err
+        assert time.perf_counter() - started < 1.0  # refused before the (missing) data is read
+    assert {p.name: p.read_bytes() for p in published.iterdir()} == before
+
+
+def _onnx_with(path: Path, **changes: str) -> Path:
+    """A one-node ONNX file carrying medzoo metadata, with some values replaced."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from zoo.runconfig import METADATA_KEYS
+
+    meta = {
+        "medzoo.version": "0.1.0",
+        "medzoo.model": "qtunet-t",
+        "medzoo.family": "qtunet",
+        "medzoo.weights_tag": "",
+        "medzoo.weights_sha256": "",
+        "medzoo.weights": "null",
+        "medzoo.model_args": json.dumps(TINY),
+        "medzoo.input_size": "[1, 32, 32, 32]",
+        "medzoo.input_axes": '["batch", "channel", "x", "y", "z"]',
+        "medzoo.axis_order": "xyz",
+        "medzoo.preprocessing": json.dumps({"orientation": "RAS", "intensity_transform": "zscore"}),
+        "medzoo.labels": "null",
+        "medzoo.num_classes": "3",
+        "medzoo.sliding_window": json.dumps({"roi_size": [32, 32, 32], "overlap": 0.5}),
+    }
+    meta.update({f"medzoo.{k}": v for k, v in changes.items()})
+    assert set(meta) == set(METADATA_KEYS)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 32, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 32, 32, 32])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"sliding_window": json.dumps({"roi_size": [2048, 2048, 2048]})},
+            r"medzoo\.sliding_window\.roi_size",
+        ),
+        ({"preprocessing": "[1, 2]"}, r"medzoo\.preprocessing: expected an object, found \[1, 2\]"),
+        ({"num_classes": "many"}, r"medzoo\.num_classes: expected an integer, found 'many'"),
+        (
+            {"model_args": json.dumps({**TINY, "embed_dim": 12000})},
+            r"medzoo\.model_args .* build a qtunet-t of",
+        ),
+    ],
+    ids=["window-2048", "list-for-mapping", "string-for-int", "huge-model"],
+)
+def test_hostile_onnx_metadata_is_refused_naming_the_key(tmp_path, capsys, change, message):
+    pytest.importorskip("onnx")
+    import re
+
+    import zoo.cli.apply  # noqa: F401  (what is timed is the check, not Python's first imports)
+    import zoo.predict_checks  # noqa: F401
+    from zoo.cli import main
+
+    path = _onnx_with(tmp_path / "m.onnx", **change)
+    scan = tmp_path / "scan.nii.gz"
+    started = time.perf_counter()
+    assert main(["predict", str(path), "-i", str(scan), "-o", str(tmp_path / "seg.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.perf_counter() - started < 1.0
+    assert len(err.splitlines()) == 1 and re.search(message, err), err

@@ -236,8 +236,7 @@ def _check_same_model(spec: ModelSpec | None, cfg: RunConfig, where: str) -> Mod
 
 
 def _plan_onnx(request: str) -> ModelPlan:
-    from zoo.export import read_onnx_metadata
-    from zoo.runconfig import check_onnx_metadata
+    from zoo.runconfig import check_onnx_metadata, read_onnx_metadata
 
     meta = check_onnx_metadata(read_onnx_metadata(request), request)
     try:

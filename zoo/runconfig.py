@@ -259,6 +259,7 @@ def check_model_args(
     args: Any,
     where: str,
     weights_bytes: int | None = None,
+    key: str = "model_args",
 ) -> dict[str, Any]:
     """Check model arguments read from a file; returns them with tuples for sequences.
 
@@ -273,7 +274,7 @@ def check_model_args(
     from zoo.layers.checks import check_args
 
     if not isinstance(args, Mapping):
-        raise ConfigError(f"{where}: model_args: expected an object, found {type(args).__name__}")
+        raise ConfigError(f"{where}: {key}: expected an object, found {type(args).__name__}")
     args = {str(k): _tuples(v) for k, v in args.items()}
     defaults = dict(spec.model_args)
     unknown = [k for k in args if k not in defaults]
@@ -286,42 +287,44 @@ def check_model_args(
         near = difflib.get_close_matches(unknown[0], list(defaults), n=2)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise ConfigError(
-            f"{where}: model_args.{unknown[0]}: not an argument of {spec.name}{hint}; "
+            f"{where}: {key}.{unknown[0]}: not an argument of {spec.name}{hint}; "
             f"its arguments: {', '.join(sorted(defaults))}"
         )
     try:
         check_args(args, defaults, spec.name)
     except ValueError as e:
-        raise ConfigError(f"{where}: model_args: {e}") from None
-    for key, top in (("in_chans", MAX_IN_CHANS), ("num_classes", MAX_CLASSES)):
-        if isinstance(args.get(key), int) and args[key] > top:
-            raise ConfigError(f"{where}: model_args.{key}: expected at most {top}, found {args[key]}")
+        raise ConfigError(f"{where}: {key}: {e}") from None
+    for arg, top in (("in_chans", MAX_IN_CHANS), ("num_classes", MAX_CLASSES)):
+        if isinstance(args.get(arg), int) and args[arg] > top:
+            raise ConfigError(f"{where}: {key}.{arg}: expected at most {top}, found {args[arg]}")
     need = estimate_param_bytes(spec, args, defaults)
     budget = memory_budget_bytes()
     if need > budget:
         raise ConfigError(
-            f"{where}: model_args {_plain(args)} build a {spec.name} of {need / 2**30:.1f} GiB, but the "
+            f"{where}: {key} {_plain(args)} build a {spec.name} of {need / 2**30:.1f} GiB, but the "
             f"memory budget is {budget / 2**30:.1f} GiB (MEDZOO_MAX_MODEL_GB); refusing to allocate it"
         )
     if weights_bytes is not None and need > 8 * weights_bytes + (256 << 20):
         raise ConfigError(
-            f"{where}: model_args {_plain(args)} build a {spec.name} of {need / 2**30:.1f} GiB, "
+            f"{where}: {key} {_plain(args)} build a {spec.name} of {need / 2**30:.1f} GiB, "
             f"but model.safetensors holds {weights_bytes / 2**20:.1f} MiB; refusing to allocate it"
         )
     return args
 
 
-def check_window(window: Any, where: str, dims: int | None = None) -> dict[str, Any]:
+def check_window(
+    window: Any, where: str, dims: int | None = None, key: str = "sliding_window"
+) -> dict[str, Any]:
     """Check a ``sliding_window`` mapping: ``roi_size`` within :data:`MAX_WINDOW_SIDE` per axis and
     :data:`MAX_WINDOW_VOXELS` in all, ``overlap`` in [0, 1), ``mode`` gaussian or constant."""
     if window is None:
         return {}
     if not isinstance(window, Mapping):
-        raise ConfigError(f"{where}: sliding_window: expected an object, found {type(window).__name__}")
+        raise ConfigError(f"{where}: {key}: expected an object, found {type(window).__name__}")
     out = dict(window)
     unknown = sorted(set(out) - {"roi_size", "overlap", "mode", "sw_batch_size"})
     if unknown:
-        raise ConfigError(f"{where}: sliding_window.{unknown[0]}: unknown key (roi_size, overlap, mode)")
+        raise ConfigError(f"{where}: {key}.{unknown[0]}: unknown key (roi_size, overlap, mode)")
     roi = out.get("roi_size")
     if roi is not None:
         ok = (
@@ -331,43 +334,39 @@ def check_window(window: Any, where: str, dims: int | None = None) -> dict[str, 
         )
         if not ok or (dims is not None and len(roi) != dims):
             want = f"{dims} ints" if dims else "a list of ints"
-            raise ConfigError(f"{where}: sliding_window.roi_size: expected {want}, found {roi!r}")
+            raise ConfigError(f"{where}: {key}.roi_size: expected {want}, found {roi!r}")
         if any(not 1 <= v <= MAX_WINDOW_SIDE for v in roi) or math.prod(roi) > MAX_WINDOW_VOXELS:
             raise ConfigError(
-                f"{where}: sliding_window.roi_size: expected 1..{MAX_WINDOW_SIDE} per axis and at most "
+                f"{where}: {key}.roi_size: expected 1..{MAX_WINDOW_SIDE} per axis and at most "
                 f"{MAX_WINDOW_VOXELS} voxels, found {list(roi)}"
             )
         out["roi_size"] = tuple(roi)
     if "overlap" in out:
         v = out["overlap"]
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
-            raise ConfigError(f"{where}: sliding_window.overlap: expected a number in [0, 1), found {v!r}")
+            raise ConfigError(f"{where}: {key}.overlap: expected a number in [0, 1), found {v!r}")
     if "mode" in out and out["mode"] not in ("gaussian", "constant"):
-        raise ConfigError(
-            f"{where}: sliding_window.mode: expected gaussian or constant, found {out['mode']!r}"
-        )
+        raise ConfigError(f"{where}: {key}.mode: expected gaussian or constant, found {out['mode']!r}")
     if "sw_batch_size" in out:
         v = out["sw_batch_size"]
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 64:
-            raise ConfigError(f"{where}: sliding_window.sw_batch_size: expected an int in 1..64, found {v!r}")
+            raise ConfigError(f"{where}: {key}.sw_batch_size: expected an int in 1..64, found {v!r}")
     return out
 
 
-def check_labels(labels: Any, where: str) -> dict[str, str] | None:
+def check_labels(labels: Any, where: str, key: str = "labels") -> dict[str, str] | None:
     """``{"0": "background", …}``: class indices (as text) to names, at most :data:`MAX_CLASSES`."""
     if labels is None:
         return None
     if isinstance(labels, list):
         labels = {str(i): v for i, v in enumerate(labels)}
     if not isinstance(labels, Mapping) or len(labels) > MAX_CLASSES:
-        raise ConfigError(
-            f"{where}: labels: expected an object of class index → name, found {_short(labels)}"
-        )
+        raise ConfigError(f"{where}: {key}: expected an object of class index → name, found {_short(labels)}")
     out = {}
     for k, v in labels.items():
         if not str(k).isdigit() or not isinstance(v, str) or len(v) > 200:
             raise ConfigError(
-                f"{where}: labels.{k}: expected a class index mapped to a name, found {_short(v)}"
+                f"{where}: {key}.{k}: expected a class index mapped to a name, found {_short(v)}"
             )
         out[str(int(k))] = v
     return out
@@ -652,15 +651,18 @@ def check_onnx_metadata(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
         InputContract.from_preprocessing(out["preprocessing"])
     except ValueError as e:
         raise ConfigError(f"{where}: metadata medzoo.preprocessing: {e}") from None
-    out["labels"] = check_labels(out.get("labels"), f"{where}: metadata medzoo")
-    out["sliding_window"] = check_window(out.get("sliding_window"), f"{where}: metadata medzoo") or None
+    out["labels"] = check_labels(out.get("labels"), where, "metadata medzoo.labels")
+    out["sliding_window"] = check_window(
+        out.get("sliding_window"), where, None, "metadata medzoo.sliding_window"
+    )
+    out["sliding_window"] = out["sliding_window"] or None
     if isinstance(out.get("model"), str):
         try:
             spec = registered(out["model"])
         except UnknownNameError:
             spec = None
         if spec is not None:
-            check_model_args(spec, out["model_args"], f"{where}: metadata medzoo")
+            check_model_args(spec, out["model_args"], where, None, "metadata medzoo.model_args")
     return out
 
 

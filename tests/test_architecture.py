@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ("zoo.models", "zoo.models.*", "zoo.convert", "zoo.convert.*", "zoo.info", "zoo.adapt"),
     ),
     ("contracts", ("zoo.transforms", "zoo.runconfig")),
-    ("weights", ("zoo.hub", "zoo.download", "zoo.hub_repo", "zoo.provenance")),
+    ("weights", ("zoo.transfer", "zoo.hub", "zoo.download", "zoo.hub_repo", "zoo.provenance")),
     ("plan", ("zoo.plan", "zoo._factory")),
     (
         "tasks",
@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "zoo.fast",
             "zoo.datalist",
             "zoo.presets",
-            "zoo.seg_losses",
+            "zoo.seg_metrics",
             "zoo.train",
             "zoo.train_state",
             "zoo.finetune",

@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 
 import zoo
+from zoo.ssl.catalog import get_recipe
 from zoo.ssl.data import Preprocessing, load_volumes, mni152_paths
-from zoo.ssl.recipe import get_recipe
 from zoo.ssl.runner import PretrainOptions, RunOptions, run_recipe
 
 warnings.filterwarnings("ignore", category=UserWarning)

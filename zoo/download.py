@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from zoo.hub import _CHUNK, DownloadError, DownloadLimits, _page_error, _Transfer
+from zoo.transfer import _CHUNK, DownloadError, DownloadLimits, _page_error, _Transfer
 
 log = logging.getLogger("zoo.hub")
 

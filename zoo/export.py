@@ -577,7 +577,7 @@ def _input_axes(ndim: int, axis_order: str) -> list[str]:
 def _model_metadata(
     module: nn.Module, spec: ModelSpec | None, shapes: Sequence[tuple[int, ...]], dynamic_spatial: bool
 ) -> dict[str, str]:
-    import zoo
+    from zoo._version import __version__
 
     cfg = dict(getattr(module, "pretrained_cfg", {}) or {})
     weights = cfg.get("weights") or None
@@ -593,7 +593,7 @@ def _model_metadata(
             args["img_size"] = list(shapes[0][1:])
     num_classes = args.get("num_classes", getattr(module, "num_classes", None))
     meta = {
-        "medzoo.version": zoo.__version__,
+        "medzoo.version": __version__,
         "medzoo.model": str(cfg.get("name") or (spec.name if spec else type(module).__name__)),
         "medzoo.family": str(cfg.get("family") or (spec.family if spec else "")),
         "medzoo.weights_tag": str((weights or {}).get("tag") or cfg.get("tag") or ""),

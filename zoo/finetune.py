@@ -526,12 +526,12 @@ def build_model(
 
 def adapt_model(model: nn.Module, settings: FinetuneSettings) -> nn.Module:
     """Freeze a part and/or add LoRA, as ``settings.adapters`` says."""
-    from zoo import adapt
+    from zoo.adapt import add_lora, freeze
 
     if settings.adapters.get("freeze"):
-        adapt.freeze(model, settings.adapters["freeze"])
+        freeze(model, settings.adapters["freeze"])
     if settings.adapters.get("lora_rank"):
-        adapt.add_lora(model, r=settings.adapters["lora_rank"])
+        add_lora(model, r=settings.adapters["lora_rank"])
     return model
 
 

@@ -50,14 +50,24 @@ import os
 import shutil
 import tempfile
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
 from zoo._registry import ModelSpec, WeightSpec
+from zoo.convert import web_page_excerpt
+from zoo.transfer import (
+    _CHUNK,
+    _MIB,
+    DownloadError,
+    DownloadLimits,
+    HubError,
+    WeightsUnavailableError,
+    _page_error,
+    _Transfer,
+    limits_for,
+)
 
 log = logging.getLogger("zoo.hub")
 
@@ -77,27 +87,6 @@ __all__ = [
     "save_safetensors",
     "web_page_excerpt",
 ]
-
-_CHUNK = 1 << 20
-_MIB = 1 << 20
-
-
-class WeightsUnavailableError(RuntimeError):
-    """No source could provide the weights (offline and not cached, or every source failed)."""
-
-
-class DownloadError(WeightsUnavailableError):
-    """An upstream transfer failed: unreachable, HTTP error, too large, stalled, past its deadline,
-    truncated, or a web page instead of a checkpoint."""
-
-
-class HubError(WeightsUnavailableError):
-    """The Hugging Face Hub could not provide a file; ``kind`` is ``offline``, ``unreachable``,
-    ``not-found``, ``unauthorised``, ``too-large`` or ``http``."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class DigestMismatchError(ValueError):
@@ -179,28 +168,6 @@ def _warn_unpinned(what: str, sha256: str, pin: str) -> None:
 # ------------------------------------------------------------------------ limits
 
 
-@dataclass(frozen=True)
-class DownloadLimits:
-    """Bounds of one transfer: at most ``max_bytes``, no pause over ``stall_s``, done by ``deadline_s``."""
-
-    max_bytes: int
-    stall_s: float
-    deadline_s: float
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {raw!r}")
-    return value
-
-
 def size_bound(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> tuple[int, bool]:
     """The most bytes a download of ``ws`` (its Hub file if ``hub``) may bring, and whether that is exact."""
     # Recorded sizes: the Hub file's ``size``; ``upstream_size`` as `zoo download --print-digest` prints it.
@@ -214,112 +181,10 @@ def size_bound(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> tuple[int,
     return 4 << 30, False
 
 
-def limits_for(bound: int, fixed: bool = False) -> DownloadLimits:
-    """The limits of a download expected to bring at most ``bound`` bytes (environment applied).
-
-    Args:
-        bound: the size bound in bytes.
-        fixed: keep ``bound`` even when ``MEDZOO_DOWNLOAD_MAX_BYTES`` is set (for a file whose
-            size is a property of its format, such as a config, not of a model).
-
-    Returns:
-        ``MEDZOO_DOWNLOAD_MAX_BYTES`` or ``bound``; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT`` or 60 s;
-        ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
-    """
-    max_bytes = bound if fixed else int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(bound)))
-    stall = _env_number("MEDZOO_DOWNLOAD_STALL_TIMEOUT", 60.0)
-    deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", 120.0 + max_bytes / (256 * 1024))
-    return DownloadLimits(max_bytes=max_bytes, stall_s=stall, deadline_s=deadline)
-
-
 def download_limits(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> DownloadLimits:
     """The size bound, stall timeout and deadline for a download of ``ws``: :func:`limits_for`
     of :func:`size_bound`."""
     return limits_for(size_bound(spec, ws, hub)[0])
-
-
-class _Transfer:
-    """Counts the bytes and the time of one transfer; raises :class:`DownloadError` past a bound."""
-
-    def __init__(self, what: str, limits: DownloadLimits, error: type[WeightsUnavailableError]) -> None:
-        self.what, self.limits, self.error = what, limits, error
-        self.start = time.monotonic()
-        self.received = 0
-
-    def _fail(self, message: str) -> WeightsUnavailableError:
-        if self.error is HubError:
-            return HubError("too-large" if "bound" in message else "unreachable", message)
-        return self.error(message)
-
-    def announce(self, total: int | None) -> None:
-        if total is not None and total > self.limits.max_bytes:
-            raise self._fail(
-                f"{self.what}: the server announces {total:,} bytes, over the {self.limits.max_bytes:,}-byte "
-                "bound for this file; refused (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file "
-                "really grew)"
-            )
-
-    def seen(self, total_received: int) -> None:
-        self.received = total_received
-        if self.received > self.limits.max_bytes:
-            raise self._fail(
-                f"{self.what}: more than {self.limits.max_bytes:,} bytes received, over the bound for this "
-                "file; aborted (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file really grew)"
-            )
-        self.check_deadline()
-
-    def check_deadline(self) -> None:
-        elapsed = time.monotonic() - self.start
-        if elapsed > self.limits.deadline_s:
-            raise self.deadline_error()
-
-    def deadline_error(self) -> WeightsUnavailableError:
-        return self._fail(
-            f"{self.what}: not complete after {self.limits.deadline_s:g} s ({self.received:,} bytes "
-            "received); aborted (MEDZOO_DOWNLOAD_DEADLINE sets the deadline)"
-        )
-
-    def stall_error(self) -> WeightsUnavailableError:
-        return self._fail(
-            f"{self.what}: no byte from the server for {self.limits.stall_s:g} s ({self.received:,} bytes "
-            "received); aborted (MEDZOO_DOWNLOAD_STALL_TIMEOUT sets the timeout)"
-        )
-
-
-# ------------------------------------------------------------------- web pages
-
-
-_BINARY_MAGIC = (b"PK\x03\x04", b"\x80")  # torch's zip container; a legacy pickle
-
-
-def web_page_excerpt(path: str | Path, limit: int = 200) -> str | None:
-    """The first ``limit`` characters of ``path`` if it is HTML or text rather than a binary checkpoint.
-
-    Returns:
-        The excerpt with whitespace collapsed, or None for a binary file.
-    """
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if not head or head.startswith(_BINARY_MAGIC):
-        return None
-    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-        return None
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 4:  # not just a character cut at the end of the read
-            return None
-        text = head[: e.start].decode("utf-8")
-    if sum(not (c.isprintable() or c.isspace()) for c in text) > len(text) // 100:
-        return None
-    return " ".join(text.split())[:limit]
-
-
-def _page_error(what: str, url: str, excerpt: str) -> DownloadError:
-    return DownloadError(f"{what} from {url}: the server returned a web page, not a checkpoint: {excerpt}")
-
-
-# ---------------------------------------------------------------------------- Hub
 
 
 def _hub_label(repo_id: str, filename: str, revision: str | None) -> str:

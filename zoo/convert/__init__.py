@@ -28,6 +28,7 @@ __all__ = [
     "convert_checkpoint",
     "tensor_dict",
     "layout_keys",
+    "web_page_excerpt",
 ]
 
 
@@ -119,8 +120,6 @@ def read_checkpoint(path: str | Path) -> Any:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from e
-    from zoo.hub import web_page_excerpt
-
     if (page := web_page_excerpt(path)) is not None:
         raise CheckpointFormatError(
             f"{path}: a web page or text file, not a checkpoint (a download link that answered with a "
@@ -154,3 +153,29 @@ def convert_checkpoint(checkpoint: Any, spec: Any) -> dict[str, torch.Tensor]:
     except ModuleNotFoundError as e:
         raise CheckpointFormatError(f"no converter for family {spec.family!r}") from e
     return module.convert(checkpoint, spec)
+
+
+_BINARY_MAGIC = (b"PK\x03\x04", b"\x80")  # torch's zip container; a legacy pickle
+
+
+def web_page_excerpt(path: str | Path, limit: int = 200) -> str | None:
+    """The first ``limit`` characters of ``path`` if it is HTML or text rather than a binary checkpoint.
+
+    Returns:
+        The excerpt with whitespace collapsed, or None for a binary file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head or head.startswith(_BINARY_MAGIC):
+        return None
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the read
+            return None
+        text = head[: e.start].decode("utf-8")
+    if sum(not (c.isprintable() or c.isspace()) for c in text) > len(text) // 100:
+        return None
+    return " ".join(text.split())[:limit]

@@ -16,10 +16,9 @@ Each stage of the joint recipe is also a method of its own (``slice-swav``,
 ``slice-deepcluster``, ``masked-embedding``, ``volume-swav``, ``volume-deepcluster``).
 """
 
-from zoo.ssl import byol_rot_rec, multi_clustering, simsiam_iou, slice_swav, volume_fusion  # noqa: F401
-from zoo.ssl.recipe import RECIPES, Export, Recipe, get_recipe
+from zoo.ssl.catalog import PIPELINES, RECIPES, get_recipe, methods
+from zoo.ssl.recipe import Export, Recipe
 from zoo.ssl.runner import PretrainOptions, PretrainResult, RunOptions, pretrain
-from zoo.ssl.slice_swav import PIPELINES
 
 __all__ = [
     "RECIPES",
@@ -33,8 +32,3 @@ __all__ = [
     "PretrainResult",
     "methods",
 ]
-
-
-def methods() -> list[str]:
-    """Every name ``pretrain`` accepts: single recipes and multi-stage pipelines."""
-    return sorted([*RECIPES, *PIPELINES])

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from zoo.ssl.data import Preprocessing
 
-__all__ = ["Export", "Recipe", "RECIPES", "register_recipe", "get_recipe", "freeze_grads_while"]
+__all__ = ["Export", "Recipe", "RECIPES", "register_recipe", "freeze_grads_while"]
 
 
 @dataclass
@@ -159,14 +159,3 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
         raise ValueError(f"recipe method name {cls.method!r} is empty or taken")
     RECIPES[cls.method] = cls
     return cls
-
-
-def get_recipe(method: str) -> type[Recipe]:
-    """The recipe class registered as ``method``."""
-    import zoo.ssl  # noqa: F401  (imports every recipe module)
-
-    if method not in RECIPES:
-        from zoo._registry import UnknownNameError
-
-        raise UnknownNameError(f"unknown pretraining method {method!r}; known: {', '.join(sorted(RECIPES))}")
-    return RECIPES[method]

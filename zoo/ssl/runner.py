@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.ssl.catalog import get_recipe
 from zoo.ssl.data import Preprocessing, load_volumes, read_datalist
-from zoo.ssl.recipe import Export, Recipe, get_recipe
+from zoo.ssl.recipe import Export, Recipe
 
 log = logging.getLogger("zoo")
 

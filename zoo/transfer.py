@@ -1,0 +1,133 @@
+"""One bounded transfer: its limits, its failures, and the watch that enforces them.
+
+Shared by the Hub client's downloads (``zoo.hub``) and the upstream ones (``zoo.download``): a
+byte bound, a stall timeout and a deadline per file, and one error class per way a transfer
+fails. Below both, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+__all__ = ["WeightsUnavailableError", "DownloadError", "HubError", "DownloadLimits", "limits_for"]
+
+_CHUNK = 1 << 20
+_MIB = 1 << 20
+
+
+class WeightsUnavailableError(RuntimeError):
+    """No source could provide the weights (offline and not cached, or every source failed)."""
+
+
+class DownloadError(WeightsUnavailableError):
+    """An upstream transfer failed: unreachable, HTTP error, too large, stalled, past its deadline,
+    truncated, or a web page instead of a checkpoint."""
+
+
+class HubError(WeightsUnavailableError):
+    """The Hugging Face Hub could not provide a file; ``kind`` is ``offline``, ``unreachable``,
+    ``not-found``, ``unauthorised``, ``too-large`` or ``http``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds of one transfer: at most ``max_bytes``, no pause over ``stall_s``, done by ``deadline_s``."""
+
+    max_bytes: int
+    stall_s: float
+    deadline_s: float
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def limits_for(bound: int, fixed: bool = False) -> DownloadLimits:
+    """The limits of a download expected to bring at most ``bound`` bytes (environment applied).
+
+    Args:
+        bound: the size bound in bytes.
+        fixed: keep ``bound`` even when ``MEDZOO_DOWNLOAD_MAX_BYTES`` is set (for a file whose
+            size is a property of its format, such as a config, not of a model).
+
+    Returns:
+        ``MEDZOO_DOWNLOAD_MAX_BYTES`` or ``bound``; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT`` or 60 s;
+        ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
+    """
+    max_bytes = bound if fixed else int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(bound)))
+    stall = _env_number("MEDZOO_DOWNLOAD_STALL_TIMEOUT", 60.0)
+    deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", 120.0 + max_bytes / (256 * 1024))
+    return DownloadLimits(max_bytes=max_bytes, stall_s=stall, deadline_s=deadline)
+
+
+class _Transfer:
+    """Counts the bytes and the time of one transfer; raises :class:`DownloadError` past a bound."""
+
+    def __init__(self, what: str, limits: DownloadLimits, error: type[WeightsUnavailableError]) -> None:
+        self.what, self.limits, self.error = what, limits, error
+        self.start = time.monotonic()
+        self.received = 0
+
+    def _fail(self, message: str) -> WeightsUnavailableError:
+        if self.error is HubError:
+            return HubError("too-large" if "bound" in message else "unreachable", message)
+        return self.error(message)
+
+    def announce(self, total: int | None) -> None:
+        if total is not None and total > self.limits.max_bytes:
+            raise self._fail(
+                f"{self.what}: the server announces {total:,} bytes, over the {self.limits.max_bytes:,}-byte "
+                "bound for this file; refused (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file "
+                "really grew)"
+            )
+
+    def seen(self, total_received: int) -> None:
+        self.received = total_received
+        if self.received > self.limits.max_bytes:
+            raise self._fail(
+                f"{self.what}: more than {self.limits.max_bytes:,} bytes received, over the bound for this "
+                "file; aborted (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file really grew)"
+            )
+        self.check_deadline()
+
+    def check_deadline(self) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed > self.limits.deadline_s:
+            raise self.deadline_error()
+
+    def deadline_error(self) -> WeightsUnavailableError:
+        return self._fail(
+            f"{self.what}: not complete after {self.limits.deadline_s:g} s ({self.received:,} bytes "
+            "received); aborted (MEDZOO_DOWNLOAD_DEADLINE sets the deadline)"
+        )
+
+    def stall_error(self) -> WeightsUnavailableError:
+        return self._fail(
+            f"{self.what}: no byte from the server for {self.limits.stall_s:g} s ({self.received:,} bytes "
+            "received); aborted (MEDZOO_DOWNLOAD_STALL_TIMEOUT sets the timeout)"
+        )
+
+
+# ------------------------------------------------------------------- web pages
+
+
+def _page_error(what: str, url: str, excerpt: str) -> DownloadError:
+    return DownloadError(f"{what} from {url}: the server returned a web page, not a checkpoint: {excerpt}")
+
+
+# ---------------------------------------------------------------------------- Hub

@@ -155,7 +155,9 @@ class ModelPlan:
     def planned_cfg(self) -> dict[str, Any]:
         """The ``pretrained_cfg`` the built model will carry, known before building (for checks)."""
         record = None
-        if self.loads_weights:
+        if self.source == "onnx":  # what the exported file says it holds (None: random weights)
+            record = dict(self.onnx.get("weights") or {}) or None if self.onnx else None
+        elif self.loads_weights:
             record = {"id": self.id, "covers": self.covers, "newly_initialised": [], "source": self.source}
         cfg = {
             "name": self.spec.name,

@@ -199,3 +199,25 @@ def test_zscore_warns_when_background_noise_is_counted(caplog):
     with caplog.at_level(logging.WARNING, logger="zoo"):
         t({"image": noisy})
     assert t.last_foreground_share > 0.99 and "background noise is probably counted" in caplog.text
+
+
+def test_pretraining_reads_scans_through_the_same_contract_with_its_foreground_crop(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from zoo.ssl.data import Preprocessing, load_volume
+    from zoo.transforms import InputContract
+
+    assert Preprocessing is InputContract  # one preprocessing type
+    vol = np.zeros((20, 18, 16), np.float32)
+    vol[4:12, 5:9, 3:14] = np.random.default_rng(0).random((8, 4, 11)) + 1.0
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    c = InputContract(orientation=None, intensity="none", crop_foreground=True, foreground_threshold=0.5)
+    assert InputContract.from_preprocessing(c.as_dict()) == c  # the crop survives a run's config.json
+    via_monai = c.compose(("image",))({"image": str(path)})["image"]
+    via_pretraining = load_volume(path, c)
+    assert tuple(via_pretraining.shape) == (1, 8, 4, 11)
+    torch.testing.assert_close(torch.as_tensor(via_monai.as_tensor()), via_pretraining)
+    text = {"crop_foreground": "image > 0, margin 1", "intensity_transform": "none"}  # registry prose
+    assert InputContract.from_preprocessing(text).crop_foreground is False

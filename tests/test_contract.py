@@ -11,7 +11,8 @@ import torch
 
 import zoo
 from zoo._registry import get_spec, list_models
-from zoo.predict import planned_cfg, preprocess, sample_volume_path
+from zoo.plan import plan
+from zoo.predict import preprocess, sample_volume_path
 from zoo.predict_checks import resolve_settings
 from zoo.transforms import InputContract, contract_of, for_model, parse_intensity
 
@@ -156,7 +157,9 @@ def lpi_2mm(tmp_path_factory):
 def test_for_model_gives_the_tensor_predict_feeds_the_model(lpi_2mm, ident):
     """One tag of every family with weights (QT-UNet; PCT-Net incl. FMUNet) and the 2D Swin-UNETR."""
     via_monai = for_model(ident)({"image": str(lpi_2mm)})["image"]
-    s = resolve_settings(planned_cfg(ident, pretrained="." in ident))  # no tag: the architecture's plan
+    s = resolve_settings(
+        plan(ident, pretrained="." in ident).planned_cfg()
+    )  # no tag: the architecture's plan
     via_predict = preprocess(lpi_2mm, s)["image"]
     assert tuple(via_monai.shape) == tuple(via_predict.shape)
     torch.testing.assert_close(torch.as_tensor(via_monai), torch.as_tensor(via_predict), rtol=1e-5, atol=1e-5)

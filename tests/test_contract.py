@@ -11,7 +11,8 @@ import torch
 
 import zoo
 from zoo._registry import get_spec, list_models
-from zoo.predict import planned_cfg, preprocess, sample_volume_path
+from zoo.plan import plan
+from zoo.predict import preprocess, sample_volume_path
 from zoo.predict_checks import resolve_settings
 from zoo.transforms import InputContract, contract_of, for_model, parse_intensity
 
@@ -156,7 +157,9 @@ def lpi_2mm(tmp_path_factory):
 def test_for_model_gives_the_tensor_predict_feeds_the_model(lpi_2mm, ident):
     """One tag of every family with weights (QT-UNet; PCT-Net incl. FMUNet) and the 2D Swin-UNETR."""
     via_monai = for_model(ident)({"image": str(lpi_2mm)})["image"]
-    s = resolve_settings(planned_cfg(ident, pretrained="." in ident))  # no tag: the architecture's plan
+    s = resolve_settings(
+        plan(ident, pretrained="." in ident).planned_cfg()
+    )  # no tag: the architecture's plan
     via_predict = preprocess(lpi_2mm, s)["image"]
     assert tuple(via_monai.shape) == tuple(via_predict.shape)
     torch.testing.assert_close(torch.as_tensor(via_monai), torch.as_tensor(via_predict), rtol=1e-5, atol=1e-5)
@@ -199,3 +202,25 @@ def test_zscore_warns_when_background_noise_is_counted(caplog):
     with caplog.at_level(logging.WARNING, logger="zoo"):
         t({"image": noisy})
     assert t.last_foreground_share > 0.99 and "background noise is probably counted" in caplog.text
+
+
+def test_pretraining_reads_scans_through_the_same_contract_with_its_foreground_crop(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from zoo.ssl.data import Preprocessing, load_volume
+    from zoo.transforms import InputContract
+
+    assert Preprocessing is InputContract  # one preprocessing type
+    vol = np.zeros((20, 18, 16), np.float32)
+    vol[4:12, 5:9, 3:14] = np.random.default_rng(0).random((8, 4, 11)) + 1.0
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    c = InputContract(orientation=None, intensity="none", crop_foreground=True, foreground_threshold=0.5)
+    assert InputContract.from_preprocessing(c.as_dict()) == c  # the crop survives a run's config.json
+    via_monai = c.compose(("image",))({"image": str(path)})["image"]
+    via_pretraining = load_volume(path, c)
+    assert tuple(via_pretraining.shape) == (1, 8, 4, 11)
+    torch.testing.assert_close(torch.as_tensor(via_monai.as_tensor()), via_pretraining)
+    text = {"crop_foreground": "image > 0, margin 1", "intensity_transform": "none"}  # registry prose
+    assert InputContract.from_preprocessing(text).crop_foreground is False

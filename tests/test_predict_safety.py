@@ -14,7 +14,8 @@ import torch
 import zoo
 from zoo.cli import main
 from zoo.inference import sliding_window_predict
-from zoo.predict import PredictSettings, planned_cfg, predict_nifti, sample_volume_path
+from zoo.plan import plan
+from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
 from zoo.predict_checks import resolve_settings
 
 from .test_predict import THRESHOLD, ThresholdNet
@@ -179,7 +180,7 @@ def test_cli_refuses_a_window_a_fixed_size_model_cannot_take_before_building_it(
     err = capsys.readouterr().err
     assert "built for windows of 96×96×96" in err and "img_size" in err
     with pytest.raises(ValueError, match="img_size"):
-        resolve_settings(planned_cfg("qtunet-t", pretrained=False), roi_size=(64, 64, 64))
+        resolve_settings(plan("qtunet-t").planned_cfg(), roi_size=(64, 64, 64))
 
 
 # -- weights that cannot segment ------------------------------------------------------------------

@@ -470,13 +470,6 @@ def predict_nifti(
     return _run_case(model, case, s, out, progress, asked.preview)
 
 
-def planned_cfg(name: str, checkpoint: str | Path | None = None, pretrained: bool = True) -> dict[str, Any]:
-    """The ``pretrained_cfg`` that ``zoo.create`` would give, from the plan, without building."""
-    from zoo.plan import plan
-
-    return plan(name, checkpoint=checkpoint, pretrained=pretrained and checkpoint is None).planned_cfg()
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -370,6 +370,10 @@ class InputContract:
         intensity: canonical intensity transform (:func:`canonical_intensity`).
         slice_axis: for 2D models, the spatial axis (0, 1, 2 of the reoriented volume) along
             which the volume is cut into slices; None for 3D models.
+        crop_foreground: crop to the bounding box of voxels above ``foreground_threshold`` (after
+            the intensity transform), as MONAI's ``CropForeground``; the pretraining recipes'
+            volumes (prediction keeps the whole grid).
+        foreground_threshold: see ``crop_foreground``.
     """
 
     orientation: str | None = "RAS"
@@ -377,6 +381,8 @@ class InputContract:
     axis_order: str = "xyz"
     intensity: Mapping[str, Any] = field(default_factory=lambda: canonical_intensity("zscore_nonzero"))
     slice_axis: int | None = None
+    crop_foreground: bool = False
+    foreground_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "orientation", _axcode(self.orientation, ""))
@@ -392,6 +398,11 @@ class InputContract:
         object.__setattr__(self, "intensity", parse_intensity(self.intensity))
         if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis: expected 0, 1, 2 or null, found {self.slice_axis!r}")
+        if not isinstance(self.crop_foreground, bool):
+            raise ValueError(f"crop_foreground: expected true or false, found {self.crop_foreground!r}")
+        thr = self.foreground_threshold
+        if isinstance(thr, bool) or not isinstance(thr, int | float) or not math.isfinite(thr):
+            raise ValueError(f"foreground_threshold: expected a number, found {thr!r}")
 
     @classmethod
     def from_preprocessing(cls, prep: Mapping[str, Any] | None, where: str = "") -> InputContract:
@@ -424,6 +435,9 @@ class InputContract:
                 axis_order=prep.get("axis_order", "xyz"),
                 intensity=intensity,
                 slice_axis=prep.get("slice_axis"),
+                # A bool is the contract's; text (the registry's "image > 0, margin 1") documents it.
+                crop_foreground=prep.get("crop_foreground") is True,
+                foreground_threshold=prep.get("foreground_threshold", 0.0),
             )
         except ValueError as e:
             msg = str(e)
@@ -441,6 +455,8 @@ class InputContract:
             "axis_order": self.axis_order,
             "intensity_transform": dict(self.intensity),
             "slice_axis": self.slice_axis,
+            "crop_foreground": self.crop_foreground,
+            "foreground_threshold": self.foreground_threshold,
         }
 
     def transforms(
@@ -476,6 +492,13 @@ class InputContract:
             )
         elif it["kind"] == "zscore":
             steps.append(ZScored(images, nonzero=it["nonzero"], channel_wise=it["channel_wise"]))
+        if self.crop_foreground:
+            thr = float(self.foreground_threshold)
+            steps.append(
+                T.CropForegroundd(
+                    every, source_key=images[0], select_fn=lambda v: v > thr, allow_smaller=True
+                )
+            )
         if self.axis_order == "zyx":
             steps.append(T.Transposed(every, indices=(0, 3, 2, 1)))
         return steps

@@ -18,14 +18,15 @@ its paper's preprocessing as its default (:class:`Preprocessing`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from zoo.transforms import InputContract
 
 log = logging.getLogger("zoo")
 
@@ -43,42 +44,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a scan becomes a network input.
-
-    Attributes:
-        orientation: axis code the volume is reoriented to (``"RAS"``), or None to keep the file's.
-        spacing_mm: voxel size to resample to, ``(x, y, z)`` in mm; None keeps the native grid.
-        intensity: a ``zoo.predict.intensity_transform`` spec, e.g.
-            ``{"kind": "clip_scale", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1}``.
-        crop_foreground: crop to the bounding box of voxels above ``foreground_threshold``
-            (after the intensity transform), as MONAI's ``CropForeground``.
-        foreground_threshold: see ``crop_foreground``.
-        axis_order: ``"xyz"`` keeps nibabel's order (RAS: axial axis last); ``"zyx"``
-            reverses the spatial axes, for models that take the axial axis first
-            (PCT-Net, the joint 2D/3D model).
-    """
-
-    orientation: str | None = "RAS"
-    spacing_mm: tuple[float, float, float] | None = None
-    intensity: Mapping[str, Any] = field(default_factory=lambda: {"kind": "zscore_nonzero"})
-    crop_foreground: bool = True
-    foreground_threshold: float = 0.0
-    axis_order: str = "xyz"
-
-    def __post_init__(self) -> None:
-        if self.axis_order not in ("xyz", "zyx"):
-            raise ValueError(f"axis_order must be 'xyz' or 'zyx', got {self.axis_order!r}")
-        if self.spacing_mm is not None and (len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0):
-            raise ValueError(f"spacing_mm must be 3 positive numbers, got {self.spacing_mm!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form, written into each checkpoint's config."""
-        d = asdict(self)
-        d["intensity"] = dict(self.intensity)
-        d["spacing_mm"] = list(self.spacing_mm) if self.spacing_mm else None
-        return d
+# The one preprocessing type: the contract of zoo.transforms, with its foreground crop for recipes.
+Preprocessing = InputContract
 
 
 def parse_intensity(text: str) -> dict[str, Any]:
@@ -155,7 +122,7 @@ def load_volume(path: str | Path | Sequence[str | Path], prep: Preprocessing) ->
         x = Orientation(axcodes=prep.orientation)(x)
     if prep.spacing_mm:
         x = Spacing(pixdim=tuple(prep.spacing_mm), mode="bilinear")(x)
-    x = intensity_transform(dict(prep.intensity))(torch.as_tensor(x))
+    x = intensity_transform(dict(prep.intensity))(torch.as_tensor(x))  # the contract's transforms, in order
     if prep.crop_foreground:
         thr = prep.foreground_threshold
         x = CropForeground(select_fn=lambda v: v > thr, allow_smaller=True)(x)

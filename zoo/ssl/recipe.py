@@ -73,7 +73,7 @@ class Recipe(nn.Module):
     families: ClassVar[tuple[str, ...]] = ()
     covers: ClassVar[str] = "full"
     paper: ClassVar[str] = ""
-    default_preprocessing: ClassVar[Preprocessing] = Preprocessing()
+    default_preprocessing: ClassVar[Preprocessing] = Preprocessing(crop_foreground=True)
     optim_defaults: ClassVar[dict[str, Any]] = {}
     # Optional packages the recipe needs (all in the [train] extra), checked before anything is built.
     requires: ClassVar[tuple[str, ...]] = ()

@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "zoo.ssl",
             "zoo.ssl.*",
             "zoo.publish",
+            "zoo.bundle",
             "zoo.cards",
             "zoo.plots",
         ),
@@ -68,7 +69,7 @@ TASK_MODULES = (
     "zoo.hub*",
 )
 TASK_MODULES += ("zoo.export*", "zoo.onnx_runtime", "zoo.publish", "zoo.plan", "zoo.download", "zoo.bench")
-TASK_MODULES += ("zoo.datalist", "zoo.ssl.runner", "zoo.runconfig", "zoo._factory")
+TASK_MODULES += ("zoo.datalist", "zoo.ssl.runner", "zoo.runconfig", "zoo._factory", "zoo.bundle")
 
 
 def _modules() -> dict[str, Path]:

@@ -23,6 +23,8 @@ EXTRAS: dict[str, str] = {
     "peft": "lora",
     "nilearn": "demo",
     "matplotlib": "plots",
+    "fire": "bundle",
+    "ignite": "bundle",
 }
 
 

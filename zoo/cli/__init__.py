@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from zoo.cli import apply, models, publish, train  # noqa: F401  (each registers its commands)
+from zoo.cli import apply, bundle, models, publish, train  # noqa: F401  (each registers its commands)
 from zoo.cli._base import (
     COMMANDS,
     EXIT_BROKEN_PIPE,
@@ -58,7 +58,7 @@ log = logging.getLogger("zoo")
 # The order of `zoo --help`: the registry first, then using a model, training, publishing.
 _ORDER = (
     "list", "info", "download", "convert", "publish", "predict", "demo", "export", "bench",
-    "finetune", "pretrain", "card",
+    "finetune", "pretrain", "bundle", "card",
 )  # fmt: skip
 
 

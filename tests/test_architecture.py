@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "architectures",
         ("zoo.models", "zoo.models.*", "zoo.convert", "zoo.convert.*", "zoo.info", "zoo.adapt"),
     ),
-    ("contracts", ("zoo.transforms", "zoo.runconfig")),
+    ("contracts", ("zoo.transforms", "zoo.runconfig", "zoo.imageio")),
     ("weights", ("zoo.transfer", "zoo.hub", "zoo.download", "zoo.hub_repo", "zoo.provenance")),
     ("plan", ("zoo.plan", "zoo._factory")),
     (

@@ -23,6 +23,7 @@ EXTRAS: dict[str, str] = {
     "peft": "lora",
     "nilearn": "demo",
     "matplotlib": "plots",
+    "itk": "io",
     "fire": "bundle",
     "ignite": "bundle",
 }

@@ -34,6 +34,12 @@ __all__ = ["read_datalist", "image_channels", "make_mni_task"]
 _SPLITS = ("training", "validation")
 
 
+def is_dicom_series(path: Any) -> bool:
+    from zoo.imageio import is_dicom_series as dicom
+
+    return dicom(path)
+
+
 def read_datalist(
     path: str | Path,
     *,
@@ -130,7 +136,7 @@ def _entries(
         for k in ("image", "label"):
             files = entry.get(k)
             for j, f in enumerate([files] if isinstance(files, str) else files or []):
-                if not Path(f).is_file():
+                if not (Path(f).is_file() or is_dicom_series(f)):  # a DICOM series is a folder
                     where = f"{k}[{j}]" if isinstance(files, list) else k
                     raise ValueError(f"{path}: {split}[{i}] {where} {f} does not exist")
     return resolved
@@ -157,13 +163,13 @@ def image_channels(image: str | Sequence[str]) -> int:
     Raises:
         ValueError: a list whose files are not single 3D volumes (each file is one channel).
     """
-    import nibabel as nib
+    from zoo.imageio import load_image  # NIfTI, DICOM series, NRRD, MetaImage
 
     if isinstance(image, str):
-        shape = nib.load(image).shape
+        shape = load_image(image).shape
         return shape[3] if len(shape) == 4 else 1
     for f in image:
-        shape = nib.load(f).shape
+        shape = load_image(f).shape
         if len(shape) > 3 and any(s > 1 for s in shape[3:]):
             raise ValueError(f"{f}: a file of a per-channel image list must be one 3D volume, found {shape}")
     return len(image)

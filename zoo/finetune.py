@@ -343,12 +343,13 @@ def describe_load(record: Mapping[str, Any] | None) -> str:
 
 
 def _labels_in(cases: Sequence[Mapping[str, str]]) -> int:
-    import nibabel as nib
     import numpy as np
+
+    from zoo.imageio import load_image  # NIfTI, DICOM series, NRRD, MetaImage
 
     top = 0
     for c in cases:
-        top = max(top, int(np.asarray(nib.load(c["label"]).dataobj).max()))
+        top = max(top, int(np.asarray(load_image(c["label"]).dataobj).max()))
     return top + 1
 
 

@@ -184,7 +184,7 @@ def read_volume(
     return img, data
 
 
-def _read(path: str | Path, in_chans: int | None, volume: int | None) -> tuple[Any, np.ndarray, int]:
+def _read(path: Any, in_chans: int | None, volume: int | None) -> tuple[Any, np.ndarray, int]:
     """:func:`read_volume`, also returning the count of non-finite voxels it replaced.
 
     A 4D file is taken as channels last (one volume per channel), or as a series whose volume
@@ -194,7 +194,7 @@ def _read(path: str | Path, in_chans: int | None, volume: int | None) -> tuple[A
         ValueError: see :func:`inspect_input`; also a volume whose voxels are all non-finite or
             all equal (nothing to segment).
     """
-    path = Path(path)
+    path = [Path(p) for p in path] if isinstance(path, list | tuple) else Path(path)
     info = inspect_input(path, in_chans, volume)
     img = _load_nifti(path)
     c, *spatial = info.shape
@@ -360,6 +360,12 @@ def _write_atomic(out: Path, write: Callable[[str], None], suffix: str) -> None:
 def _write_labels(labels: np.ndarray, case: Mapping[str, Any], out: Path) -> None:
     import nibabel as nib
 
+    if out.name.lower().endswith((".nrrd", ".mha")):  # the scan's own format, its geometry
+        from zoo.imageio import write_labels_itk
+
+        suffix = ".nrrd" if out.name.lower().endswith(".nrrd") else ".mha"
+        _write_atomic(out, lambda p: write_labels_itk(labels, case["affine"], p), suffix)
+        return
     header = case["header"].copy()
     header.set_data_dtype(labels.dtype)
     cls = nib.Nifti2Image if case["nifti2"] else nib.Nifti1Image
@@ -368,7 +374,10 @@ def _write_labels(labels: np.ndarray, case: Mapping[str, Any], out: Path) -> Non
 
 
 def _preview_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".gz").removesuffix(".nii") + ".png")
+    stem = out.name
+    for suffix in (".gz", ".nii", ".nrrd", ".mha"):
+        stem = stem.removesuffix(suffix)
+    return out.with_name(stem + ".png")
 
 
 def _run_case(

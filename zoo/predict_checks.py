@@ -227,9 +227,13 @@ def check_output(input_path: str | Path, out_path: str | Path) -> Path:
         ValueError: not a ``.nii``/``.nii.gz`` name, the input itself, a folder, a parent that is
             a file or not writable.
     """
+    from zoo.imageio import NIFTI
+
     out = Path(out_path)
-    if not (out.name.endswith(".nii") or out.name.endswith(".nii.gz")):
-        raise ValueError(f"{out}: the output must be a .nii or .nii.gz file, found {out.name!r}")
+    if not out.name.lower().endswith((*NIFTI, ".nrrd", ".mha")):
+        raise ValueError(f"{out}: the output must be a .nii, .nii.gz, .nrrd or .mha file, found {out.name!r}")
+    if isinstance(input_path, list | tuple):
+        input_path = input_path[0]
     if out.is_dir():
         raise ValueError(f"{out}: expected an output file name, found a folder")
     if out.exists() or out.is_symlink():
@@ -255,22 +259,41 @@ def check_output(input_path: str | Path, out_path: str | Path) -> Path:
     return out
 
 
-def _load_nifti(path: Path) -> Any:
+def _load_nifti(path: Any) -> Any:
+    """The scan at ``path`` as a nibabel image (``zoo.imageio``: NIfTI, DICOM series, NRRD,
+    MetaImage; a list of files is one case, one file per channel)."""
     import nibabel as nib
 
-    if not path.is_file():
-        raise ValueError(f"{path}: expected a NIfTI file, found no such file")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{path}: expected a readable file, found no read permission")
+    from zoo.imageio import is_dicom_series, load_image
+
+    if isinstance(path, list | tuple):
+        for p in path:
+            _check_readable(Path(p))
+        return load_image(path)
+    _check_readable(path)
     try:
-        img = nib.load(str(path))
+        img = load_image(path)
+    except ValueError:
+        raise
     except Exception as e:  # nibabel raises ImageFileError, EOFError, gzip errors …
-        raise ValueError(
-            f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})".replace("\n", " ")
-        ) from e
+        what = "DICOM series" if is_dicom_series(path) else "NIfTI file"
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__})") from e
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ValueError(f"{path}: expected a NIfTI image, found {type(img).__name__}")
     return img
+
+
+def _check_readable(path: Path) -> None:
+    from zoo.imageio import is_dicom_series
+
+    if path.is_dir() and is_dicom_series(path):
+        return
+    if not path.is_file():
+        raise ValueError(
+            f"{path}: expected a scan (NIfTI, NRRD, MetaImage or a DICOM folder), found no such file"
+        )
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{path}: expected a readable file, found no read permission")
 
 
 @dataclass(frozen=True)
@@ -284,7 +307,7 @@ class InputInfo:
     volume: int | None  # the 4D series' volume chosen, or None
 
 
-def inspect_input(path: str | Path, in_chans: int | None = None, volume: int | None = None) -> InputInfo:
+def inspect_input(path: Any, in_chans: int | None = None, volume: int | None = None) -> InputInfo:
     """Read a NIfTI header and check its shape for a model taking ``in_chans`` channels.
 
     Args:
@@ -296,7 +319,7 @@ def inspect_input(path: str | Path, in_chans: int | None = None, volume: int | N
         ValueError: unreadable, RGB/vector voxels, 2D, 5D+, a channel count the model does not
             take (with ``--volume N`` named for series), a volume index out of range.
     """
-    path = Path(path)
+    path = [Path(p) for p in path] if isinstance(path, list | tuple) else Path(path)
     img = _load_nifti(path)
     dtype = img.get_data_dtype()
     if dtype.names is not None or dtype.kind == "V":

@@ -39,11 +39,14 @@ class StudySettings(PredictSettings):
         num_workers: reading processes (0: read in this process, no overlap); default
             :func:`auto_workers`.
         rank / world_size: override the ``torchrun`` environment (``RANK``/``WORLD_SIZE``).
+        output_format: ``"same"`` (each label map in its scan's format: NRRD, MetaImage; NIfTI for
+            NIfTI and DICOM series) or ``"nifti"``.
     """
 
     num_workers: int | None = None
     rank: int | None = None
     world_size: int | None = None
+    output_format: str = "same"
 
 
 @dataclass
@@ -57,6 +60,7 @@ class StudyResult:
 
 
 _NIFTI = (".nii", ".nii.gz")
+_SCANS = (*_NIFTI, ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -74,9 +78,15 @@ def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
     text = str(source)
     p = Path(text)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.name.endswith(_NIFTI) and not f.name.startswith("."))
+        from zoo.imageio import is_image_path
+
+        # Scans in the folder: NIfTI, NRRD and MetaImage files, and sub-folders that are DICOM series.
+        files = sorted(f for f in p.iterdir() if not f.name.startswith(".") and is_image_path(f))
         if not files:
-            raise ValueError(f"{p}: expected .nii or .nii.gz files in the folder, found none")
+            raise ValueError(
+                f"{p}: expected scans in the folder (.nii, .nii.gz, .nrrd, .mha, DICOM series folders), "
+                "found none"
+            )
         return files
     if p.suffix == ".json" and p.is_file():
         try:
@@ -90,9 +100,10 @@ def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
         paths = []
         for e in entries if isinstance(entries, list) else []:
             image = e.get("image") if isinstance(e, dict) else e
-            if isinstance(image, list):
-                raise ValueError(f"{p}: one file per case expected, found a list of images {image}")
-            if isinstance(image, str):
+            if isinstance(image, list) and image and all(isinstance(i, str) for i in image):
+                # One file per channel (BraTS style), stacked in the order given.
+                paths.append(tuple(Path(i) if Path(i).is_absolute() else p.parent / i for i in image))
+            elif isinstance(image, str):
                 paths.append(Path(image) if Path(image).is_absolute() else p.parent / image)
         if not paths:
             raise ValueError(
@@ -100,24 +111,35 @@ def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
             )
         return paths
     if any(ch in text for ch in "*?["):
-        files = sorted(Path(f) for f in _glob.glob(text, recursive=True) if f.endswith(_NIFTI))
+        files = sorted(Path(f) for f in _glob.glob(text, recursive=True) if f.lower().endswith(_SCANS))
         if not files:
             raise ValueError(f"{text}: the pattern matches no .nii or .nii.gz file")
         return files
     raise ValueError(f"{text}: expected a folder, a datalist .json or a glob pattern, found no such path")
 
 
-def _output_name(path: Path) -> str:
-    name = path.name
-    return name if name.endswith(".nii.gz") else name.removesuffix(".nii") + ".nii.gz"
+def _first(case: Any) -> Path:
+    """The file that names a case (the first of a case of one file per channel)."""
+    return Path(case[0]) if isinstance(case, tuple | list) else Path(case)
 
 
-def _study_outputs(cases: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
+def _output_name(case: Any, nifti: bool = False) -> str:
+    """A case's label-map name: its scan's name in its own format (NRRD, MetaImage), else NIfTI."""
+    from zoo.imageio import output_suffix
+
+    path = _first(case)
+    stem = path.name
+    for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        stem = stem.removesuffix(suffix)
+    return stem + output_suffix(path, nifti=nifti)
+
+
+def _study_outputs(cases: Sequence[Any], out_dir: Path, nifti: bool = False) -> dict[Any, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: expected an output folder, found a file")
     if out_dir.exists():
         here = os.stat(out_dir)
-        for c in cases:
+        for c in map(_first, cases):
             if c.exists() and os.path.samestat(os.stat(c.parent), here):
                 raise ValueError(
                     f"{out_dir} holds the input scans (e.g. {c.name}): refusing to write label maps among "
@@ -126,17 +148,17 @@ def _study_outputs(cases: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
     outs: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for c in cases:
-        name = _output_name(c)
+        name = _output_name(c, nifti)
         if name in seen:
             raise ValueError(f"{c} and {seen[name]} would both be written as {out_dir / name}; rename one")
         seen[name] = c
         outs[c] = out_dir / name
     inputs = {}
-    for c in cases:
-        with_stat = c.exists()
-        if with_stat:
-            st = os.stat(c)
-            inputs[(st.st_dev, st.st_ino)] = c
+    for case in cases:
+        for c in case if isinstance(case, tuple | list) else (case,):
+            if Path(c).exists():
+                st = os.stat(c)
+                inputs[(st.st_dev, st.st_ino)] = c
     for c, o in outs.items():
         if o.exists() or o.is_symlink():
             try:
@@ -148,7 +170,7 @@ def _study_outputs(cases: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
                     f"{o} would overwrite the input scan {inputs[(st.st_dev, st.st_ino)]}: "
                     "refusing; choose an output folder that is not the input folder"
                 )
-        check_output(c, o)  # also walks up to the first existing folder: a file there is refused
+        check_output(_first(c), o)  # also walks up to the first existing folder: a file there is refused
     return outs
 
 
@@ -264,7 +286,7 @@ def predict_study(
         raise ValueError(f"workers must be an integer >= 0 (reading processes), found {num_workers!r}")
     out_dir = Path(out_dir)
     cases = list_cases(source)
-    outs = _study_outputs(cases, out_dir)
+    outs = _study_outputs(cases, out_dir, nifti=asked.output_format == "nifti")
     env_rank, env_world = _rank()
     r = asked.rank if asked.rank is not None else env_rank
     w = asked.world_size if asked.world_size is not None else env_world

@@ -19,7 +19,11 @@ def _parse_intensity(text: str) -> dict:
 
 
 def _is_study(text: str) -> bool:
-    return Path(text).is_dir() or text.endswith(".json") or any(ch in text for ch in "*?[")
+    from zoo.imageio import is_dicom_series
+
+    if Path(text).is_dir():
+        return not is_dicom_series(text)  # a folder of DICOM slices is one scan
+    return text.endswith(".json") or any(ch in text for ch in "*?[")
 
 
 @command(
@@ -27,7 +31,21 @@ def _is_study(text: str) -> bool:
     help="segment a NIfTI volume or a whole study (folder, datalist, glob) into label maps",
     args=[
         arg("name", help="name, name.tag, hf-hub:ORG/NAME or an exported FILE.onnx"),
-        arg("-i", "--input", required=True, help="a .nii/.nii.gz, a folder, a datalist .json or a 'glob'"),
+        arg(
+            "-i",
+            "--input",
+            required=True,
+            nargs="+",
+            help="a scan (.nii/.nii.gz, .nrrd, .mha, a DICOM series folder), several files of one case "
+            "(one per channel, in the model's channel order), a folder, a datalist .json or a 'glob'",
+        ),
+        arg(
+            "--output-format",
+            choices=["same", "nifti"],
+            default="same",
+            help="a study's label maps: in each scan's format (NRRD, MetaImage; NIfTI for NIfTI and DICOM) "
+            "or all NIfTI",
+        ),
         arg("-o", "--output", required=True, help="the label map file (one input) or folder (a study)"),
         arg("--checkpoint", default=None, help="a checkpoint file or run folder"),
         arg("--no-weights", action="store_true", help="random initialisation (pipeline check)"),
@@ -105,10 +123,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
         require_matplotlib()
     budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
-    study = _is_study(a.input)
+    if len(a.input) > 1:  # one case, one file per channel, stacked in the order given
+        a.input = [Path(p) for p in a.input]
+    else:
+        a.input = a.input[0]
+    study = not isinstance(a.input, list) and _is_study(a.input)
     if study:
         cases = S.list_cases(a.input)
-        S._study_outputs(cases, Path(a.output))
+        S._study_outputs(cases, Path(a.output), nifti=a.output_format == "nifti")
     else:
         C.check_output(a.input, a.output)
         info = C.inspect_input(a.input, s.in_chans, a.volume)
@@ -138,7 +160,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         model,
         a.input,
         a.output,
-        S.StudySettings(**common, num_workers=a.workers),
+        S.StudySettings(**common, num_workers=a.workers, output_format=a.output_format),
         progress=not a.quiet,
         on_case=said,
     )

@@ -112,6 +112,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         if w["url"]:
             print(f"  upstream: {w['url']}")
             print(f"  upstream digest: {w['upstream_digest'] or 'unpinned (none published)'}")
+        if w["preprocessing"].get("channels"):  # the order the authors' loader stacked the inputs in
+            print(f"  channel order: {', '.join(w['preprocessing']['channels'])}")
         if w["preprocessing"]:
             print(f"  preprocessing: {json.dumps(w['preprocessing'])}")
     return EXIT_OK

@@ -135,26 +135,18 @@ def _registered(name_tag: str) -> tuple[str, str, bool, str | None, str | None] 
     return f"{spec.name}.{tag}", ws.license, ws.redistributable, ws.hf_hub_id, ws.upstream_digest
 
 
-def _init_of(cfg: dict[str, Any]) -> Any:
-    """What the run's config says it started from: a load record, a ``name.tag``, a path, or None."""
-    init = cfg.get("init")  # zoo finetune: the load record of zoo.create
-    if init is None:
-        init = (cfg.get("pretraining") or {}).get("init")  # zoo pretrain: a record, "name.tag", a path
-    if init is None and cfg.get("tag"):  # older zoo finetune runs: the tag only
-        init = f"{cfg['model_name']}.{cfg['tag']}"
-    return None if init in ("random", "") else init
-
-
 def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
     """Establish what a run started from, by digest when the run recorded one.
 
     Args:
-        cfg: the run's ``config.json``.
+        cfg: the run's ``config.json``; its ``init`` as :func:`zoo.runconfig.migrate` reads it (a
+            load record, ``name.tag``, a path, or None: older shapes are the migration's business).
         run: the run folder (a relative init path is looked up from it too).
     """
     from zoo.provenance import identify_digest, identify_file
+    from zoo.runconfig import migrate
 
-    init = _init_of(cfg)
+    init = migrate(dict(cfg), str(run / "config.json")).get("init")
     if init is None:
         return StartingPoint("random initialisation.", None, None, None, None, None, True)
     sha, origin, record = None, None, None

@@ -69,12 +69,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     from zoo.info import model_info
 
     if a.name.startswith("hf-hub:"):  # a published repository: what it holds, then its model's info
-        from zoo.hub_repo import fetch_config
+        from zoo.plan import plan
 
-        repo_id, _, commit, hub_cfg = fetch_config(a.name)
+        p = plan(a.name)  # its config.json, checked; no weights
         keys = ("model_name", "tag", "covers", "license", "redistributable", "derived_from", "sha256")
-        print(f"{a.name}: commit {commit}; " + "; ".join(f"{k}: {hub_cfg.get(k)}" for k in keys))
-        a.name = str(hub_cfg["model_name"])
+        print(f"{a.name}: commit {p.hub.commit}; " + "; ".join(f"{k}: {getattr(p.config, k)}" for k in keys))
+        a.name = p.spec.name
     info = model_info(a.name)
     if a.json:
         print(json.dumps(info, indent=2))

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import zoo
 from zoo.finetune import make_mni_task, read_datalist, resolve_intensity
-from zoo.presets import get_preset
+from zoo.presets import PRESETS, get_preset
 from zoo.train import LoopSettings, OptimConfig, lr_factor, make_loader, read_log, train
 
 _TINY = {"feature_chns": [4, 8, 16, 32, 64]}
@@ -127,7 +127,7 @@ def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run
         zoo.create("fmunet", checkpoint_path=tmp_path)
 
 
-def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None):
+def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None, optim=None, save_every=None):
     # The loop is model-agnostic: a two-layer net with dropout (its RNG state must be restored too).
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -151,17 +151,50 @@ def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None):
             on_call(calls["n"])
         return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
 
-    optim = OptimConfig(lr=lr, warmup_steps=2)
-    return train(model, loss_fn, make_loader(data, 2), out, optim, total, LoopSettings(progress=False))
+    optim = optim or OptimConfig(lr=lr, warmup_steps=2)
+    loop = LoopSettings(progress=False, save_every=save_every)
+    return train(model, loss_fn, make_loader(data, 2), out, optim, total, loop)
 
 
-def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninterrupted_run(tmp_path):
-    straight = _tiny_run(tmp_path / "straight", total=6)
-    with pytest.raises(KeyboardInterrupt):
-        _tiny_run(tmp_path / "resumed", total=6, stop_at_call=4)  # during step 4: steps 1-3 are done
+# Every preset's optimiser and schedule (cosine, step, poly; warm-up or not), at a rate a tiny net moves with.
+_PRESET_OPTIMS = {name: (lambda total, p=p: p.optim_for(total, lr=1e-2)) for name, p in PRESETS.items()}
+
+
+@pytest.mark.parametrize("extra", [1, 10])
+@pytest.mark.parametrize("preset", sorted(_PRESET_OPTIMS))
+def test_extending_a_finished_run_trains_at_the_rate_its_schedule_gives(tmp_path, preset, extra):
+    # The regression: a finished 4-step cosine run extended to 5 stepped with the saved rate, 0.
+    out, optim_for = tmp_path / "run", _PRESET_OPTIMS[preset]
+    _tiny_run(out, total=4, optim=optim_for(4))
+    finished = load_file(str(out / "model.safetensors"))
+    after_first = []
+
+    def snapshot(call):  # call 2 of the rerun starts step 6: step 5 is saved by then
+        if call == 2:
+            after_first.append(load_file(str(out / "model.safetensors")))
+
+    new_total = 4 + extra
+    longer = _tiny_run(out, total=new_total, optim=optim_for(new_total), on_call=snapshot, save_every=1)
+    assert (longer.start_step, longer.step) == (4, new_total)
+    first = after_first[0] if after_first else load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(first[k], finished[k]) for k in finished)
+    cfg = optim_for(new_total)
+    logged = {e["step"]: e["lr"] for e in read_log(out) if "lr" in e}
+    assert logged[5] == pytest.approx(cfg.lr * lr_factor(cfg, 4, new_total), rel=1e-9) and logged[5] > 0
+    assert [logged[s] for s in range(5, new_total + 1)] == pytest.approx(
+        [cfg.lr * lr_factor(cfg, s - 1, new_total) for s in range(5, new_total + 1)], rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("preset", sorted(_PRESET_OPTIMS))
+def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninterrupted_run(tmp_path, preset):
+    optim = _PRESET_OPTIMS[preset](6)
+    straight = _tiny_run(tmp_path / "straight", total=6, optim=optim)
+    with pytest.raises(KeyboardInterrupt):  # during step 4: steps 1-3 are done
+        _tiny_run(tmp_path / "resumed", total=6, stop_at_call=4, optim=optim)
     state = torch.load(tmp_path / "resumed" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 3
-    resumed = _tiny_run(tmp_path / "resumed", total=6)
+    resumed = _tiny_run(tmp_path / "resumed", total=6, optim=optim)
     assert (resumed.start_step, resumed.step) == (3, 6)
     assert [s for s, _ in resumed.losses] == [4, 5, 6]
     assert [loss for _, loss in resumed.losses] == pytest.approx(
@@ -169,6 +202,8 @@ def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninter
     )
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "resumed"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    rates = [[e["lr"] for e in read_log(tmp_path / d)] for d in ("straight", "resumed")]
+    assert rates[1] == pytest.approx(rates[0], rel=1e-12)  # steps 1-3 logged before, 4-6 after the resume
 
 
 def test_a_finetuned_run_publishes_without_local_paths(mni_task, tmp_path, capsys):

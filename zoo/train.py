@@ -705,9 +705,8 @@ def _train(
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in base.parameters() if p.grad is not None], optim.grad_clip
                     )
-                lr = optimizer.param_groups[0][
-                    "lr"
-                ]  # the rate of this step (the scheduler moves to the next)
+                # The rate this step uses: after scheduler.step() the group holds the next step's.
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
                 state["step"] += 1

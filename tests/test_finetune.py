@@ -374,3 +374,39 @@ def test_what_a_run_starts_from_is_resolved_once_for_finetune_and_pretrain(tmp_p
         resolve_start("fmunet", pretrained=True, checkpoint_path=tmp_path)
     with pytest.raises(zoo.NoPretrainedWeightsError):
         resolve_start("ulkanet", pretrained=True)
+
+
+def test_every_check_answers_within_a_second_before_any_volume_is_read(tmp_path, capsys):
+    import time
+
+    from zoo.cli import main
+
+    task = make_mni_task(tmp_path / "mni", n_train=1, n_val=1, spacing_mm=4.0)
+    out = tmp_path / "run"
+    base = ["finetune", "fmunet", "--data", str(task), "--roi", "32", "32", "32", "--batch-size", "1",
+            "--num-samples", "1", "--val-every", "2", "--preset", "default", "--in-chans", "1",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main([*base, "--out", str(out), "--steps", "2"]) == 0
+    for volume in (tmp_path / "mni").rglob("*.nii.gz"):  # a check that read a volume would now fail
+        volume.write_bytes(b"not a volume")
+    capsys.readouterr()
+
+    def timed(*argv):
+        t0 = time.perf_counter()
+        rc = main([*base, *argv])
+        seconds = time.perf_counter() - t0
+        assert seconds < 1.0, f"{argv}: {seconds:.2f} s"
+        printed = capsys.readouterr()
+        return rc, printed.out, printed.err
+
+    rc, printed, _ = timed("--out", str(out), "--steps", "2")  # settings, resume, then "already complete"
+    assert rc == 0 and "already complete (step 2 of 2)" in printed
+    rc, _, err = timed("--out", str(out), "--steps", "2", "--lr", "0.5")  # a changed setting comes first
+    assert rc == 2 and "lr 0.0001 → 0.5" in err and "already complete" not in err
+    (tmp_path / "file").write_text("x")
+    rc, _, err = timed("--out", str(tmp_path / "file"), "--steps", "2")  # the output folder
+    assert rc == 2 and "is a file" in err
+    rc, printed, err = timed("--out", str(tmp_path / "new"), "--steps", "2", "--device", "cuda:64")
+    assert rc == 2 and "--device cuda:64" in err and "CUDA device(s) available here" in err
+    assert "licence: none (random initialisation)" in printed  # the licence, said before the device
+    assert not (tmp_path / "new").exists()

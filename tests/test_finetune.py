@@ -206,26 +206,50 @@ def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninter
     assert rates[1] == pytest.approx(rates[0], rel=1e-12)  # steps 1-3 logged before, 4-6 after the resume
 
 
-def test_a_finetuned_run_publishes_without_local_paths(mni_task, tmp_path, capsys):
+def test_a_finetuned_runs_card_is_about_the_run_and_links_the_base_card(mni_task, tmp_path, capsys):
+    import re
+
+    from huggingface_hub import ModelCard
+
+    from zoo.cards import render_card
     from zoo.cli import main
 
     run = tmp_path / "run"
-    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(run), "--steps", "2",
+    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(run), "--steps", "4",
             "--roi", "32", "32", "32", "--batch-size", "1", "--num-samples", "1", "--val-every", "2",
-            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+            "--lr", "3e-3", "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
     assert main(argv) == 0
     out = tmp_path / "hub"
-    assert main(["publish", str(run), "--repo", "me/fmunet-mni", "--dry-run", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    publish = ["publish", str(run), "--repo", "me/fmunet-mni", "--dry-run", "--out", str(out)]
+    capsys.readouterr()
+    assert main(publish) == 2  # random weights have no licence until one is named
+    assert "--license" in capsys.readouterr().err and not out.exists()
+    assert main([*publish, "--license", "apache-2.0"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["README.md", "config.json", "loss.png", "model.safetensors", "val_dice.png"]
     assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
     text = (out / "config.json").read_text()
     assert str(tmp_path) not in text and str(mni_task.parent) not in text
     cfg = json.loads(text)
     assert cfg["model_name"] == "fmunet" and cfg["labels"]["1"] == "grey matter" and len(cfg["sha256"]) == 64
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: medzoo")
-    assert "fine-tuned with medzoo" in card and "Started from: random initialisation" in card
-    assert "1 = grey matter" in card and str(tmp_path) not in card
+    raw = (out / "README.md").read_text()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "medzoo"
+    vals = [e["val"] for e in read_log(run) if "val" in e]
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert card.data.model_name == "me/fmunet-mni"
+    assert results["Dice grey matter (final)"] == round(vals[-1]["dice_1"], 4)
+    assert results["Dice white matter (best)"] == round(max(v["dice_2"] for v in vals), 4)
+    assert results["Dice mean (final)"] == round(vals[-1]["dice_mean"], 4)
+    assert "Chain: random weights → this run" in raw and 'zoo.create("hf-hub:me/fmunet-mni")' in raw
+    assert "1 training and 1 validation case(s)" in raw and "1 = grey matter, 2 = white matter" in raw
+    assert "| learning rate | 0.003 (preset: " in raw and "| steps done | 4 of 4 |" in raw
+    assert "![loss](loss.png)" in raw and "![val dice](val_dice.png)" in raw
+    assert str(tmp_path) not in raw and "datalist.json" not in raw
+    assert "`model_cards/fmunet.md` in medzoo" in raw  # the base card: linked ...
+    base = render_card("fmunet").split("\n---\n", 1)[1]
+    sentences = {s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", base) if len(s.strip()) > 30}
+    assert not [s for s in sentences if s in raw]  # ... never copied
     again = zoo.create("fmunet", checkpoint_path=out)  # the published folder is itself a run folder
     assert set(again.state_dict()) == set(load_file(str(run / "model.safetensors")))
 

@@ -488,12 +488,19 @@ def build_datasets(settings: FinetuneSettings, preset: Preset, datalist: Mapping
     return Dataset(datalist["training"], train_tf), Dataset(datalist["validation"], val_tf)
 
 
-def run_config(settings: FinetuneSettings, preset: Preset, model: nn.Module, data: str | Path) -> Any:
+def run_config(
+    settings: FinetuneSettings,
+    preset: Preset,
+    model: nn.Module,
+    data: str | Path,
+    cases: Mapping[str, int] | None = None,
+) -> Any:
     """The run's ``config.json`` (a :class:`zoo.runconfig.RunConfig`): what ``zoo.create(run)`` and
     ``zoo publish`` read back.
 
     ``init`` and ``lineage`` record what was actually loaded (``pretrained_cfg["weights"]``),
-    never what was asked for; the licence is that of the chain.
+    never what was asked for; the licence is that of the chain. ``cases``: the number of training
+    and validation cases (for the card; a datalist may grow without changing the run).
     """
     from zoo.provenance import chain_licence
     from zoo.runconfig import Link, RunConfig
@@ -520,7 +527,7 @@ def run_config(settings: FinetuneSettings, preset: Preset, model: nn.Module, dat
         redistributable=redistributable,
         init=record,
         lineage=lineage,
-        finetune={"data": str(Path(data).resolve()), **asdict(s)},
+        finetune={"data": str(Path(data).resolve()), **asdict(s), "cases": dict(cases or {})},
     )
 
 
@@ -660,8 +667,8 @@ def finetune(
             f"resuming the run in {out_dir} with its saved settings"
             + (f"; applied {applied}" if applied else "")
         )
-    check_run_folder(out_dir, "finetune", o.resume)
     check_output_spares_input(start, out_dir)
+    check_run_folder(out_dir, "finetune", o.resume)
     say(licence_line(start))
     info = distributed_context(check_device(o.device))
     say(p.describe())
@@ -696,8 +703,8 @@ def finetune(
     optim = p.optim_for(settings.total_steps, settings.lr)
     if settings.adapters.get("layer_decay"):
         optim.layer_decay = settings.adapters["layer_decay"]
-    config = run_config(settings, p, model, data)
-    fixed = {k: v for k, v in config.finetune.items() if k not in ("total_steps", "val_every")}
+    config = run_config(settings, p, model, data, {k: len(dl[k]) for k in ("training", "validation")})
+    fixed = {k: v for k, v in config.finetune.items() if k not in ("total_steps", "val_every", "cases")}
     started = time.perf_counter()
     loop = LoopSettings(
         val_every=settings.val_every,
@@ -716,7 +723,7 @@ def finetune(
         from zoo.plots import plot_training_curves
 
         try:  # loss and validation-Dice curves next to log.jsonl (needs the plots extra)
-            plot_training_curves(Path(out_dir) / "log.jsonl")
+            plot_training_curves(Path(out_dir) / "log.jsonl", names=settings.label_names)
         except (RuntimeError, ImportError, OSError, ValueError) as e:
             log.info("no training-curve plots: %s", e)
     if info.is_main and metrics:

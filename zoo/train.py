@@ -20,7 +20,7 @@ What it does, and nothing more:
 * AdamW (or Adam / SGD) with linear warm-up and cosine decay (or step / poly / constant),
   optional layer-wise LR decay over the model's parts (:func:`zoo.adapt.param_groups`),
   gradient clipping and accumulation, bf16 autocast on CUDA;
-* a progress bar and ``log.jsonl`` (loss, lr, validation metrics per step);
+* a progress bar and ``log.jsonl`` (loss, lr and wall time of every step, validation metrics);
 * checkpoints in ``out_dir``: ``model.safetensors`` (the plain model, LoRA merged, loadable
   by ``zoo.create(name, checkpoint_path=...)``), ``config.json`` (what the caller passes in
   ``config`` plus the step), and ``trainer_state.pt`` (step, optimizer, scheduler, RNG
@@ -677,6 +677,7 @@ def _train(
     try:
         with _sigterm_as_interrupt():
             while state["step"] < total_steps:
+                step_started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 total, extras, micro = 0.0, {}, 0
                 while micro < grad_accum_steps:
@@ -718,7 +719,10 @@ def _train(
                     bar.update(1)
                     if step % log_every == 0 or step == total_steps:
                         bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
-                write_log({"step": step, "loss": total, "lr": lr, **extras})  # every step: the curves' data
+                seconds = round(
+                    time.perf_counter() - step_started, 4
+                )  # a run's time sums these, resumes included
+                write_log({"step": step, "loss": total, "lr": lr, "seconds": seconds, **extras})
                 validated = False
                 if val_every and step % val_every == 0 and step < total_steps:
                     validate()

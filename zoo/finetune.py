@@ -640,10 +640,13 @@ def finetune(
     rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun's; the process group is joined at the device
     say = print_fn if rank0 else (lambda _msg: None)
 
-    # 1. every check before any volume is read, each a file or two at most: settings, resume
-    # compatibility, "already complete", the output folder, the licence, the device
+    # 1. every check before any volume is read, each a file or two at most: the request, the output
+    # folder's owner (a foreign folder is refused whatever the datalist), settings, resume
+    # compatibility, "already complete", the licence, the device
     start = start_plan(name, o.pretrained, o.checkpoint_path)
     _check_segmenter(start.spec)
+    check_output_spares_input(start, out_dir)
+    check_run_folder(out_dir, "finetune", o.resume)
     dl = read_datalist(data)
     if not dl["validation"]:
         raise ValueError(f"{data}: the datalist has no 'validation' cases (needed for the Dice report)")
@@ -667,8 +670,6 @@ def finetune(
             f"resuming the run in {out_dir} with its saved settings"
             + (f"; applied {applied}" if applied else "")
         )
-    check_output_spares_input(start, out_dir)
-    check_run_folder(out_dir, "finetune", o.resume)
     say(licence_line(start))
     info = distributed_context(check_device(o.device))
     say(p.describe())

@@ -1,11 +1,11 @@
 """The checks of a ``zoo finetune`` run that need no data: the run folder, a saved run, licence, device.
 
 :func:`zoo.finetune.finetune` runs every check before any volume is read, in this order: the
-settings (and a saved run's, :func:`read_saved_settings`), "already complete"
-(:func:`saved_step`), the output folder (:func:`check_run_folder`,
-:func:`check_output_spares_input`), the licence the run will carry (:func:`licence_line`) and the
-device (:func:`check_device`). Each reads at most a ``config.json``: a refusal costs well under a
-second, however large the data.
+output folder's owner (:func:`check_output_spares_input`, :func:`check_run_folder`: a folder that
+is not a run of ours is refused whatever else is wrong), the settings and the saved run's
+(:func:`read_saved_settings`), "already complete" (:func:`saved_step`), the licence the run will
+carry (:func:`licence_line`) and the device (:func:`check_device`). Each reads at most a
+``config.json``: a refusal costs well under a second, however large the data.
 """
 
 from __future__ import annotations

@@ -322,7 +322,11 @@ def test_a_rerun_uses_the_saved_settings_refuses_changed_ones_and_may_extend(mni
     assert main([*base, "--steps", "2", "--lr", "3e-3"]) == 0
     assert "already complete (step 2 of 2)" in capsys.readouterr().out
     # No --lr: the saved run's 3e-3, not the preset's 1e-4; more steps are applied and said.
+    finished = load_file(str(out / "model.safetensors"))
     assert main([*base, "--steps", "3"]) == 0
+    extended = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(finished[k], extended[k]) for k in finished)  # it used to step at lr 0
+    assert {e["step"]: e["lr"] for e in read_log(out) if "lr" in e}[3] > 0
     printed = capsys.readouterr().out
     assert "total_steps 2 → 3" in printed and "lr 0.003" in printed
     cfg = json.loads((out / "config.json").read_text())

@@ -438,3 +438,12 @@ def test_every_check_answers_within_a_second_before_any_volume_is_read(tmp_path,
     assert rc == 2 and "--device cuda:64" in err and "CUDA device(s) available here" in err
     assert "licence: none (random initialisation)" in printed  # the licence, said before the device
     assert not (tmp_path / "new").exists()
+
+
+def test_the_licence_a_run_will_carry_is_said_before_it_starts():
+    from zoo.finetune import licence_line, start_plan
+
+    assert "licence: none (random initialisation)" in licence_line(start_plan("fmunet"))
+    assert licence_line(start_plan("pctnet.vf110k")) == "licence: Apache-2.0, from pctnet.vf110k"
+    restricted = licence_line(start_plan("qtunet-t.ct-ssl"))
+    assert "publishes no licence" in restricted and "needs the licensor's permission" in restricted

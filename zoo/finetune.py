@@ -67,6 +67,7 @@ __all__ = [
     "check_run_folder",
     "create_model",
     "check_output_spares_input",
+    "licence_line",
     "describe_load",
     "read_saved_settings",
     "resolve_settings",

@@ -136,6 +136,8 @@ def licence_line(p: Any) -> str:
     if licence is None:
         return f"licence: unknown (nothing in the chain of {p.id} states one); publishing needs --license"
     line = f"licence: {licence}, from {link.id}"
+    if licence == "none":
+        line = f"licence: none (the upstream of {link.id} publishes no licence)"
     if redistributable is False:
         line += "; no redistribution: the run trains, `zoo publish` needs the licensor's permission"
     return line

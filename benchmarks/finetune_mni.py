@@ -12,7 +12,8 @@ The comparison the papers make, at a size a 2-core machine runs in about 20 minu
    Dice (grey and white matter, background excluded) on 2 held-out volumes, by sliding window.
 
 Writes ``benchmarks/finetune_mni.json`` (every run, and the command), ``finetune_mni.md`` (the
-mean ± std table) and ``finetune_mni.png`` (the plot; Pillow only). Usage::
+mean ± std table) and ``finetune_mni.png`` (the plot, matplotlib; ``--replot`` redraws it from the
+JSON). Usage::
 
     python benchmarks/finetune_mni.py --write                     # ≈ 20 min on 2 busy cores
     python benchmarks/finetune_mni.py --ft-steps 20 --pt-steps 20 --seeds 1   # a smoke run
@@ -115,37 +116,30 @@ def loadavg() -> list[str]:
 
 
 def plot(summary: dict, path: Path) -> None:
-    """Mean Dice ± std against labelled volumes, pretrained vs random init (Pillow only)."""
-    from PIL import Image, ImageDraw
+    """Mean Dice ± std over seeds against labelled volumes, pretrained vs random initialisation."""
+    from zoo.plots import OKABE_ITO, require_matplotlib
 
-    w, h, m = 560, 380, 60
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    lo = min(s["mean"] - s["std"] for runs in summary.values() for s in runs.values())
-    hi = max(s["mean"] + s["std"] for runs in summary.values() for s in runs.values())
-    lo, hi = max(0.0, lo - 0.05), min(1.0, hi + 0.05)
-    xs = {k: m + i * (w - 2 * m) / (len(LABELLED) - 1) for i, k in enumerate(LABELLED)}
-    y = lambda v: h - m - (v - lo) / max(hi - lo, 1e-6) * (h - 2 * m)  # noqa: E731
-    d.line([(m, m), (m, h - m), (w - m, h - m)], fill="black")
-    for k, x in xs.items():
-        d.text((x - 4, h - m + 8), str(k), fill="black")
-    for t in range(5):
-        v = lo + t * (hi - lo) / 4
-        d.text((8, y(v) - 6), f"{v:.2f}", fill="black")
-        d.line([(m - 4, y(v)), (m, y(v))], fill="black")
-    d.text((w // 2 - 70, h - 24), "labelled training volumes", fill="black")
-    d.text((m, 12), "validation mean Dice (GM, WM), mean ± std over seeds", fill="black")
-    colours = {"pretrained": (200, 60, 40), "random": (40, 90, 200)}
-    for i, (name, runs) in enumerate(summary.items()):
-        c = colours[name]
-        pts = [(xs[k] + (i - 0.5) * 6, y(runs[str(k)]["mean"])) for k in LABELLED]
-        d.line(pts, fill=c, width=2)
-        for (px, py), k in zip(pts, LABELLED, strict=True):
-            s = runs[str(k)]
-            d.line([(px, y(s["mean"] - s["std"])), (px, y(s["mean"] + s["std"]))], fill=c, width=1)
-            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
-        d.text((w - m - 150, m + 10 + 16 * i), f"- {name} init", fill=c)
-    img.save(path)
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"pretrained": (OKABE_ITO[5], "o", -0.04), "random": (OKABE_ITO[4], "s", 0.04)}
+    for name, runs in summary.items():
+        colour, marker, dx = styles.get(name, ("black", "^", 0.0))
+        ks = [k for k in LABELLED if str(k) in runs]
+        ax.errorbar(
+            [k + dx for k in ks],  # side by side, so that the error bars do not hide each other
+            [runs[str(k)]["mean"] for k in ks],
+            yerr=[runs[str(k)]["std"] for k in ks],
+            color=colour, marker=marker, capsize=4, lw=1.8,
+            label=f"{name} init (n = {runs[str(ks[0])]['n']} seeds)",
+        )  # fmt: skip
+    ax.set_xticks(list(LABELLED))
+    ax.set_xlabel("labelled training volumes")
+    ax.set_ylabel("validation mean Dice (grey + white matter)")
+    ax.set_title("fmunet on the MNI152 task: mean ± std over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def main() -> int:
@@ -161,7 +155,13 @@ def main() -> int:
     p.add_argument("--work", default=None, help="folder for the data and runs (default: a temporary one)")
     p.add_argument("--write", action="store_true", help="write finetune_mni.{json,md,png} in benchmarks/")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument(
+        "--replot", action="store_true", help="redraw finetune_mni.png from finetune_mni.json only"
+    )
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads((HERE / "finetune_mni.json").read_text())["summary"], HERE / "finetune_mni.png")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     from zoo.datalist import make_mni_task

@@ -11,8 +11,8 @@ Two sizes: ``--size small`` (default; reduced widths and 32³ crops, minutes on 
 ``--size paper`` (the registered configurations and the papers' crops; for a GPU).
 
 Writes into ``--out`` (default ``benchmarks/pretrain-smoke``): ``loss_curves.png`` (one panel per
-recipe), ``pretrain_smoke.json`` (losses, timings, what each checkpoint covers, the fine-tuning
-Dice) and ``pretrain_smoke.md``. Usage::
+recipe, matplotlib; ``--replot`` redraws it from the JSON), ``pretrain_smoke.json`` (losses,
+timings, what each checkpoint covers, the fine-tuning Dice) and ``pretrain_smoke.md``. Usage::
 
     python benchmarks/pretrain_smoke.py                        # all recipes, small
     python benchmarks/pretrain_smoke.py --steps 40 --only byol-rot-rec volume-fusion
@@ -118,59 +118,41 @@ PAPER = {
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> str:
-    """Loss curves, one panel per recipe; matplotlib when installed, else drawn with Pillow."""
-    try:
-        import matplotlib
+    """Loss curves, one panel per recipe: every step, and the mean ± std of each block of steps."""
+    sys.path.insert(0, str(HERE.parent))
+    import numpy as np
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return _plot_pillow(curves, path)
+    from zoo.plots import OKABE_ITO, require_matplotlib
+
+    plt = require_matplotlib()
     n = len(curves)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax, (name, pts) in zip(axes.flat, curves.items(), strict=False):
-        ax.plot([s for s, _ in pts], [v for _, v in pts])
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("pretraining step")
+        ax.set_ylabel("pretext loss")
+        ax.grid(alpha=0.3)
+        if not pts:
+            ax.text(0.5, 0.5, "no steps (failed)", ha="center", transform=ax.transAxes)
+            continue
+        steps, losses = np.array([s for s, _ in pts]), np.array([v for _, v in pts])
+        ax.plot(steps, losses, lw=0.8, alpha=0.5, color=OKABE_ITO[4], marker=".", label="every step")
+        k = max(len(losses) // 4, 2)  # one run per recipe: the spread shown is within blocks of k steps
+        blocks = [slice(b, b + k) for b in range(0, len(losses) - k + 1, k)]
+        ax.errorbar(
+            [steps[b].mean() for b in blocks], [losses[b].mean() for b in blocks],
+            yerr=[losses[b].std() for b in blocks], color=OKABE_ITO[5], marker="o", capsize=3, lw=1.6,
+            label=f"mean ± std of {k} steps",
+        )  # fmt: skip
+        ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
     return "matplotlib"
-
-
-def _plot_pillow(curves: dict[str, list[tuple[int, float]]], path: Path) -> str:
-    from PIL import Image, ImageDraw
-
-    w, h, pad = 420, 300, 40
-    cols = min(3, len(curves))
-    rows = (len(curves) + cols - 1) // cols
-    img = Image.new("RGB", (w * cols, h * rows), "white")
-    draw = ImageDraw.Draw(img)
-    for i, (name, pts) in enumerate(curves.items()):
-        ox, oy = (i % cols) * w, (i // cols) * h
-        draw.rectangle([ox + pad, oy + pad, ox + w - 10, oy + h - pad], outline="black")
-        draw.text((ox + pad, oy + 10), name, fill="black")
-        if not pts:
-            continue
-        xs, ys = [s for s, _ in pts], [v for _, v in pts]
-        x0, x1, y0, y1 = min(xs), max(max(xs), min(xs) + 1), min(ys), max(max(ys), min(ys) + 1e-6)
-        draw.text((ox + 2, oy + pad - 6), f"{y1:.3g}", fill="black")
-        draw.text((ox + 2, oy + h - pad - 6), f"{y0:.3g}", fill="black")
-        draw.text((ox + w - 60, oy + h - pad + 6), f"step {x1}", fill="black")
-        line = [
-            (
-                ox + pad + (x - x0) / (x1 - x0) * (w - pad - 10),
-                oy + h - pad - (y - y0) / (y1 - y0) * (h - 2 * pad),
-            )
-            for x, y in zip(xs, ys, strict=True)
-        ]
-        draw.line(line, fill=(31, 119, 180), width=2)
-    img.save(path)
-    return "pillow (matplotlib is not installed)"
 
 
 def run(
@@ -261,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary folder)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--replot", action="store_true", help="redraw loss_curves.png from pretrain_smoke.json")
     a = ap.parse_args(argv)
+    if a.replot:
+        saved = json.loads((a.out / "pretrain_smoke.json").read_text())["results"]
+        _plot({r["method"]: r.get("losses", []) for r in saved}, a.out / "loss_curves.png")
+        return 0
     if a.threads:
         torch.set_num_threads(a.threads)
     table = SMALL if a.size == "small" else PAPER

@@ -246,3 +246,17 @@ def test_run_all_benchmarks_in_a_subprocess_and_writes_csv_and_markdown(tmp_path
     assert float(rows[0]["cpu_ms"]) > 0
     md = (tmp_path / "RESULTS.md").read_text()
     assert "## ci" in md and "| swinvit2d-c48 |" in md
+
+
+def test_the_papers_gmacs_stand_beside_ours_at_the_same_setting_or_name_it():
+    from zoo.bench import BenchResult, paper_gmacs_cell
+
+    at_paper = BenchResult(
+        "m", "f", "1×96×96×96", 10, 64.0, 32.0, paper_setting="1×96×96×96", paper_setting_declared=True,
+        params_paper_setting=10, gmacs_paper_setting=32.0, paper_gmacs=32.5,
+    )  # fmt: skip
+    assert paper_gmacs_cell(at_paper) == "32.50 (0.985×)"
+    smaller = dataclasses.replace(at_paper, input_shape="1×64×64×64", gflops=24.76, gmacs=12.38)
+    cell = paper_gmacs_cell(smaller)  # the bug: "32.50 (0.985×)" beside 12.38, a ratio from another input
+    assert cell == "32.50 at 1×1×96×96×96: ours 32.00 (0.985×)"  # batch 1, one channel
+    assert paper_gmacs_cell(dataclasses.replace(at_paper, paper_gmacs=None)) == "—"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from zoo._registry import iter_specs
 from zoo.cards import CARDS_DIR, render_card, stale_cards
 
@@ -52,3 +54,23 @@ def test_cards_quote_the_benchmark_rows_of_their_model(tmp_path):
     assert "5.38 s per whole BTCV case" in section  # the paper's Table 10 time, said to be unlike
     empty = render_card("ulkanet-l", bench_dir=tmp_path)
     assert "Not benchmarked yet: `python benchmarks/run_all.py ulkanet-l`" in empty
+
+
+def test_the_repository_carries_the_licence_pyproject_names():
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
+    text = (root / "LICENSE").read_text()
+    assert declared == "Apache-2.0" and "Apache License\n" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_a_card_whose_licence_is_other_names_it_and_links_it():
+    from zoo.cards import licence_fields
+
+    for licences in (["other"], ["none"], ["apache-2.0", "cc-by-nc-4.0"]):
+        fields = licence_fields(licences, "https://example.org/code")
+        assert fields["license"] == "other" and fields["license_name"]
+        assert fields["license_link"] == "https://example.org/code"
+    assert licence_fields(["Apache-2.0"], None) == {"license": "apache-2.0"}

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import zoo
 from zoo.finetune import make_mni_task, read_datalist, resolve_intensity
-from zoo.presets import get_preset
+from zoo.presets import PRESETS, get_preset
 from zoo.train import LoopSettings, OptimConfig, lr_factor, make_loader, read_log, train
 
 _TINY = {"feature_chns": [4, 8, 16, 32, 64]}
@@ -127,7 +127,7 @@ def test_short_finetune_on_mni_volumes_lowers_the_loss_and_writes_a_loadable_run
         zoo.create("fmunet", checkpoint_path=tmp_path)
 
 
-def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None):
+def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None, optim=None, save_every=None):
     # The loop is model-agnostic: a two-layer net with dropout (its RNG state must be restored too).
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -151,17 +151,50 @@ def _tiny_run(out, total, stop_at_call=None, lr=1e-2, on_call=None):
             on_call(calls["n"])
         return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
 
-    optim = OptimConfig(lr=lr, warmup_steps=2)
-    return train(model, loss_fn, make_loader(data, 2), out, optim, total, LoopSettings(progress=False))
+    optim = optim or OptimConfig(lr=lr, warmup_steps=2)
+    loop = LoopSettings(progress=False, save_every=save_every)
+    return train(model, loss_fn, make_loader(data, 2), out, optim, total, loop)
 
 
-def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninterrupted_run(tmp_path):
-    straight = _tiny_run(tmp_path / "straight", total=6)
-    with pytest.raises(KeyboardInterrupt):
-        _tiny_run(tmp_path / "resumed", total=6, stop_at_call=4)  # during step 4: steps 1-3 are done
+# Every preset's optimiser and schedule (cosine, step, poly; warm-up or not), at a rate a tiny net moves with.
+_PRESET_OPTIMS = {name: (lambda total, p=p: p.optim_for(total, lr=1e-2)) for name, p in PRESETS.items()}
+
+
+@pytest.mark.parametrize("extra", [1, 10])
+@pytest.mark.parametrize("preset", sorted(_PRESET_OPTIMS))
+def test_extending_a_finished_run_trains_at_the_rate_its_schedule_gives(tmp_path, preset, extra):
+    # The regression: a finished 4-step cosine run extended to 5 stepped with the saved rate, 0.
+    out, optim_for = tmp_path / "run", _PRESET_OPTIMS[preset]
+    _tiny_run(out, total=4, optim=optim_for(4))
+    finished = load_file(str(out / "model.safetensors"))
+    after_first = []
+
+    def snapshot(call):  # call 2 of the rerun starts step 6: step 5 is saved by then
+        if call == 2:
+            after_first.append(load_file(str(out / "model.safetensors")))
+
+    new_total = 4 + extra
+    longer = _tiny_run(out, total=new_total, optim=optim_for(new_total), on_call=snapshot, save_every=1)
+    assert (longer.start_step, longer.step) == (4, new_total)
+    first = after_first[0] if after_first else load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(first[k], finished[k]) for k in finished)
+    cfg = optim_for(new_total)
+    logged = {e["step"]: e["lr"] for e in read_log(out) if "lr" in e}
+    assert logged[5] == pytest.approx(cfg.lr * lr_factor(cfg, 4, new_total), rel=1e-9) and logged[5] > 0
+    assert [logged[s] for s in range(5, new_total + 1)] == pytest.approx(
+        [cfg.lr * lr_factor(cfg, s - 1, new_total) for s in range(5, new_total + 1)], rel=1e-9
+    )
+
+
+@pytest.mark.parametrize("preset", sorted(_PRESET_OPTIMS))
+def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninterrupted_run(tmp_path, preset):
+    optim = _PRESET_OPTIMS[preset](6)
+    straight = _tiny_run(tmp_path / "straight", total=6, optim=optim)
+    with pytest.raises(KeyboardInterrupt):  # during step 4: steps 1-3 are done
+        _tiny_run(tmp_path / "resumed", total=6, stop_at_call=4, optim=optim)
     state = torch.load(tmp_path / "resumed" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 3
-    resumed = _tiny_run(tmp_path / "resumed", total=6)
+    resumed = _tiny_run(tmp_path / "resumed", total=6, optim=optim)
     assert (resumed.start_step, resumed.step) == (3, 6)
     assert [s for s, _ in resumed.losses] == [4, 5, 6]
     assert [loss for _, loss in resumed.losses] == pytest.approx(
@@ -169,28 +202,54 @@ def test_interrupted_training_resumes_from_the_saved_step_and_ends_as_an_uninter
     )
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "resumed"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    rates = [[e["lr"] for e in read_log(tmp_path / d)] for d in ("straight", "resumed")]
+    assert rates[1] == pytest.approx(rates[0], rel=1e-12)  # steps 1-3 logged before, 4-6 after the resume
 
 
-def test_a_finetuned_run_publishes_without_local_paths(mni_task, tmp_path, capsys):
+def test_a_finetuned_runs_card_is_about_the_run_and_links_the_base_card(mni_task, tmp_path, capsys):
+    import re
+
+    from huggingface_hub import ModelCard
+
+    from zoo.cards import render_card
     from zoo.cli import main
 
     run = tmp_path / "run"
-    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(run), "--steps", "2",
+    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(run), "--steps", "4",
             "--roi", "32", "32", "32", "--batch-size", "1", "--num-samples", "1", "--val-every", "2",
-            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+            "--lr", "3e-3", "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
     assert main(argv) == 0
     out = tmp_path / "hub"
-    assert main(["publish", str(run), "--repo", "me/fmunet-mni", "--dry-run", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    publish = ["publish", str(run), "--repo", "me/fmunet-mni", "--dry-run", "--out", str(out)]
+    capsys.readouterr()
+    assert main(publish) == 2  # random weights have no licence until one is named
+    assert "--license" in capsys.readouterr().err and not out.exists()
+    assert main([*publish, "--license", "apache-2.0"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["README.md", "config.json", "loss.png", "model.safetensors", "val_dice.png"]
     assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
     text = (out / "config.json").read_text()
     assert str(tmp_path) not in text and str(mni_task.parent) not in text
     cfg = json.loads(text)
     assert cfg["model_name"] == "fmunet" and cfg["labels"]["1"] == "grey matter" and len(cfg["sha256"]) == 64
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: medzoo")
-    assert "fine-tuned with medzoo" in card and "Started from: random initialisation" in card
-    assert "1 = grey matter" in card and str(tmp_path) not in card
+    raw = (out / "README.md").read_text()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.library_name == "medzoo"
+    vals = [e["val"] for e in read_log(run) if "val" in e]
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert card.data.model_name == "me/fmunet-mni"
+    assert results["Dice grey matter (final)"] == round(vals[-1]["dice_1"], 4)
+    assert results["Dice white matter (best)"] == round(max(v["dice_2"] for v in vals), 4)
+    assert results["Dice mean (final)"] == round(vals[-1]["dice_mean"], 4)
+    assert "Chain: random weights → this run" in raw and 'zoo.create("hf-hub:me/fmunet-mni")' in raw
+    assert "1 training and 1 validation case(s)" in raw and "1 = grey matter, 2 = white matter" in raw
+    assert "| learning rate | 0.003 (preset: " in raw and "| steps done | 4 of 4 |" in raw
+    assert "![loss](loss.png)" in raw and "![val dice](val_dice.png)" in raw
+    assert str(tmp_path) not in raw and "datalist.json" not in raw
+    assert "`model_cards/fmunet.md` in medzoo" in raw  # the base card: linked ...
+    base = render_card("fmunet").split("\n---\n", 1)[1]
+    sentences = {s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", base) if len(s.strip()) > 30}
+    assert not [s for s in sentences if s in raw]  # ... never copied
     again = zoo.create("fmunet", checkpoint_path=out)  # the published folder is itself a run folder
     assert set(again.state_dict()) == set(load_file(str(run / "model.safetensors")))
 
@@ -263,7 +322,11 @@ def test_a_rerun_uses_the_saved_settings_refuses_changed_ones_and_may_extend(mni
     assert main([*base, "--steps", "2", "--lr", "3e-3"]) == 0
     assert "already complete (step 2 of 2)" in capsys.readouterr().out
     # No --lr: the saved run's 3e-3, not the preset's 1e-4; more steps are applied and said.
+    finished = load_file(str(out / "model.safetensors"))
     assert main([*base, "--steps", "3"]) == 0
+    extended = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(finished[k], extended[k]) for k in finished)  # it used to step at lr 0
+    assert {e["step"]: e["lr"] for e in read_log(out) if "lr" in e}[3] > 0
     printed = capsys.readouterr().out
     assert "total_steps 2 → 3" in printed and "lr 0.003" in printed
     cfg = json.loads((out / "config.json").read_text())
@@ -339,3 +402,48 @@ def test_what_a_run_starts_from_is_resolved_once_for_finetune_and_pretrain(tmp_p
         resolve_start("fmunet", pretrained=True, checkpoint_path=tmp_path)
     with pytest.raises(zoo.NoPretrainedWeightsError):
         resolve_start("ulkanet", pretrained=True)
+
+
+def test_every_check_answers_within_a_second_before_any_volume_is_read(tmp_path, capsys):
+    import time
+
+    from zoo.cli import main
+
+    task = make_mni_task(tmp_path / "mni", n_train=1, n_val=1, spacing_mm=4.0)
+    out = tmp_path / "run"
+    base = ["finetune", "fmunet", "--data", str(task), "--roi", "32", "32", "32", "--batch-size", "1",
+            "--num-samples", "1", "--val-every", "2", "--preset", "default", "--in-chans", "1",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main([*base, "--out", str(out), "--steps", "2"]) == 0
+    for volume in (tmp_path / "mni").rglob("*.nii.gz"):  # a check that read a volume would now fail
+        volume.write_bytes(b"not a volume")
+    capsys.readouterr()
+
+    def timed(*argv):
+        t0 = time.perf_counter()
+        rc = main([*base, *argv])
+        seconds = time.perf_counter() - t0
+        assert seconds < 1.0, f"{argv}: {seconds:.2f} s"
+        printed = capsys.readouterr()
+        return rc, printed.out, printed.err
+
+    rc, printed, _ = timed("--out", str(out), "--steps", "2")  # settings, resume, then "already complete"
+    assert rc == 0 and "already complete (step 2 of 2)" in printed
+    rc, _, err = timed("--out", str(out), "--steps", "2", "--lr", "0.5")  # a changed setting comes first
+    assert rc == 2 and "lr 0.0001 → 0.5" in err and "already complete" not in err
+    (tmp_path / "file").write_text("x")
+    rc, _, err = timed("--out", str(tmp_path / "file"), "--steps", "2")  # the output folder
+    assert rc == 2 and "is a file" in err
+    rc, printed, err = timed("--out", str(tmp_path / "new"), "--steps", "2", "--device", "cuda:64")
+    assert rc == 2 and "--device cuda:64" in err and "CUDA device(s) available here" in err
+    assert "licence: none (random initialisation)" in printed  # the licence, said before the device
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_licence_a_run_will_carry_is_said_before_it_starts():
+    from zoo.finetune import licence_line, start_plan
+
+    assert "licence: none (random initialisation)" in licence_line(start_plan("fmunet"))
+    assert licence_line(start_plan("pctnet.vf110k")) == "licence: Apache-2.0, from pctnet.vf110k"
+    restricted = licence_line(start_plan("qtunet-t.ct-ssl"))
+    assert "publishes no licence" in restricted and "needs the licensor's permission" in restricted

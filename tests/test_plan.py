@@ -160,7 +160,7 @@ def test_a_byte_identical_encoder_carries_its_licence_without_any_record(tmp_pat
     assert not (tmp_path / "o").exists()
     sd["encoder.layers.0.blocks.0.norm1.weight"] = sd["encoder.layers.0.blocks.0.norm1.weight"] + 1e-3
     other = _run(tmp_path, "changed", sd)  # one tensor differs: not the same encoder any more
-    assert publish_run(other, "org/x", tmp_path / "o2", dry_run=True).is_dir()
+    assert publish_run(other, "org/x", tmp_path / "o2", dry_run=True, license="apache-2.0").is_dir()
 
 
 def test_a_tag_is_published_only_with_its_own_file(tmp_path, ct_ssl):
@@ -327,7 +327,17 @@ def test_every_cli_command_resolves_its_model_name_once(tmp_path, monkeypatch, c
             "-q",
         ): 0,
         ("bench", "qtunet-t", "--img-size", "32", "--no-cpu", "--no-onnx", "--no-cuda", "-q", "--json"): 0,
-        ("publish", str(run), "--repo", "org/x", "--dry-run", "--out", str(tmp_path / "pub")): 0,
+        (
+            "publish",
+            str(run),
+            "--repo",
+            "org/x",
+            "--dry-run",
+            "--out",
+            str(tmp_path / "pub"),
+            "--license",
+            "mit",
+        ): 0,
         ("download", "qtunet-t.ct-ssl", "-q"): 1,  # offline: fails after the plan
         (
             "finetune",

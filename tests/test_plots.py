@@ -78,3 +78,27 @@ def test_training_curves_are_drawn_next_to_the_log(tmp_path):
     with pytest.raises(ValueError, match=r"log.jsonl:2: expected one JSON object per line"):
         plot_training_curves(log, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def _hue_gap(a, b) -> float:
+    import colorsys
+
+    ha, hb = colorsys.rgb_to_hsv(*a)[0], colorsys.rgb_to_hsv(*b)[0]
+    return min(abs(ha - hb), 1 - abs(ha - hb))
+
+
+def test_neighbouring_labels_are_drawn_in_colours_told_apart(tmp_path):
+    from zoo.plots import OKABE_ITO, preview_png
+
+    # Colour-blind-safe palette whose neighbours differ in hue (the old preview drew 1 and 2 in two blues).
+    rgb = [np.array([int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)]) for c in OKABE_ITO]
+    assert min(_hue_gap(a, b) for a, b in zip(rgb, rgb[1:], strict=False)) > 0.1
+    labels = np.zeros((16, 16, 16), np.int16)
+    labels[:, :8], labels[:, 8:] = 1, 2
+    png = preview_png(
+        np.ones((16, 16, 16), np.float32), labels, np.eye(4), {1: "a", 2: "b"}, tmp_path / "p.png"
+    )
+    pixels = mpimg.imread(png)[..., :3].reshape(-1, 3)
+    colours, counts = np.unique(np.round(pixels, 2), axis=0, return_counts=True)
+    drawn = [c for c in colours[np.argsort(-counts)] if np.ptp(c) > 0.1][:2]  # the two largest coloured areas
+    assert len(drawn) == 2 and _hue_gap(drawn[0], drawn[1]) > 0.25

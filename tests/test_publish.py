@@ -110,7 +110,10 @@ def _leftovers(parent: Path) -> list[str]:
 def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, capsys):
     run = _run(tmp_path)
     out = tmp_path / "published"
-    assert main(["publish", str(run), "--repo", "org/tiny-qt", "--out", str(out)]) == 0
+    assert (
+        main(["publish", str(run), "--repo", "org/tiny-qt", "--out", str(out), "--license", "apache-2.0"])
+        == 0
+    )
     assert "hf-hub:org/tiny-qt" in capsys.readouterr().out
 
     # Exactly the three files were committed, once, and the local copy holds the same three.
@@ -146,7 +149,7 @@ def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, caps
 
 def test_hub_id_as_checkpoint_path_revision_and_wrong_model(tmp_path, hub):
     run = _run(tmp_path)
-    publish_run(run, "org/tiny-qt", tmp_path / "out")
+    publish_run(run, "org/tiny-qt", tmp_path / "out", license="apache-2.0")
     first = hub.head("org/tiny-qt")
     # A later push to main does not change what @first loads.
     save_file({k: v.contiguous() for k, v in _tiny_state(9).items()}, str(tmp_path / "other.safetensors"))
@@ -194,7 +197,7 @@ def test_model_arguments_that_would_allocate_far_more_than_the_weights_are_refus
 
 
 def test_offline_loads_from_the_cache_and_says_offline_otherwise(tmp_path, hub, monkeypatch):
-    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out")
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
     online = zoo.create("hf-hub:org/tiny-qt")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = len(hub.state.requests)
@@ -210,7 +213,7 @@ def test_offline_loads_from_the_cache_and_says_offline_otherwise(tmp_path, hub, 
 def test_hub_id_weights_past_the_byte_bound_are_refused_before_the_transfer(tmp_path, hub, monkeypatch):
     from zoo.hub import HubError
 
-    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out")
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
     size = (tmp_path / "out" / "model.safetensors").stat().st_size
     monkeypatch.setenv("MEDZOO_DOWNLOAD_MAX_BYTES", str(size - 1))
     with pytest.raises(HubError) as e:
@@ -239,7 +242,18 @@ def test_a_stray_file_in_out_is_refused_and_nothing_is_uploaded(tmp_path, hub, c
     out = tmp_path / "hubfolder"
     out.mkdir()
     (out / ".env").write_text("HF_TOKEN=secret\n")
-    rc = main(["publish", str(_run(tmp_path)), "--repo", "org/tiny-qt", "--out", str(out)])
+    rc = main(
+        [
+            "publish",
+            str(_run(tmp_path)),
+            "--repo",
+            "org/tiny-qt",
+            "--out",
+            str(out),
+            "--license",
+            "apache-2.0",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and ".env" in err
     assert hub.state.requests == []  # not even the repository was created
@@ -250,7 +264,18 @@ def test_a_stray_file_in_out_is_refused_and_nothing_is_uploaded(tmp_path, hub, c
 def test_a_failed_upload_leaves_nothing_and_says_so_in_one_line(tmp_path, hub, capsys):
     hub.state.fail_commit = True
     out = tmp_path / "hubfolder"
-    rc = main(["publish", str(_run(tmp_path)), "--repo", "org/tiny-qt", "--out", str(out)])
+    rc = main(
+        [
+            "publish",
+            str(_run(tmp_path)),
+            "--repo",
+            "org/tiny-qt",
+            "--out",
+            str(out),
+            "--license",
+            "apache-2.0",
+        ]
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("zoo publish:")]  # not tqdm's bars
     assert rc == 1 and len(errors) == 1 and "Traceback" not in err
@@ -268,7 +293,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo.cards, "render_run_card", broken)
     out = tmp_path / "hubfolder"
     with pytest.raises(PublishError, match="No space left on device.*nothing was written"):
-        publish_run(_run(tmp_path), "org/tiny-qt", out, dry_run=True)
+        publish_run(_run(tmp_path), "org/tiny-qt", out, dry_run=True, license="apache-2.0")
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
@@ -281,7 +306,7 @@ def test_an_interrupted_upload_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo.publish, "_upload", interrupted)
     out = tmp_path / "hubfolder"
     with pytest.raises(KeyboardInterrupt):
-        publish_run(_run(tmp_path), "org/tiny-qt", out)
+        publish_run(_run(tmp_path), "org/tiny-qt", out, license="apache-2.0")
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
@@ -351,7 +376,9 @@ def test_run_from_an_unidentified_local_checkpoint_names_its_sha256(tmp_path, mo
     enc = _encoder_file(tmp_path)
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}
     record = zoo.create("qtunet-t", checkpoint_path=enc, **args).pretrained_cfg["weights"]
-    out = publish_run(_run(tmp_path, "ft", init=record), "org/x", tmp_path / "o", dry_run=True)
+    out = publish_run(
+        _run(tmp_path, "ft", init=record), "org/x", tmp_path / "o", dry_run=True, license="apache-2.0"
+    )
     text = (out / "README.md").read_text()
     assert f"Started from: a local checkpoint with sha256 `{file_digest(enc)}`." in text
     assert "license: apache-2.0" in text
@@ -372,11 +399,12 @@ def test_run_from_a_hub_repo_of_non_redistributable_weights_is_refused(tmp_path,
 
 
 def test_run_from_a_hub_repo_names_it_as_base_model(tmp_path, hub):
-    publish_run(_run(tmp_path, "base"), "org/base-qt", tmp_path / "o1")
+    publish_run(_run(tmp_path, "base"), "org/base-qt", tmp_path / "o1", license="apache-2.0")
     record = zoo.create("hf-hub:org/base-qt").pretrained_cfg["weights"]
     out = publish_run(_run(tmp_path, "ft", init=record, seed=5), "org/ft-qt", tmp_path / "o2", dry_run=True)
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "org/base-qt"
+    assert "[`org/base-qt`](https://huggingface.co/org/base-qt)" in card.text  # its card: linked
     assert f"`hf-hub:org/base-qt@{hub.head('org/base-qt')}`" in card.text
 
 
@@ -417,8 +445,10 @@ def test_every_checked_in_card_parses_and_round_trips():
 
 def test_published_cards_parse_and_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDZOO_CACHE", str(tmp_path / "medzoo-cache"))
-    ft = publish_run(_run(tmp_path, "ft"), "org/ft", tmp_path / "o1", dry_run=True)
-    pre = publish_run(_run(tmp_path, "ssl", finetune=False), "org/ssl", tmp_path / "o2", dry_run=True)
+    ft = publish_run(_run(tmp_path, "ft"), "org/ft", tmp_path / "o1", dry_run=True, license="apache-2.0")
+    pre = publish_run(
+        _run(tmp_path, "ssl", finetune=False), "org/ssl", tmp_path / "o2", dry_run=True, license="apache-2.0"
+    )
     for out in (ft, pre):
         _assert_hub_card(out / "README.md")
         assert sorted(p.name for p in out.iterdir()) == FILES
@@ -431,7 +461,7 @@ def test_cli_and_torch_hub_entrypoints_take_a_hub_id(tmp_path, hub, capsys):
     import hubconf
 
     run = _run(tmp_path)
-    publish_run(run, "org/tiny-qt", tmp_path / "out")
+    publish_run(run, "org/tiny-qt", tmp_path / "out", license="apache-2.0")
     commit = hub.head("org/tiny-qt")
     assert main(["info", "hf-hub:org/tiny-qt"]) == 0
     out = capsys.readouterr().out
@@ -443,7 +473,7 @@ def test_cli_and_torch_hub_entrypoints_take_a_hub_id(tmp_path, hub, capsys):
 
 @pytest.mark.slow  # the ONNX export takes minutes on a loaded 2-core machine
 def test_export_takes_a_hub_id(tmp_path, hub, capsys):
-    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out")
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
     onnx = tmp_path / "tiny.onnx"
     rc = main(["export", "hf-hub:org/tiny-qt", "-o", str(onnx), "--input-shape", "1", "32", "32", "32"])
     assert rc == 0 and onnx.is_file()

@@ -65,6 +65,7 @@ __all__ = [
     "onnxruntime_latency",
     "machine_id",
     "ratio",
+    "paper_gmacs_cell",
     "CSV_FIELDS",
     "alternating_latency",
     "AlternatingTiming",
@@ -655,6 +656,27 @@ def benchmark(
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return res
+
+
+def paper_gmacs_cell(r: BenchResult) -> str:
+    """The paper's GMACs beside ours *at the paper's setting*, saying the setting when it is not this row's.
+
+    ``12.38 | 32.50 (0.979×)`` would put a ratio taken at another input size beside our number at
+    this one; so: ``32.50 (0.979×)`` when this row is at the paper's setting (the GMACs column is
+    ours there), else ``32.50 at 1×C×D×H×W: ours 31.82 (0.979×)``.
+    """
+    if not r.paper_gmacs:
+        return "—"
+    pr = ratio(r.gmacs_paper_setting, r.paper_gmacs)
+    same = (
+        r.paper_setting == r.input_shape
+        and r.gmacs_paper_setting == r.gmacs
+        and r.params_paper_setting in (None, r.params)
+    )
+    if same:
+        return f"{r.paper_gmacs:.2f}" + (f" ({pr:.3f}×)" if pr else "")
+    ours = "—" if r.gmacs_paper_setting is None else f"{r.gmacs_paper_setting:.2f}"
+    return f"{r.paper_gmacs:.2f} at 1×{r.paper_setting}: ours {ours}" + (f" ({pr:.3f}×)" if pr else "")
 
 
 def ratio(ours: float | None, paper: float | None) -> float | None:

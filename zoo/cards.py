@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from zoo._registry import ModelSpec, aliases_of, iter_specs, resolve
 __all__ = [
     "render_card",
     "render_run_card",
+    "RunFacts",
     "card_data",
     "front_matter",
     "pipeline_tag",
@@ -60,10 +62,10 @@ def licence_fields(licences: list[str], link: str | None) -> dict[str, str]:
         link: where the licence (or its absence) can be checked: the upstream repository.
     """
     ids = sorted({lic.lower() for lic in licences}) or ["apache-2.0"]
-    if len(ids) == 1 and ids[0] != "none":
+    if len(ids) == 1 and ids[0] not in ("none", "other"):
         return {"license": ids[0]}
     # The Hub requires a name and a link for "other"; "none" means no licence file upstream.
-    name = "no-license" if ids == ["none"] else "mixed"
+    name = {("none",): "no-license", ("other",): "other"}.get(tuple(ids), "mixed")
     return {
         "license": "other",
         "license_name": name,
@@ -341,55 +343,207 @@ def render_card(
     return "\n".join(parts)
 
 
-def render_run_card(
-    spec: ModelSpec,
-    config: dict[str, Any],
-    *,
-    repo_id: str,
-    started_from: str,
-    licences: list[str],
-    base_model: str | None = None,
-    num_params: int | None = None,
-    sections: list[str] | None = None,
-    bench_dir: str | Path | None = BENCH_DIR,
-) -> str:
-    """The card of a published ``zoo finetune`` / ``zoo pretrain`` run, followed by the architecture's.
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run's card says about the run, gathered by :func:`zoo.publish.publish_run`.
+
+    Attributes:
+        repo_id: the Hub repository the run is published as (its own id, used in the usage).
+        started_from: what the run started from, in words (a tag, a Hub id, a checkpoint's sha256).
+        chain: the lineage, oldest first (:class:`zoo.runconfig.Link`); empty: random weights.
+        licence: the licence of the published weights (that of the chain, or the one given).
+        base_model: the Hub repository of the weights it started from, if they are on the Hub.
+        num_params: parameter count of the published model.
+        validations: the run's validation entries of ``log.jsonl`` (``dice_1``…, ``dice_mean``, ``step``).
+        train_seconds: the summed wall time of the logged training steps (None: not logged).
+        images: image files published beside the card (the curves), shown in it.
+    """
+
+    repo_id: str
+    started_from: str = "random initialisation."
+    chain: tuple[Any, ...] = ()
+    licence: str | None = None
+    base_model: str | None = None
+    num_params: int | None = None
+    validations: tuple[dict[str, float], ...] = ()
+    train_seconds: float | None = None
+    images: tuple[str, ...] = ()
+
+
+def _base_card_link(spec: ModelSpec, chain: tuple[Any, ...], base_model: str | None) -> str:
+    """Where the card of what the run started from is: linked, never copied."""
+    if base_model:
+        return f"[`{base_model}`](https://huggingface.co/{base_model})"
+    for link in reversed(chain):
+        try:
+            base, tag = resolve(link.id)
+        except ValueError:
+            continue
+        hub = base.weight(tag).hf_hub_id if tag else None
+        if hub:
+            return f"[`{base.name}.{tag}`](https://huggingface.co/{hub})"
+        return f"`model_cards/{base.name}.md` in medzoo (the architecture and `{base.name}.{tag}`)"
+    return f"`model_cards/{spec.name}.md` in medzoo (the architecture; paper: <{spec.paper.url}>)"
+
+
+def _label_names(config: dict[str, Any]) -> dict[int, str]:
+    return {int(k): str(v) for k, v in (config.get("labels") or {}).items() if int(k) != 0}
+
+
+def _dice_results(config: dict[str, Any], facts: RunFacts) -> list[Any]:
+    """The ``model-index`` entries: final and best validation Dice per label, and their mean."""
+    from huggingface_hub import EvalResult
+
+    if not facts.validations:
+        return []
+    final, names = facts.validations[-1], _label_names(config)
+    cases = (config.get("finetune") or {}).get("cases") or {}
+    dataset = f"the run's validation cases ({cases.get('validation', '?')})"
+    out = []
+    for key, label in [*((f"dice_{c}", n) for c, n in sorted(names.items())), ("dice_mean", "mean")]:
+        values = [v[key] for v in facts.validations if key in v]
+        if not values:
+            continue
+        for which, value in (("final", final.get(key)), ("best", max(values))):
+            if value is None:
+                continue
+            out.append(
+                EvalResult(
+                    task_type="image-segmentation",
+                    dataset_type="medzoo-datalist",
+                    dataset_name=dataset,
+                    dataset_split="validation",
+                    metric_type="dice",
+                    metric_name=f"Dice {label} ({which})",
+                    metric_value=round(float(value), 4),
+                )
+            )
+    return out
+
+
+def _setting_rows(ft: dict[str, Any]) -> list[str]:
+    """The preset and every setting of the run that differs from the preset's."""
+    from zoo.presets import get_preset
+    from zoo.transforms import parse_intensity
+
+    try:
+        preset = get_preset(str(ft.get("preset")))
+    except ValueError:
+        return [f"| preset | `{ft.get('preset')}` (unknown here) |"]
+    rows = [f"| preset | `{preset.name}` |"]
+    n_train = ((ft.get("cases") or {}).get("training")) or 1
+    spacing = tuple(ft["spacing_mm"]) if ft.get("spacing_mm") else None
+    # What zoo finetune uses when neither the weights nor the options say (zoo.finetune.resolve_intensity).
+    intensity = parse_intensity(preset.intensity if preset.intensity is not None else "zscore_nonzero")
+    intensity = None if intensity["kind"] == "none" else intensity
+    given = {
+        "steps": (ft.get("total_steps"), preset.total_steps(int(n_train))),
+        "learning rate": (ft.get("lr"), preset.optim.lr),
+        "cases per step": (ft.get("batch_size"), preset.batch_size),
+        "crops per case": (ft.get("num_samples"), preset.num_samples),
+        "crop sampling": (ft.get("crop"), preset.crop),
+        "spacing (mm)": (spacing, tuple(preset.spacing_mm) if preset.spacing_mm else None),
+        "intensity": (ft.get("intensity"), intensity),
+    }
+    for name, (run_value, preset_value) in given.items():
+        if run_value != preset_value:
+            rows.append(f"| {name} | {run_value} (preset: {preset_value}) |")
+    if ft.get("adapters"):
+        rows.append(f"| adapters | {ft['adapters']} (preset: none) |")
+    return rows
+
+
+def _run_sections(config: dict[str, Any], facts: RunFacts) -> list[str]:
+    ft = config.get("finetune") or {}
+    names = _label_names(config)
+    cases = ft.get("cases") or {}
+    spacing = ft.get("spacing_mm")
+    lines = [
+        "## Data",
+        "",
+        f"{cases.get('training', 'an unrecorded number of')} training and "
+        f"{cases.get('validation', 'an unrecorded number of')} validation case(s); labels: "
+        + ", ".join(f"{c} = {n}" for c, n in sorted(names.items()))
+        + f"; spacing {'×'.join(str(v) for v in spacing) + ' mm' if spacing else 'native'}; "
+        f"intensity {ft.get('intensity') or 'unchanged'}; crops {ft.get('roi_size')}.",
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *_setting_rows(ft),
+        f"| steps done | {config.get('step', '?')} of {ft.get('total_steps', '?')} |",
+    ]
+    if facts.train_seconds is not None:
+        lines.append(f"| training time | {facts.train_seconds / 60:.1f} min (summed step times) |")
+    lines.append("")
+    if facts.validations:
+        final = facts.validations[-1]
+        lines += [
+            f"## Validation Dice (sliding window, background excluded; final at step {final.get('step')})",
+            "",
+            "| label | final | best |",
+            "|---|---|---|",
+        ]
+        for key, label in [*((f"dice_{c}", n) for c, n in sorted(names.items())), ("dice_mean", "mean")]:
+            values = [v[key] for v in facts.validations if key in v]
+            if values:
+                lines.append(f"| {label} | {final.get(key, float('nan')):.4f} | {max(values):.4f} |")
+        lines.append("")
+    for image in facts.images:
+        lines += [f"![{image.rsplit('.', 1)[0].replace('_', ' ')}]({image})", ""]
+    return lines
+
+
+def render_run_card(spec: ModelSpec, config: dict[str, Any], facts: RunFacts) -> str:
+    """The card of a published ``zoo finetune`` / ``zoo pretrain`` run: about the run, and only it.
+
+    What it started from (the chain), the data (counts, labels, spacing, intensity; no paths),
+    the preset and the settings that differ from it, steps, time, the final and best validation
+    Dice per label (also as ``model-index`` metadata), the curves, and usage by its own Hub id.
+    The card of what it started from is linked, never copied.
 
     Args:
         spec: the run's model.
         config: the run's (public) ``config.json``.
-        repo_id: the Hub repository it is published as.
-        started_from: what the run started from, in words (tag, Hub id, or a local checkpoint's sha256).
-        licences: licence ids the weights carry (those of what the run started from).
-        base_model: the Hub repository the run started from, if any (``ORG/NAME``).
-        num_params: parameter count of the published model.
-        sections: further Markdown sections about the run (e.g. a generated "Fine-tune" section),
-            inserted after the usage and before the architecture's card.
+        facts: what the card says beyond the config (:class:`RunFacts`).
     """
+    from huggingface_hub import ModelCardData
+
     finetuned = "finetune" in config
     task = "image-segmentation" if finetuned else "image-feature-extraction"
     training = ["fine-tuned", "medical-image-segmentation"] if finetuned else ["self-supervised"]
-    tags = ["medzoo", "medical-imaging", *training, spec.family, "pytorch"]
-    data = card_data(spec, licences=licences, tags=tags, task=task, base_model=base_model, datasets=[])
+    tags = list(dict.fromkeys(["medzoo", "medical-imaging", *training, spec.family, "pytorch"]))
+    fields: dict[str, Any] = {"library_name": "medzoo", "pipeline_tag": task, "tags": tags}
+    fields.update(licence_fields([facts.licence or "none"], spec.paper.code_url))
+    if facts.base_model and is_hub_repo_id(facts.base_model):
+        fields["base_model"] = facts.base_model
+    results = _dice_results(config, facts) if finetuned else []
+    if results:
+        fields.update(model_name=facts.repo_id, eval_results=results, metrics=["dice"])
+    data = ModelCardData(**fields)
     kind = "fine-tuned" if finetuned else "self-supervised pretraining"
-    params = f" Parameters: {num_params:,}." if num_params else ""
+    chain = " → ".join(f"`{link.id}`" for link in facts.chain) or "random weights"
     lines = [
         front_matter(data),
         "",
-        f"# {repo_id}: {spec.name}, {kind} with medzoo",
+        f"# {facts.repo_id}: {spec.name}, {kind} with medzoo",
         "",
-        f"Started from: {started_from}",
+        f"Started from: {facts.started_from}",
         "",
-        f"Covers: {config.get('covers', 'full')}.{params}",
+        f"Chain: {chain} → this run. The card of what it started from (linked, not repeated here): "
+        f"{_base_card_link(spec, facts.chain, facts.base_model)}.",
+        "",
+        f"Covers: {config.get('covers', 'full')}."
+        + (f" Parameters: {facts.num_params:,}." if facts.num_params else "")
+        + f" Licence: {facts.licence}.",
     ]
     if config.get("permission_obtained"):
         lines.append(
-            f"Published with the permission of the rights holder of weights licensed {licences[0]!r}, which "
-            "by itself does not allow redistribution; that permission does not extend to derived weights."
+            f"Published with the permission of the rights holder of weights licensed {facts.licence!r}, "
+            "which by itself does not allow redistribution; that permission does not extend to derived "
+            "weights."
         )
-    labels = config.get("labels") or {}
-    if labels:
-        lines.append("Labels: " + ", ".join(f"{k} = {v}" for k, v in labels.items()) + ".")
     if config.get("preprocessing"):
         prep = config["preprocessing"]
         lines.append("Preprocessing: " + "; ".join(f"{k}: {v}" for k, v in prep.items()) + ".")
@@ -399,28 +553,29 @@ def render_run_card(
         "",
         "```python",
         "import zoo",
-        f'model = zoo.create("hf-hub:{repo_id}")  # model arguments and preprocessing from config.json',
+        f'model = zoo.create("hf-hub:{facts.repo_id}")  # arguments, preprocessing and labels: config.json',
         "```",
         "",
+        f"`zoo predict hf-hub:{facts.repo_id} scan.nii.gz --out masks/` segments a volume from the shell."
+        if finetuned
+        else f"`zoo finetune hf-hub:{facts.repo_id} --data datalist.json --out run/` fine-tunes it.",
+        "",
     ]
-    # Generated sections about the run (issue 18's "Fine-tune" section) go here, through `sections`.
-    for section in sections or []:
-        lines += [section.rstrip(), ""]
-    arch = render_card(spec, bench_dir=bench_dir)
-    body = arch.split("\n---\n", 1)[1] if arch.startswith("---\n") else arch
-    arch_md = _demote(body.strip("\n"))
-    lines += ["## The architecture: " + arch_md[3:] if arch_md.startswith("## ") else arch_md, ""]
+    if finetuned:
+        lines += _run_sections(config, facts)
+    if facts.chain:
+        lines += [_lineage_section(facts.chain), ""]
     return "\n".join(lines)
 
 
-def _demote(markdown: str) -> str:
-    """Every heading one level down (outside code blocks), so a card can sit under a section."""
-    out, fenced = [], False
-    for line in markdown.split("\n"):
-        if line.startswith("```"):
-            fenced = not fenced
-        out.append("#" + line if line.startswith("#") and not fenced else line)
-    return "\n".join(out)
+def _lineage_section(chain: Any) -> str:
+    """The card's list of what the weights descend from, oldest first."""
+    rows = []
+    for link in chain:
+        sha = f", sha256 `{link.sha256}`" if link.sha256 else ""
+        lic = link.license or "unknown licence"
+        rows.append(f"1. `{link.id}` ({link.source}, {link.covers}{sha}; licence: {lic})")
+    return "## Lineage\n\nWhat these weights descend from, oldest first:\n\n" + "\n".join(rows)
 
 
 def write_cards(out_dir: str | Path = CARDS_DIR) -> list[Path]:

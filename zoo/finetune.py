@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,14 @@ from torch import nn
 
 from zoo._registry import ModelSpec
 from zoo.datalist import image_channels, make_mni_task, read_datalist
+from zoo.finetune_checks import (
+    check_device,
+    check_output_spares_input,
+    check_run_folder,
+    licence_line,
+    read_saved_settings,
+    saved_step,
+)
 from zoo.presets import Preset, default_preset_for, get_preset
 from zoo.seg_metrics import SegmentationLoss, evaluate_dice
 
@@ -58,6 +67,7 @@ __all__ = [
     "check_run_folder",
     "create_model",
     "check_output_spares_input",
+    "licence_line",
     "describe_load",
     "read_saved_settings",
     "resolve_settings",
@@ -253,64 +263,6 @@ def start_plan(
     return plan(request, checkpoint=checkpoint_path, pretrained=bool(pretrained))
 
 
-def check_output_spares_input(p: Any, out_dir: str | Path) -> None:
-    """Refuse a run folder that holds (or is) its own starting checkpoint: saving would overwrite it.
-
-    Raises:
-        ValueError: naming both paths.
-    """
-    start = p.run or p.path
-    if start is None or p.source in ("registry", "hf-hub"):
-        return
-    ckpt, out = Path(start).resolve(), Path(out_dir).resolve()
-    if ckpt == out or out in ckpt.parents:
-        raise ValueError(
-            f"the checkpoint {start} lies in the output folder {out_dir}: the run would overwrite "
-            "the weights it starts from; choose another --out"
-        )
-
-
-def check_run_folder(out_dir: str | Path, kind: str, resume: bool = True) -> bool:
-    """Refuse a non-empty ``out_dir`` that is not a run of this ``kind``; True when it holds one.
-
-    A run folder has an owner: ``zoo finetune`` (or ``zoo pretrain``) writes only into a new or
-    empty folder, or into one of its own runs (resumed, or restarted with ``--restart``). A
-    folder holding anything else (a published model, another kind of run, someone's files)
-    is refused before anything is read or written.
-
-    Raises:
-        ValueError: naming the folder, what it holds and what to do.
-    """
-    from zoo.runconfig import ConfigError, read_config
-    from zoo.train import CONFIG_FILE, STATE_FILE
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; a run writes a folder")
-    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not found:
-        return False
-    why = "it is not a zoo run"
-    if (out / CONFIG_FILE).is_file():
-        try:
-            cfg = read_config(out / CONFIG_FILE)
-        except (ConfigError, OSError) as e:
-            why = f"its config.json is not a run's ({str(e).split(': ')[-1]})"
-        else:
-            own = (out / STATE_FILE).is_file() or kind == "pretrain"
-            if cfg.kind == kind and own:
-                return True
-            why = f"it holds a {cfg.kind or 'published'} {cfg.model_name} model, not a {kind} run"
-    elif kind == "pretrain" and (out / STATE_FILE).is_file():
-        return True  # a pretraining run interrupted before its first export
-    elif kind == "pretrain" and all(f.startswith("stage") or f.startswith(".") for f in found):
-        return True  # a pipeline interrupted before its last stage: its stage folders
-    raise ValueError(
-        f"--out {out} already holds {', '.join(found[:6])}{' …' if len(found) > 6 else ''} and {why}; "
-        "a run writes only into a new or empty folder or one of its own runs: choose another --out"
-    )
-
-
 def create_model(p: Any, **kwargs: Any) -> nn.Module:
     """The model of a plan (built, weights loaded through the one load path), in train mode.
 
@@ -381,18 +333,6 @@ _OVERRIDE_FIELDS = {
     "layer_decay": "adapters",
     "preset": "preset",
 }
-
-
-def read_saved_settings(out_dir: str | Path) -> dict[str, Any] | None:
-    """The settings of a resumable ``zoo finetune`` run in ``out_dir`` (None: no run to resume)."""
-    from zoo.runconfig import read_config
-    from zoo.train import CONFIG_FILE, STATE_FILE
-
-    out = Path(out_dir)
-    if not (out / STATE_FILE).is_file() or not (out / CONFIG_FILE).is_file():
-        return None
-    saved = read_config(out / CONFIG_FILE).finetune
-    return dict(saved) if isinstance(saved, Mapping) else None
 
 
 def resolve_settings(
@@ -550,12 +490,19 @@ def build_datasets(settings: FinetuneSettings, preset: Preset, datalist: Mapping
     return Dataset(datalist["training"], train_tf), Dataset(datalist["validation"], val_tf)
 
 
-def run_config(settings: FinetuneSettings, preset: Preset, model: nn.Module, data: str | Path) -> Any:
+def run_config(
+    settings: FinetuneSettings,
+    preset: Preset,
+    model: nn.Module,
+    data: str | Path,
+    cases: Mapping[str, int] | None = None,
+) -> Any:
     """The run's ``config.json`` (a :class:`zoo.runconfig.RunConfig`): what ``zoo.create(run)`` and
     ``zoo publish`` read back.
 
     ``init`` and ``lineage`` record what was actually loaded (``pretrained_cfg["weights"]``),
-    never what was asked for; the licence is that of the chain.
+    never what was asked for; the licence is that of the chain. ``cases``: the number of training
+    and validation cases (for the card; a datalist may grow without changing the run).
     """
     from zoo.provenance import chain_licence
     from zoo.runconfig import Link, RunConfig
@@ -582,7 +529,7 @@ def run_config(settings: FinetuneSettings, preset: Preset, model: nn.Module, dat
         redistributable=redistributable,
         init=record,
         lineage=lineage,
-        finetune={"data": str(Path(data).resolve()), **asdict(s)},
+        finetune={"data": str(Path(data).resolve()), **asdict(s), "cases": dict(cases or {})},
     )
 
 
@@ -647,6 +594,17 @@ class FinetuneOptions:
         return {k: getattr(self, k) for k in _OVERRIDE_FIELDS}
 
 
+def _complete_result(out_dir: str | Path, settings: FinetuneSettings, step: int) -> FinetuneResult:
+    """The result of a run found complete: its last validation and best mean Dice, from its log."""
+    from zoo.train import read_log
+
+    vals = [e["val"] for e in read_log(out_dir) if "val" in e]
+    best = max((v.get("dice_mean", float("-inf")) for v in vals), default=None)
+    return FinetuneResult(
+        Path(out_dir), settings, step, [], vals[-1] if vals else {}, best, 0.0, already_complete=True
+    )
+
+
 def finetune(
     name: str,
     data: str | Path,
@@ -681,29 +639,41 @@ def finetune(
     from zoo.train import LoopSettings, distributed_context, make_loader, train
 
     o = options or FinetuneOptions()
-    info = distributed_context(o.device)
-    say = print_fn if info.is_main else (lambda _msg: None)
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # torchrun's; the process group is joined at the device
+    say = print_fn if rank0 else (lambda _msg: None)
 
-    # 1. the request, resolved once; the folder checked before anything is read
+    # 1. every check before any volume is read, each a file or two at most: the request, the output
+    # folder's owner (a foreign folder is refused whatever the datalist), settings, resume
+    # compatibility, "already complete", the licence, the device
     start = start_plan(name, o.pretrained, o.checkpoint_path)
-    check_output_spares_input(start, out_dir)
     _check_segmenter(start.spec)
+    check_output_spares_input(start, out_dir)
     check_run_folder(out_dir, "finetune", o.resume)
-    # 2. settings: preset ← the saved run's ← the caller's
     dl = read_datalist(data)
     if not dl["validation"]:
         raise ValueError(f"{data}: the datalist has no 'validation' cases (needed for the Dice report)")
     overrides = o.overrides()
+    given = {k for k, v in overrides.items() if v is not None}
     saved = read_saved_settings(out_dir) if o.resume else None
+    if saved is not None:  # the saved run's class and channel counts: no label or image file is opened
+        overrides.update({k: saved.get(k) for k in ("num_classes", "in_chans") if k not in given})
     p = get_preset(o.preset or (saved or {}).get("preset") or default_preset_for(start.spec.family))
-    settings = resolve_settings(start, dl, p, overrides, info.world_size)
+    settings = resolve_settings(start, dl, p, overrides, int(os.environ.get("WORLD_SIZE", "1")))
     if saved is not None:
-        given = {k for k, v in overrides.items() if v is not None}
         settings, applied = merge_saved(settings, saved, given, out_dir)
+        done = saved_step(out_dir)
+        if done is not None and done >= settings.total_steps:
+            say(
+                f"the run in {out_dir} is already complete (step {done} of {settings.total_steps}); nothing "
+                "to train. Give more --steps to extend it, or --restart / another --out for a new run."
+            )
+            return _complete_result(out_dir, settings, done)
         say(
             f"resuming the run in {out_dir} with its saved settings"
             + (f"; applied {applied}" if applied else "")
         )
+    say(licence_line(start))
+    info = distributed_context(check_device(o.device))
     say(p.describe())
     say(settings.describe())
 
@@ -736,8 +706,8 @@ def finetune(
     optim = p.optim_for(settings.total_steps, settings.lr)
     if settings.adapters.get("layer_decay"):
         optim.layer_decay = settings.adapters["layer_decay"]
-    config = run_config(settings, p, model, data)
-    fixed = {k: v for k, v in config.finetune.items() if k not in ("total_steps", "val_every")}
+    config = run_config(settings, p, model, data, {k: len(dl[k]) for k in ("training", "validation")})
+    fixed = {k: v for k, v in config.finetune.items() if k not in ("total_steps", "val_every", "cases")}
     started = time.perf_counter()
     loop = LoopSettings(
         val_every=settings.val_every,
@@ -756,7 +726,7 @@ def finetune(
         from zoo.plots import plot_training_curves
 
         try:  # loss and validation-Dice curves next to log.jsonl (needs the plots extra)
-            plot_training_curves(Path(out_dir) / "log.jsonl")
+            plot_training_curves(Path(out_dir) / "log.jsonl", names=settings.label_names)
         except (RuntimeError, ImportError, OSError, ValueError) as e:
             log.info("no training-curve plots: %s", e)
     if info.is_main and metrics:

@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["preview_png", "plot_training_curves", "require_matplotlib"]
+__all__ = ["preview_png", "plot_training_curves", "require_matplotlib", "OKABE_ITO"]
 
 _HINT = "pictures need matplotlib: pip install 'medzoo[plots]'"
+
+# Okabe & Ito's colour-blind-safe palette (orange, sky blue, bluish green, yellow, blue, vermillion,
+# reddish purple): neighbouring labels get colours that differ in hue and lightness.
+OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 
 
 def require_matplotlib() -> Any:
@@ -85,8 +89,12 @@ def preview_png(
     zooms = [float(zooms[int(np.nonzero(ornt[:, 0] == k)[0][0])]) for k in range(3)]
     lo, hi = np.percentile(img, (1, 99.5)) if img.size else (0.0, 1.0)
     present = [int(v) for v in np.unique(lab) if v != 0]
-    palette = plt.get_cmap("tab20")
-    colours = {v: palette(i % 20) for i, v in enumerate(present)}
+    from matplotlib.colors import to_rgba
+
+    # By label value, so a label keeps its colour across previews; beyond seven, tab20 continues.
+    colours = {
+        v: to_rgba(OKABE_ITO[(v - 1) % 7]) if v <= 7 else plt.get_cmap("tab20")((v - 8) % 20) for v in present
+    }
     top = int(lab.max()) if lab.size else 0
     cmap = ListedColormap([(0, 0, 0, 0)] + [colours.get(v, (0, 0, 0, 0)) for v in range(1, top + 1)])
     cx, cy, cz = (s // 2 for s in img.shape)
@@ -125,12 +133,18 @@ def preview_png(
     return out
 
 
-def plot_training_curves(log_jsonl: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+def plot_training_curves(
+    log_jsonl: str | Path, out_dir: str | Path | None = None, names: Mapping[int, str] | None = None
+) -> list[Path]:
     """Loss and validation-Dice curves of a run as PNGs (``loss.png``, ``val_dice.png``).
+
+    The loss of every logged step is drawn raw (thin) and smoothed (a centred moving mean, thick);
+    the Dice of each label under its name, with the mean in black.
 
     Args:
         log_jsonl: the run's ``log.jsonl`` (``{"step", "loss", …}`` and ``{"val": {…}}`` lines).
         out_dir: where to write them (default: next to ``log.jsonl``).
+        names: label value → name (the datalist's); default ``label N``.
 
     Returns:
         The PNGs written (none for a log without steps; no Dice plot without validations).
@@ -164,29 +178,48 @@ def plot_training_curves(log_jsonl: str | Path, out_dir: str | Path | None = Non
     if not steps:
         return []
     plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, losses, lw=1, label="loss")
-    if len(losses) >= 20:  # a moving average shows the trend under the per-step noise
-        k = max(len(losses) // 20, 2)
+    ax.plot(steps, losses, lw=0.8, alpha=0.45, color=OKABE_ITO[5], label="every step")
+    k = max(len(losses) // 20, 1)
+    if k > 1:  # a centred moving mean shows the trend under the per-step noise
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, lw=2, label=f"mean of {k}")
+        ax.plot(steps[k // 2 : k // 2 + len(smooth)], smooth, lw=2, color=OKABE_ITO[5], label=f"mean of {k}")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
+    ax.grid(alpha=0.3)
     try:
         _save_atomic(fig, out_dir / "loss.png")
     finally:
         plt.close(fig)
     written.append(out_dir / "loss.png")
     if val_steps and dice:
+        names = names or {}
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k, vals in sorted(dice.items()):
-            ax.plot(val_steps[: len(vals)], vals, marker="o", lw=2 if k == "dice_mean" else 1, label=k)
+        labels = sorted((int(key[5:]), vals) for key, vals in dice.items() if key[5:].isdigit())
+        for n, (c, vals) in enumerate(labels):
+            colour = OKABE_ITO[n % len(OKABE_ITO)]
+            ax.plot(
+                val_steps[: len(vals)],
+                vals,
+                marker="o",
+                lw=1.2,
+                color=colour,
+                label=names.get(c, f"label {c}"),
+            )
+        if "dice_mean" in dice:
+            vals = dice["dice_mean"]
+            ax.plot(val_steps[: len(vals)], vals, marker="s", lw=2.2, color="black", label="mean")
         ax.set_xlabel("step")
         ax.set_ylabel("validation Dice")
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
         try:
             _save_atomic(fig, out_dir / "val_dice.png")
         finally:

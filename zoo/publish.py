@@ -256,16 +256,6 @@ def _check_chain(chain: Any, run: Path, permission_obtained: bool) -> None:
             )
 
 
-def _lineage_section(chain: Any) -> str:
-    """The card's list of what the weights descend from, oldest first."""
-    rows = []
-    for link in chain:
-        sha = f", sha256 `{link.sha256}`" if link.sha256 else ""
-        lic = link.license or "unknown licence"
-        rows.append(f"1. `{link.id}` ({link.source}, {link.covers}{sha}; licence: {lic})")
-    return "## Lineage\n\nWhat these weights descend from, oldest first:\n\n" + "\n".join(rows)
-
-
 def publish_run(
     run_dir: str | Path,
     repo_id: str,
@@ -275,7 +265,6 @@ def publish_run(
     permission_obtained: bool = False,
     revision: str | None = None,
     license: str | None = None,
-    sections: list[str] | None = None,
 ) -> Path:
     """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
 
@@ -283,6 +272,9 @@ def publish_run(
     would not load is never written. Weights that started from (or are) registered weights
     whose licence does not allow redistribution are refused unless ``permission_obtained``.
     Absolute paths in the run's config (its datalist, its volumes) are reduced to file names.
+    The card (:func:`zoo.cards.render_run_card`) is about the run; its curves, drawn from the
+    run's ``log.jsonl``, are published beside it as ``loss.png`` and ``val_dice.png``: the Hub
+    shows images that lie in the repository, and each is named in the exact list uploaded.
 
     Args:
         run_dir: the run folder (``model.safetensors`` + ``config.json``).
@@ -290,15 +282,15 @@ def publish_run(
         out_dir: folder to write (new or empty); uploaded unless ``dry_run``.
         permission_obtained: the rights holder of the starting weights agreed to redistribution.
         revision: Hub branch to commit to (default: the default branch).
-        license: licence of the published weights; default: that of what the run started from,
-            else ``apache-2.0`` (the project's own licence; weights trained from scratch are the user's).
-        sections: further Markdown sections for the card (see :func:`zoo.cards.render_run_card`).
+        license: licence of the published weights; default: that of its chain (what it started
+            from). A run from random weights, or from weights of unknown licence, has none until
+            this names one: it is refused without.
 
     Returns:
         The written folder.
     """
     from zoo._factory import create_from_plan
-    from zoo.cards import is_hub_repo_id, render_run_card
+    from zoo.cards import RunFacts, is_hub_repo_id, render_run_card
     from zoo.provenance import identify_digest
 
     if not is_hub_repo_id(repo_id):
@@ -323,13 +315,19 @@ def publish_run(
     _check_licence(start, mine, run, permission_obtained)
     _check_chain(chain, run, permission_obtained)
     chain_lic, chain_redis, _ = chain_licence(chain)
+    licence = license or (mine.license if mine else None) or chain_lic or start.license
+    if licence is None:
+        what = "random weights" if not chain else f"{chain[-1].id}, whose licence is unknown"
+        raise ValueError(
+            f"{run} started from {what}: its weights have no licence until you name one with --license "
+            "(e.g. apache-2.0, the project's); nothing was written"
+        )
     model = create_from_plan(plan(run))  # strict: a broken run is refused here
     restricted = (
         start.redistributable is False
         or chain_redis is False
         or (mine is not None and not mine.redistributable)
     )
-    licence = license or (mine.license if mine else None) or start.license or chain_lic or "apache-2.0"
     out = Path(out_dir)
     with _staged(out) as tmp:
         shutil.copyfile(ckpt, tmp / "model.safetensors")
@@ -350,20 +348,58 @@ def publish_run(
             }
         )
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        sections = [*(sections or []), _lineage_section(chain)] if chain else sections
-        card = render_run_card(
-            spec,
-            config,
+        log = _run_log(run)
+        images = _draw_curves(run, tmp, config)
+        facts = RunFacts(
             repo_id=repo_id,
             started_from=start.text,
-            licences=[licence],
-            base_model=start.base_model,
+            chain=tuple(chain),
+            licence=licence,
+            base_model=start.base_model or _hub_of(chain),
             num_params=sum(p.numel() for p in model.parameters()),
-            sections=sections,
+            validations=tuple(e["val"] for e in log if "val" in e),
+            train_seconds=sum(e["seconds"] for e in log if "seconds" in e) or None,
+            images=images,
         )
-        (tmp / "README.md").write_text(card)
-        _finish(tmp, repo_id, revision, dry_run)
+        (tmp / "README.md").write_text(render_run_card(spec, config, facts))
+        _finish(tmp, repo_id, revision, dry_run, images)
     return out
+
+
+def _run_log(run: Path) -> list[dict[str, Any]]:
+    from zoo.train_state import read_log
+
+    try:
+        return read_log(run)
+    except (OSError, ValueError):
+        return []
+
+
+def _hub_of(chain: Any) -> str | None:
+    """The Hub repository of the newest registered weights in the chain, if they are published there."""
+    for link in reversed(tuple(chain)):
+        reg = _registered(link.id)
+        if reg is not None:
+            return reg[3]
+    return None
+
+
+# The curves published beside a run's card; nothing else ever is (see _finish).
+CURVE_FILES = ("loss.png", "val_dice.png")
+
+
+def _draw_curves(run: Path, folder: Path, config: dict[str, Any]) -> tuple[str, ...]:
+    """Draw the run's curves from its ``log.jsonl`` into ``folder``; the names drawn (none: no matplotlib)."""
+    from zoo.plots import plot_training_curves
+
+    if not (run / "log.jsonl").is_file():
+        return ()
+    names = {int(k): str(v) for k, v in (config.get("labels") or {}).items()}
+    try:
+        drawn = plot_training_curves(run / "log.jsonl", folder, names=names)
+    except (RuntimeError, ValueError, OSError):  # no matplotlib, or a log that cannot be read
+        return ()
+    return tuple(p.name for p in drawn if p.name in CURVE_FILES)
 
 
 def _is_the_tag(path: Path, spec: ModelSpec, tag: str) -> bool:

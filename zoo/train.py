@@ -20,7 +20,7 @@ What it does, and nothing more:
 * AdamW (or Adam / SGD) with linear warm-up and cosine decay (or step / poly / constant),
   optional layer-wise LR decay over the model's parts (:func:`zoo.adapt.param_groups`),
   gradient clipping and accumulation, bf16 autocast on CUDA;
-* a progress bar and ``log.jsonl`` (loss, lr, validation metrics per step);
+* a progress bar and ``log.jsonl`` (loss, lr and wall time of every step, validation metrics);
 * checkpoints in ``out_dir``: ``model.safetensors`` (the plain model, LoRA merged, loadable
   by ``zoo.create(name, checkpoint_path=...)``), ``config.json`` (what the caller passes in
   ``config`` plus the step), and ``trainer_state.pt`` (step, optimizer, scheduler, RNG
@@ -89,6 +89,7 @@ __all__ = [
     "distributed_context",
     "unwrap",
     "lr_factor",
+    "place_schedule",
     "read_log",
     "seed_everything",
     "settings_changes",
@@ -365,6 +366,21 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total_steps))
 
 
+def place_schedule(
+    optimizer: torch.optim.Optimizer, scheduler: Any, cfg: OptimConfig, step: int, total_steps: int
+) -> None:
+    """Set every group's rate to what the schedule gives at ``step`` of ``total_steps``.
+
+    A saved optimiser holds the rate its own run length gave for the next step (0 after the last
+    step of a cosine run); a resumed run, longer or not, continues with its schedule's rate instead.
+    """
+    factor = lr_factor(cfg, step, total_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    scheduler.last_epoch = step
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 # ---------------------------------------------------------------------------------------
 # the loop
 
@@ -416,7 +432,7 @@ class LoopSettings:
         grad_accum_steps: batches per optimiser step.
         resume: continue from ``out_dir`` when it holds a checkpoint.
         progress: progress bar on rank 0.
-        log_every: steps between progress-bar / log lines.
+        log_every: steps between progress-bar updates of the loss (log.jsonl has every step).
         device: default CUDA (this process's GPU under ``torchrun``) if present, else CPU.
         amp: bf16 autocast on CUDA.
         find_unused_parameters: passed to DDP (models with parts that do not run, such as
@@ -572,6 +588,7 @@ def _train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = {k: saved[k] for k in ("step", "epoch", "batch_in_epoch", "best", "rng")}
+        place_schedule(optimizer, scheduler, optim, state["step"], total_steps)
         state["settings"] = run_settings
         _set_rng_state(state["rng"])
         if info.is_main:
@@ -660,6 +677,7 @@ def _train(
     try:
         with _sigterm_as_interrupt():
             while state["step"] < total_steps:
+                step_started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 total, extras, micro = 0.0, {}, 0
                 while micro < grad_accum_steps:
@@ -688,6 +706,8 @@ def _train(
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in base.parameters() if p.grad is not None], optim.grad_clip
                     )
+                # The rate this step uses: after scheduler.step() the group holds the next step's.
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
                 state["step"] += 1
@@ -695,13 +715,14 @@ def _train(
                 completed = dict(state)
                 step = state["step"]
                 result.losses.append((step, total))
-                lr = optimizer.param_groups[0]["lr"]
                 if bar is not None:
                     bar.update(1)
                     if step % log_every == 0 or step == total_steps:
                         bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
-                if step % log_every == 0 or step == total_steps or step == start_step + 1:
-                    write_log({"step": step, "loss": total, "lr": lr, **extras})
+                seconds = round(
+                    time.perf_counter() - step_started, 4
+                )  # a run's time sums these, resumes included
+                write_log({"step": step, "loss": total, "lr": lr, "seconds": seconds, **extras})
                 validated = False
                 if val_every and step % val_every == 0 and step < total_steps:
                     validate()

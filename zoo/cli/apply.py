@@ -367,7 +367,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from zoo.bench import BenchSettings, benchmark, ratio
+    from zoo.bench import BenchSettings, benchmark, paper_gmacs_cell, ratio
     from zoo.plan import plan
 
     glob = any(ch in a.name for ch in "*?[") and not a.name.startswith("hf-hub:")
@@ -412,14 +412,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     rows_out = []
     for r in rows:
-        pr = ratio(r.gmacs_paper_setting, r.paper_gmacs)
         rows_out.append(
             [
                 r.name,
                 f"1×{r.input_shape}",
                 f"{r.params / 1e6:.2f}M",
                 f"{r.gmacs:.2f}",
-                f"{fmt(r.paper_gmacs, '.2f')}" + (f" ({pr:.3f}×)" if pr else ""),
+                paper_gmacs_cell(r),
                 fmt(r.cpu_ms, ".0f"),
                 fmt(r.cpu_peak_mib, ".0f"),
                 fmt(r.ort_ms, ".0f"),
@@ -435,7 +434,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         "input",
         "params",
         "GMACs",
-        "paper GMACs (ratio)",
+        "paper GMACs (ours/paper, same setting)",
         f"CPU ms ({rows[0].cpu_threads}t)",
         "CPU MiB",
         "ORT ms",

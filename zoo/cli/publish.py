@@ -21,7 +21,7 @@ from zoo.cli._base import arg, command
         arg(
             "--license",
             default=None,
-            help="licence of a run's weights (default: that of what it started from)",
+            help="licence of a run's weights (default: its chain's; a run from random weights needs one)",
         ),
         arg(
             "--permission-obtained",

@@ -645,6 +645,7 @@ def finetune(
     # 1. every check before any volume is read, each a file or two at most: the request, the output
     # folder's owner (a foreign folder is refused whatever the datalist), settings, resume
     # compatibility, "already complete", the licence, the device
+    check_output_spares_input(o.checkpoint_path, out_dir)
     start = start_plan(name, o.pretrained, o.checkpoint_path)
     _check_segmenter(start.spec)
     check_output_spares_input(start, out_dir)

@@ -27,12 +27,25 @@ __all__ = [
 def check_output_spares_input(p: Any, out_dir: str | Path) -> None:
     """Refuse a run folder that holds (or is) its own starting checkpoint: saving would overwrite it.
 
+    Args:
+        p: a :class:`zoo.plan.ModelPlan`, or the checkpoint path as given (checked before it is
+            even planned: a folder that is no run yet must be refused for what it is), or None.
+
     Raises:
         ValueError: naming both paths.
     """
-    start = p.run or p.path
-    if start is None or p.source in ("registry", "hf-hub"):
+    from zoo.hub_repo import is_hub_id
+
+    if p is None or is_hub_id(p):
         return
+    if isinstance(p, str | Path):
+        start = Path(p)
+        if not start.exists():
+            return
+    else:
+        start = p.run or p.path
+        if start is None or p.source in ("registry", "hf-hub"):
+            return
     ckpt, out = Path(start).resolve(), Path(out_dir).resolve()
     if ckpt == out or out in ckpt.parents:
         raise ValueError(
@@ -72,8 +85,8 @@ def check_run_folder(out_dir: str | Path, kind: str, resume: bool = True) -> boo
             if cfg.kind == kind and own:
                 return True
             why = f"it holds a {cfg.kind or 'published'} {cfg.model_name} model, not a {kind} run"
-    elif kind == "pretrain" and (out / STATE_FILE).is_file():
-        return True  # a pretraining run interrupted before its first export
+    elif kind == "pretrain" and ((out / "trainer" / STATE_FILE).is_file() or (out / STATE_FILE).is_file()):
+        return True  # a pretraining run interrupted before its first export: its trainer state
     elif kind == "pretrain" and all(f.startswith("stage") or f.startswith(".") for f in found):
         return True  # a pipeline interrupted before its last stage: its stage folders
     raise ValueError(

@@ -533,8 +533,6 @@ def _with_run_length(config: Any, optim: OptimConfig, total_steps: int) -> Any:
     from zoo.runconfig import RunConfig
 
     extra = {"optim": asdict(optim), "total_steps": total_steps}
-    if config is None:
-        return None
     if isinstance(config, RunConfig):
         return dataclasses.replace(config, optim=config.optim or extra["optim"], total_steps=total_steps)
     return {**extra, **dict(config or {})}

@@ -109,8 +109,6 @@ def _save_checkpoint(
     _atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
     from zoo.runconfig import RunConfig, write_config
 
-    if config is None:  # the caller writes its own config.json (zoo pretrain: the recipe's export)
-        return
     if isinstance(config, RunConfig):  # zoo's own runs: the one writer of config.json
         write_config(out / CONFIG_FILE, dataclasses.replace(config, step=int(progress["step"])))
         return

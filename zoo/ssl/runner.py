@@ -288,7 +288,8 @@ def run_recipe(
         total_steps=steps,
         loop=loop,
         val_fn=export,
-        config=None,  # config.json is the export's (write_checkpoint), never the recipe module's
+        # The loop's own record, in trainer/; the run's config.json is the export's (write_checkpoint).
+        config={"method": recipe.method, "model_name": model_name, "model_args": dict(model_args)},
         settings=_fixed_settings(recipe.method, model_name, model_args, batch_size, accum, info or {}),
     )
     if dist_info.is_main and not (out / "model.safetensors").is_file():
@@ -417,6 +418,7 @@ def pretrain(
 
     stages = PIPELINES.get(method, (method,))
     classes = [get_recipe(m) for m in stages]
+    check_output_spares_input(o.init, out)  # before planning: a folder that is no run yet is refused as such
     start = resolve_init(model, o.init, o.pretrained)  # the request, resolved once
     spec = start.spec
     for cls in classes:

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from zoo.transfer import _CHUNK, DownloadError, DownloadLimits, _page_error, _Transfer
+from zoo.transfer import _CHUNK, DownloadError, DownloadLimits, _page_error, _Transfer, read_page
 
 log = logging.getLogger("zoo.hub")
 
@@ -153,8 +153,17 @@ def _install_drive_seam() -> None:
 
             def _request(method: str, url: str, *args: Any, **kw: Any) -> Any:
                 host = urllib.parse.urlsplit(url).hostname
+                streamed = kw.get("stream", False)
+                kw["stream"] = True  # a body is read here, within bounds, never whole by requests
                 resp = request(method, upstream_url(url) if host in _DRIVE_HOSTS else url, *args, **kw)
-                if resp.headers.get("Content-Type", "").startswith("text/"):
+                transfer = getattr(_LAST_PAGE, "transfer", None)
+                if transfer is not None and (not streamed or "Content-Disposition" not in resp.headers):
+                    # gdown reads a body without Content-Disposition whole (res.text): a page.
+                    with resp:
+                        body = read_page(
+                            lambda n: resp.raw.read1(n, decode_content=True), transfer, transfer.what
+                        )
+                    resp._content, resp._content_consumed = body, True
                     _LAST_PAGE.response = resp  # the page shown when gdown cannot use it
                 return resp
 
@@ -168,10 +177,7 @@ def _install_drive_seam() -> None:
 
 def _last_page_excerpt() -> str:
     resp = getattr(_LAST_PAGE, "response", None)
-    try:
-        text = resp.text if resp is not None else ""
-    except Exception:  # a streamed page that gdown closed unread
-        text = ""
+    text = resp.content.decode("utf-8", "replace") if resp is not None else ""
     return " ".join(text.split())[:200] or "(empty page)"
 
 
@@ -217,12 +223,23 @@ def _drive_file_id(url: str, dest_dir: Path, limits: DownloadLimits, what: str) 
 
 def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
     """Download a Google Drive file (past the virus-scan page) with gdown, within ``limits``."""
+
+    _install_drive_seam()
+    # One transfer for the whole exchange: the pages (folder listing, confirmation) count too.
+    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
+    _LAST_PAGE.transfer = transfer
+    try:
+        file_id = _drive_file_id(url, dest.parent, limits, what)
+        return _drive_file(file_id, url, dest, transfer, progress)
+    finally:
+        _LAST_PAGE.transfer = None
+
+
+def _drive_file(file_id: str, url: str, dest: Path, transfer: _Transfer, progress: bool) -> Path:
     import gdown
     import requests
 
-    _install_drive_seam()
-    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
-    file_id = _drive_file_id(url, dest.parent, limits, what)
+    limits, what = transfer.limits, transfer.what.split(" from ", 1)[0]
     cancel = threading.Event()
     timer = threading.Timer(max(0.0, limits.deadline_s - (time.monotonic() - transfer.start)), cancel.set)
     timer.daemon = True
@@ -230,7 +247,7 @@ def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool
 
     def _progress(done: int, total: int | None) -> None:
         transfer.announce(total)
-        transfer.seen(done)
+        transfer.seen(transfer.pages + done)
 
     _LAST_PAGE.response = None
     try:

@@ -10,11 +10,13 @@ output name.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
-import glob as _glob
+import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,7 +30,16 @@ from zoo.predict_checks import Settings, check_budget, check_output, estimate, i
 
 log = logging.getLogger("zoo")
 
-__all__ = ["StudySettings", "StudyResult", "auto_workers", "list_cases", "predict_study"]
+__all__ = [
+    "StudySettings",
+    "StudyResult",
+    "auto_workers",
+    "is_study",
+    "list_cases",
+    "study_cases",
+    "is_done",
+    "predict_study",
+]
 
 
 @dataclass(frozen=True)
@@ -59,52 +70,156 @@ class StudyResult:
 _NIFTI = (".nii", ".nii.gz")
 
 
+# One walk for every folder and glob: bounded in entries and time, and never into a folder twice
+# (a link back to a parent would make it endless).
+MAX_WALK_ENTRIES = 200_000
+MAX_WALK_SECONDS = 60.0
+_MAGIC = "*?["
+
+
+def is_study(text: str | Path) -> bool:
+    """Whether ``text`` names a study (a folder, a datalist ``.json``, a glob) rather than one scan.
+
+    An existing file is a path even when its name holds ``[`` or ``*`` (``scan[1].nii.gz``).
+    """
+    p = Path(text)
+    if p.is_dir():
+        return True
+    if p.is_file() or p.is_symlink():
+        return p.suffix == ".json"
+    return str(text).endswith(".json") or any(ch in str(text) for ch in _MAGIC)
+
+
 def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
     """The input files of a study: a folder (its ``*.nii``/``*.nii.gz``), a datalist JSON, a glob.
 
     A datalist is a list of paths or ``{"image": path}`` entries, or a MONAI datalist whose
     ``testing`` (else ``validation`` and ``training``) entries give ``image``; relative paths are
-    relative to the JSON file.
+    relative to the JSON file. A glob (``**`` included) is matched by one bounded walk.
 
     Raises:
-        ValueError: nothing found, or a datalist of another form.
+        ValueError: nothing found, a datalist of another form, a walk past its bounds.
     """
     if isinstance(source, list | tuple):
         return [Path(p) for p in source]
     text = str(source)
     p = Path(text)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.name.endswith(_NIFTI) and not f.name.startswith("."))
+        files = _walk(p, ("*",), text)
         if not files:
             raise ValueError(f"{p}: expected .nii or .nii.gz files in the folder, found none")
         return files
     if p.suffix == ".json" and p.is_file():
-        try:
-            dl = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p}: not a valid JSON datalist ({e})") from e
-        if isinstance(dl, dict):
-            entries = dl.get("testing") or [*(dl.get("validation") or []), *(dl.get("training") or [])]
-        else:
-            entries = dl
-        paths = []
-        for e in entries if isinstance(entries, list) else []:
-            image = e.get("image") if isinstance(e, dict) else e
-            if isinstance(image, list):
-                raise ValueError(f"{p}: one file per case expected, found a list of images {image}")
-            if isinstance(image, str):
-                paths.append(Path(image) if Path(image).is_absolute() else p.parent / image)
-        if not paths:
-            raise ValueError(
-                f"{p}: expected a list of image paths or a MONAI datalist with 'testing' entries, found none"
-            )
-        return paths
-    if any(ch in text for ch in "*?["):
-        files = sorted(Path(f) for f in _glob.glob(text, recursive=True) if f.endswith(_NIFTI))
+        return _datalist_cases(p)
+    if p.is_file():  # an existing path is a path, whatever characters its name holds
+        return [p]
+    if any(ch in text for ch in _MAGIC):
+        parts = p.parts
+        i = next((k for k, part in enumerate(parts) if any(ch in part for ch in _MAGIC)), len(parts))
+        files = _walk(Path(*parts[:i]) if i else Path("."), parts[i:], text)
         if not files:
             raise ValueError(f"{text}: the pattern matches no .nii or .nii.gz file")
         return files
     raise ValueError(f"{text}: expected a folder, a datalist .json or a glob pattern, found no such path")
+
+
+def _datalist_cases(p: Path) -> list[Path]:
+    if p.stat().st_size > 64 << 20:
+        raise ValueError(f"{p}: a datalist of {p.stat().st_size:,} bytes, over the 64 MiB bound; refused")
+    try:
+        dl = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not a valid JSON datalist ({type(e).__name__} at {_where(e)})") from None
+    if isinstance(dl, dict):
+        entries = dl.get("testing") or [*(dl.get("validation") or []), *(dl.get("training") or [])]
+    else:
+        entries = dl
+    paths = []
+    for e in entries if isinstance(entries, list) else []:
+        image = e.get("image") if isinstance(e, dict) else e
+        if isinstance(image, list):
+            raise ValueError(f"{p}: one file per case expected, found a list of {len(image)} images")
+        if isinstance(image, str):
+            paths.append(Path(image) if Path(image).is_absolute() else p.parent / image)
+    if not paths:
+        raise ValueError(
+            f"{p}: expected a list of image paths or a MONAI datalist with 'testing' entries, found none"
+        )
+    return paths
+
+
+def _where(e: Exception) -> str:
+    line, col = getattr(e, "lineno", None), getattr(e, "colno", None)
+    return f"line {line}, column {col}" if line is not None else f"byte {getattr(e, 'start', '?')}"
+
+
+def _step(comps: Sequence[str], states: frozenset[int], name: str) -> frozenset[int]:
+    """The pattern positions reached after matching one more path component ``name``."""
+    out: set[int] = set()
+    for i in states:
+        if i == len(comps):
+            continue
+        if comps[i] == "**":
+            if not name.startswith("."):
+                out.add(i)
+        elif (not name.startswith(".") or comps[i].startswith(".")) and fnmatch.fnmatchcase(name, comps[i]):
+            out.add(i + 1)
+    return _close(comps, out)
+
+
+def _close(comps: Sequence[str], states: set[int]) -> frozenset[int]:
+    """``states`` with every ``**`` also matching nothing."""
+    todo, done = list(states), set(states)
+    while todo:
+        i = todo.pop()
+        if i < len(comps) and comps[i] == "**" and i + 1 not in done:
+            done.add(i + 1)
+            todo.append(i + 1)
+    return frozenset(done)
+
+
+def _walk(root: Path, comps: Sequence[str], what: str) -> list[Path]:
+    """The NIfTI files under ``root`` matching the path components ``comps`` (``*``, ``?``, ``[…]``,
+    ``**``), in one walk that enters each folder once, within ``MAX_WALK_ENTRIES`` and
+    ``MAX_WALK_SECONDS``."""
+    start, entries = time.monotonic(), 0
+    seen: set[tuple[int, int]] = set()
+    found: set[Path] = set()
+    stack = [(root, _close(comps, {0}))]
+    while stack:
+        folder, states = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a link into a folder already walked: once is enough
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            listing = os.scandir(folder)
+        except OSError:
+            continue
+        with listing:
+            for entry in listing:
+                entries += 1
+                if entries > MAX_WALK_ENTRIES or time.monotonic() - start > MAX_WALK_SECONDS:
+                    raise ValueError(
+                        f"{what}: more than {min(entries, MAX_WALK_ENTRIES):,} entries or "
+                        f"{MAX_WALK_SECONDS:g} s of walking (a link loop or a huge tree); refused: "
+                        "narrow the pattern or list the scans in a datalist"
+                    )
+                nxt = _step(comps, states, entry.name)
+                if not nxt:
+                    continue
+                path = folder / entry.name if folder != Path(".") else Path(entry.name)
+                try:
+                    if len(comps) in nxt and entry.name.endswith(_NIFTI) and entry.is_file():
+                        found.add(path)
+                    if any(i < len(comps) for i in nxt) and entry.is_dir():
+                        stack.append((path, nxt))
+                except OSError:
+                    continue
+    return sorted(found)
 
 
 def _output_name(path: Path) -> str:
@@ -112,9 +227,87 @@ def _output_name(path: Path) -> str:
     return name if name.endswith(".nii.gz") else name.removesuffix(".nii") + ".nii.gz"
 
 
+def _record_path(out: Path) -> Path:
+    """The sidecar record of a study output: what was written (size, sha256), beside it, hidden."""
+    return out.with_name(f".{out.name}.medzoo.json")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_record(out: Path, case: Path) -> None:
+    from zoo.predict import _write_atomic
+
+    record = {"output": out.name, "input": case.name, "size": out.stat().st_size, "sha256": _digest(out)}
+    _write_atomic(_record_path(out), lambda p: Path(p).write_text(json.dumps(record) + "\n"), ".json")
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    try:
+        path = _record_path(out)
+        if path.stat().st_size > 4096:
+            return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("output") == out.name else None
+
+
+def is_done(out: Path) -> bool:
+    """Whether ``out`` is a finished study output: its sidecar record's size and sha256 match it (a
+    truncated or replaced output is not done, and is written again)."""
+    record = _read_record(out)
+    try:
+        return (
+            record is not None
+            and not out.is_symlink()
+            and out.stat().st_size == record.get("size")
+            and _digest(out) == record.get("sha256")
+        )
+    except OSError:
+        return False
+
+
+def study_cases(source: str | Path | Sequence[str | Path], out_dir: str | Path) -> dict[Path, Path]:
+    """The cases of a study and the output of each, checked before any case runs.
+
+    Files in ``out_dir`` that carry a sidecar record are this study's outputs, never inputs (a glob
+    over a tree that holds ``out_dir`` finds them on a rerun).
+
+    Raises:
+        ValueError: see :func:`list_cases`; an output folder named like a file, a file, one that
+            holds input scans; two inputs with one output name; an output that is an input.
+    """
+    out_dir = Path(out_dir)
+    cases = list_cases(source)
+    if out_dir.is_dir():
+        here = os.stat(out_dir)
+        cases = [c for c in cases if not (_read_record(c) is not None and _in_folder(c, here))]
+        if not cases:
+            raise ValueError(f"{source}: every file found is an output of this study in {out_dir}; no input")
+    return _study_outputs(cases, out_dir)
+
+
+def _in_folder(path: Path, folder: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.stat(path.parent), folder)
+    except OSError:
+        return False
+
+
 def _study_outputs(cases: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: expected an output folder, found a file")
+    if out_dir.name.endswith(_NIFTI) and not out_dir.is_dir():
+        raise ValueError(
+            f"{out_dir}: a study writes a folder of label maps, found an output named like a file; "
+            "name a folder (or give one input scan)"
+        )
     if out_dir.exists():
         here = os.stat(out_dir)
         for c in cases:
@@ -233,7 +426,8 @@ def predict_study(
     """Segment every scan of a folder, datalist or glob into ``out_dir`` (same file names).
 
     A DataLoader with ``settings.num_workers`` processes reads and preprocesses the next volumes
-    while the model runs. Outputs that exist are skipped (a rerun resumes). A file that fails is
+    while the model runs. Each output gets a hidden sidecar record (its size and sha256); an output
+    whose record matches is skipped (a rerun resumes), any other is written again. A file that fails is
     reported in :attr:`StudyResult.failed` and the study goes on. Under ``torchrun``
     (``RANK``/``WORLD_SIZE``) process ``r`` takes cases ``r, r + W, …`` and writes them itself.
 
@@ -263,8 +457,8 @@ def predict_study(
     elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"workers must be an integer >= 0 (reading processes), found {num_workers!r}")
     out_dir = Path(out_dir)
-    cases = list_cases(source)
-    outs = _study_outputs(cases, out_dir)
+    outs = study_cases(source, out_dir)
+    cases = list(outs)
     env_rank, env_world = _rank()
     r = asked.rank if asked.rank is not None else env_rank
     w = asked.world_size if asked.world_size is not None else env_world
@@ -272,7 +466,7 @@ def predict_study(
     result = StudyResult(cases=len(mine))
     todo = []
     for c in mine:
-        if outs[c].exists():
+        if is_done(outs[c]):
             result.skipped.append(c)
         else:
             todo.append(c)
@@ -300,6 +494,7 @@ def predict_study(
         if err is None:
             try:
                 pred = _run_case(model, case, s, outs[path], False, asked.preview)
+                _write_record(outs[path], path)
             except (ValueError, RuntimeError, OSError) as e:
                 err = f"{type(e).__name__}: {e}".replace("\n", " ")
         if err is not None:

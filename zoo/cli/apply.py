@@ -18,10 +18,6 @@ def _parse_intensity(text: str) -> dict:
     return parse_intensity(text)
 
 
-def _is_study(text: str) -> bool:
-    return Path(text).is_dir() or text.endswith(".json") or any(ch in text for ch in "*?[")
-
-
 @command(
     "predict",
     help="segment a NIfTI volume or a whole study (folder, datalist, glob) into label maps",
@@ -105,10 +101,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
         require_matplotlib()
     budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
-    study = _is_study(a.input)
+    study = S.is_study(a.input)
     if study:
-        cases = S.list_cases(a.input)
-        S._study_outputs(cases, Path(a.output))
+        S.study_cases(a.input, a.output)
     else:
         C.check_output(a.input, a.output)
         info = C.inspect_input(a.input, s.in_chans, a.volume)

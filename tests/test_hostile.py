@@ -1,0 +1,122 @@
+"""Hostile and careless input (issue 26): each refusal comes before any cost, in one line.
+
+Real files, real links, the real CLI; the loopback servers of ``tests/servers.py`` for transfers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import zoo.study
+from zoo.cli import main
+from zoo.study import StudySettings, list_cases, predict_study
+
+from .test_predict import THRESHOLD, ThresholdNet
+
+
+def _scan(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    data = (rng.random((12, 12, 12)) * 2 * THRESHOLD).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([4.0, 4.0, 4.0, 1.0])), path)
+    return path
+
+
+FAST = StudySettings(spacing_mm=(4.0, 4.0, 4.0), num_workers=0)
+
+
+# ----------------------------------------------------------------------------- study input
+
+
+def test_a_recursive_glob_through_folder_links_that_loop_walks_each_folder_once(tmp_path):
+    data = tmp_path / "D"
+    _scan(data / "a.nii.gz")
+    _scan(data / "sub" / "b.nii.gz")
+    (data / "loop1").symlink_to(data, target_is_directory=True)
+    (data / "sub" / "loop2").symlink_to(data, target_is_directory=True)
+    start = time.monotonic()
+    found = list_cases(str(data / "**" / "*.nii.gz"))
+    assert time.monotonic() - start < 10
+    assert found == [data / "a.nii.gz", data / "sub" / "b.nii.gz"]
+
+
+def test_a_walk_past_its_entry_bound_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo.study, "MAX_WALK_ENTRIES", 50)
+    for i in range(60):
+        (tmp_path / f"f{i}.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"more than 50 entries .*narrow the pattern") as info:
+        list_cases(str(tmp_path / "**" / "*.nii.gz"))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"more than 50 entries"):
+        list_cases(tmp_path)  # a folder is walked by the same bounded walk
+
+
+def test_an_existing_path_with_glob_characters_is_a_path_not_a_pattern(tmp_path, capsys):
+    own = _scan(tmp_path / "scan[1].nii.gz", seed=1)
+    _scan(tmp_path / "scan1.nii.gz", seed=2)  # what the name matches as a pattern: another scan
+    out = tmp_path / "seg.nii.gz"
+    argv = ["predict", "fmunet", "--no-weights", "-q", "-i", str(own), "-o", str(out),
+            "--spacing", "8", "8", "8", "--roi-size", "32", "32", "32"]  # fmt: skip
+    assert main(argv) == 0
+    assert out.is_file()
+    assert nib.load(out).shape == nib.load(own).shape
+    assert list_cases(str(own)) == [own]
+
+
+def test_a_study_into_an_output_named_like_a_file_is_refused(tmp_path, capsys):
+    _scan(tmp_path / "scans" / "a.nii.gz")
+    argv = ["predict", "fmunet", "--no-weights", "-q", "-i", str(tmp_path / "scans" / "*.nii.gz"),
+            "-o", str(tmp_path / "seg.nii.gz")]  # fmt: skip
+    assert main(argv) == 2
+    assert "named like a file" in capsys.readouterr().err
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_a_glob_that_matches_nothing_is_refused(tmp_path, capsys):
+    argv = ["predict", "fmunet", "--no-weights", "-q", "-i", str(tmp_path / "*.nii.gz"),
+            "-o", str(tmp_path / "segs")]  # fmt: skip
+    assert main(argv) == 2
+    assert "matches no .nii" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- study resume
+
+
+def test_outputs_inside_the_input_tree_are_outputs_on_resume(tmp_path):
+    data = tmp_path / "DATA"
+    _scan(data / "p1" / "a.nii.gz", 1)
+    _scan(data / "p2" / "b.nii.gz", 2)
+    pattern, out = str(data / "**" / "*.nii.gz"), data / "segs"
+    first = predict_study(ThresholdNet(), pattern, out, FAST, progress=False)
+    assert len(first.written) == 2
+    model = ThresholdNet()
+    again = predict_study(model, pattern, out, FAST, progress=False)
+    assert again.cases == 2 and len(again.skipped) == 2 and model.calls == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "b.nii.gz"]
+
+
+def test_a_truncated_earlier_output_is_written_again(tmp_path):
+    _scan(tmp_path / "in" / "a.nii.gz", 1)
+    _scan(tmp_path / "in" / "b.nii.gz", 2)
+    out = tmp_path / "out"
+    predict_study(ThresholdNet(), tmp_path / "in", out, FAST, progress=False)
+    whole = (out / "a.nii.gz").read_bytes()
+    (out / "a.nii.gz").write_bytes(whole[: len(whole) // 2])
+    again = predict_study(ThresholdNet(), tmp_path / "in", out, FAST, progress=False)
+    assert [p.output.name for p in again.written] == ["a.nii.gz"] and len(again.skipped) == 1
+    assert (out / "a.nii.gz").read_bytes() == whole
+
+
+def test_a_scan_without_a_record_in_the_output_folder_is_still_an_input(tmp_path):
+    data = tmp_path / "DATA"
+    _scan(data / "a.nii.gz")
+    _scan(data / "segs" / "stray.nii.gz")  # a scan the user keeps there: never written over
+    model = ThresholdNet()
+    with pytest.raises(ValueError, match="holds the input scans"):
+        predict_study(model, str(data / "**" / "*.nii.gz"), data / "segs", FAST, progress=False)
+    assert model.calls == 0

@@ -5,6 +5,8 @@ Real files, real links, the real CLI; the loopback servers of ``tests/servers.py
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 
@@ -120,3 +122,40 @@ def test_a_scan_without_a_record_in_the_output_folder_is_still_an_input(tmp_path
     with pytest.raises(ValueError, match="holds the input scans"):
         predict_study(model, str(data / "**" / "*.nii.gz"), data / "segs", FAST, progress=False)
     assert model.calls == 0
+
+
+# ----------------------------------------------------------------------------- publish
+
+_SPELLINGS = [
+    "~/scans/datalist.json",
+    "file:///home/alice/scans/datalist.json",
+    "../../alice/scans/datalist.json",
+    "C:\\Users\\alice\\scans\\datalist.json",
+    "\\\\fileserver\\alice\\scans\\datalist.json",
+    "/home/alice/scans/datalist.json",
+]
+# What must not leave the machine: the folders above the file, in any of those spellings.
+_LOCAL = re.compile(r"alice|fileserver|home/|[/\\]Users|~/|file:/|\.\./")
+
+
+@pytest.mark.parametrize("spelling", _SPELLINGS)
+def test_no_local_path_in_any_spelling_is_in_any_published_file(tmp_path, monkeypatch, spelling):
+    from tests.test_publish import _run
+    from zoo.publish import PUBLISHED_FILES, publish_run
+
+    monkeypatch.setenv("MEDZOO_CACHE", str(tmp_path / "medzoo-cache"))
+    run = _run(tmp_path, "ft")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["finetune"]["data"] = spelling
+    (run / "config.json").write_text(json.dumps(cfg))
+    note = f"## Data\n\nTrained on {spelling}, split by ~bob/splits.json (see {tmp_path}/notes.txt).\n"
+    out = publish_run(run, "org/x", tmp_path / "o", dry_run=True, sections=[note])
+    for name in PUBLISHED_FILES:
+        if name.endswith(".safetensors"):
+            continue
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text, name
+        assert not _LOCAL.search(text), (name, _LOCAL.search(text))
+    assert json.loads((out / "config.json").read_text())["finetune"]["data"] == "datalist.json"
+    card = (out / "README.md").read_text()
+    assert "Trained on datalist.json, split by splits.json (see notes.txt)." in card

@@ -13,7 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+import zoo
 import zoo.study
 from zoo.cli import main
 from zoo.study import StudySettings, list_cases, predict_study
@@ -159,3 +161,40 @@ def test_no_local_path_in_any_spelling_is_in_any_published_file(tmp_path, monkey
     assert json.loads((out / "config.json").read_text())["finetune"]["data"] == "datalist.json"
     card = (out / "README.md").read_text()
     assert "Trained on datalist.json, split by splits.json (see notes.txt)." in card
+
+
+# ----------------------------------------------------------------------------- errors never echo files
+
+
+def test_a_weights_file_linked_to_a_text_file_is_named_never_quoted(tmp_path):
+    from zoo.convert import CheckpointFormatError
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(secret)
+    with pytest.raises(CheckpointFormatError, match="a text file, not a checkpoint") as info:
+        zoo.create("pctnet", checkpoint_path=link)
+    assert "root:x" not in str(info.value) and "alice" not in str(info.value)
+    page = tmp_path / "page.pt"
+    page.write_text("<!DOCTYPE html><html><title>Sign in: secret-token-123</title></html>")
+    with pytest.raises(CheckpointFormatError, match=r"a web page \(HTML\), not a checkpoint") as info:
+        zoo.create("pctnet", checkpoint_path=page)
+    assert "secret-token" not in str(info.value)
+
+
+def test_a_pickled_trainer_state_is_one_line_not_a_medzoo_trainer_state(tmp_path):
+    from tests.test_finetune import _tiny_run
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(out, total=4, stop_at_call=3)
+    torch.save({"step": 2, "payload": Path("x")}, out / "trainer_state.pt")  # pickles a class
+    with pytest.raises(ValueError, match=r"trainer_state\.pt: not a medzoo trainer state") as info:
+        _tiny_run(out, total=4)
+    msg = str(info.value)
+    assert "\n" not in msg and "weights_only" not in msg and "add_safe_globals" not in msg
+    (out / "trainer_state.pt").write_text("step = 2\n")
+    with pytest.raises(ValueError, match="not a medzoo trainer state") as info:
+        _tiny_run(out, total=4)
+    assert "step = 2" not in str(info.value)

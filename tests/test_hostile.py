@@ -198,3 +198,38 @@ def test_a_pickled_trainer_state_is_one_line_not_a_medzoo_trainer_state(tmp_path
     with pytest.raises(ValueError, match="not a medzoo trainer state") as info:
         _tiny_run(out, total=4)
     assert "step = 2" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- API: NaN
+
+
+class _DivergedNet(ThresholdNet):
+    """Weights that diverged: NaN logits for any input."""
+
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+def test_nan_logits_are_refused_in_python_as_in_the_cli_and_nothing_is_written(tmp_path):
+    from zoo.predict import PredictSettings, predict_nifti
+
+    scan = _scan(tmp_path / "a.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    with pytest.raises(ValueError, match=r"the model returned \d+ NaN/infinite logit\(s\)"):
+        predict_nifti(_DivergedNet(), scan, out, PredictSettings(spacing_mm=(4.0, 4.0, 4.0)), progress=False)
+    assert not out.exists()
+    res = predict_study(_DivergedNet(), tmp_path / "a.nii.gz", tmp_path / "segs", FAST, progress=False)
+    assert "NaN/infinite logit" in next(iter(res.failed.values()))
+
+
+def test_nan_voxels_in_python_are_replaced_and_said(tmp_path, caplog):
+    from zoo.predict import PredictSettings, predict_nifti
+
+    scan = _scan(tmp_path / "a.nii.gz")
+    img = nib.load(scan)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), scan)
+    with caplog.at_level("WARNING", logger="zoo"):
+        r = predict_nifti(ThresholdNet(), scan, tmp_path / "s.nii.gz", PredictSettings(spacing_mm=(4.0,) * 3))
+    assert r.nonfinite_voxels == 1 and "1 non-finite voxel(s) (NaN/inf) set to 0" in caplog.text

@@ -6,6 +6,7 @@ Real files, real links, the real CLI; the loopback servers of ``tests/servers.py
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -233,3 +234,43 @@ def test_nan_voxels_in_python_are_replaced_and_said(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="zoo"):
         r = predict_nifti(ThresholdNet(), scan, tmp_path / "s.nii.gz", PredictSettings(spacing_mm=(4.0,) * 3))
     assert r.nonfinite_voxels == 1 and "1 non-finite voxel(s) (NaN/inf) set to 0" in caplog.text
+
+
+# ----------------------------------------------------------------------------- order
+
+
+def test_a_missing_input_is_named_before_the_encoder_only_weights(tmp_path, capsys):
+    missing = tmp_path / "no-such-scan.nii.gz"
+    rc = main(["predict", "qtunet-t.ct-ssl", "-q", "-i", str(missing), "-o", str(tmp_path / "seg.nii.gz")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no-such-scan.nii.gz" in err and "cover only the encoder" not in err
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_an_export_under_a_file_is_refused_before_the_export_starts(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from zoo.export import to_onnx
+
+    (tmp_path / "afile").write_text("x")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"its parent .*afile is a file, expected a directory"):
+        to_onnx("qtunet-t", tmp_path / "afile" / "sub" / "m.onnx")
+    assert time.monotonic() - start < 5
+    assert main(["export", "qtunet-t", "-o", str(tmp_path / "afile" / "m.onnx")]) == 2
+    assert "is a file, expected a directory" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="found a folder"):
+        to_onnx("qtunet-t", tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_an_export_into_a_read_only_folder_is_refused_before_the_export_starts(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from zoo.export import to_onnx
+
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(ValueError, match="not writable"):
+        to_onnx("qtunet-t", ro / "m.onnx")

@@ -94,21 +94,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
         slice_axis={"x": 0, "y": 1, "z": 2}[a.slice_axis] if a.slice_axis else None,
     )
     s = C.resolve_settings(cfg, **kw)
-    if p.source in ("registry", "hf-hub", "onnx"):  # a file or run of one's own is what one trained
-        C.check_weights_trained(cfg["weights"], p.id, a.allow_untrained_head)
-    if a.preview:
-        from zoo.plots import require_matplotlib
-
-        require_matplotlib()
     budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
+    # The user's files first (the input exists and is readable, the output can be written), then
+    # what the model's weights cover, then the budget.
     study = S.is_study(a.input)
     if study:
         S.study_cases(a.input, a.output)
     else:
         C.check_output(a.input, a.output)
         info = C.inspect_input(a.input, s.in_chans, a.volume)
-        est = C.estimate(info, s)
-        C.check_budget(est, info, s, **budget)
+    if p.source in ("registry", "hf-hub", "onnx"):  # a file or run of one's own is what one trained
+        C.check_weights_trained(cfg["weights"], p.id, a.allow_untrained_head)
+    if a.preview:
+        from zoo.plots import require_matplotlib
+
+        require_matplotlib()
+    if not study:
+        C.check_budget(C.estimate(info, s), info, s, **budget)
     # Every check passed: now weights may be downloaded and the model built.
     if p.source == "onnx":
         from zoo.onnx_runtime import load_onnx

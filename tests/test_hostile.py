@@ -274,3 +274,91 @@ def test_an_export_into_a_read_only_folder_is_refused_before_the_export_starts(t
     ro.mkdir(mode=0o555)
     with pytest.raises(ValueError, match="not writable"):
         to_onnx("qtunet-t", ro / "m.onnx")
+
+
+# ----------------------------------------------------------------------------- Hub: unpinned
+
+
+def test_unpinned_hub_weights_load_with_one_warning_that_shows_the_sha256_to_pin(hub_env, tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    from safetensors.torch import save
+
+    from tests.test_drive import SMALL, _small_weights
+
+    sd = _small_weights("fmunet", 3)
+    data = save({k: v.contiguous() for k, v in sd.items()})
+    hub_env.add_hub_file("medzoo/fmunet-vf1k", "model.safetensors", data)
+    sha = hashlib.sha256(data).hexdigest()
+    code = (
+        "import zoo\n"
+        f"chns = {SMALL['fmunet']['feature_chns']}\n"
+        "for _ in range(2):\n"
+        "    zoo.create('fmunet-vf1k', pretrained=True, feature_chns=chns)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.count("unpinned") == 1, run.stderr
+    assert sha in run.stderr and f"sha256='{sha}'" in run.stderr
+
+
+# ----------------------------------------------------------------------------- network failures
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kind"),
+    [("http://nonexistent-host.invalid", "no name resolution"), ("closed", "connection refused")],
+)
+def test_a_network_failure_names_its_kind_once_in_one_line(hub_env, monkeypatch, capsys, endpoint, kind):
+    url = _closed_port_url() if endpoint == "closed" else endpoint
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("MEDZOO_UPSTREAM_ENDPOINT", url)
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_STALL_TIMEOUT", "5")
+    assert main(["download", "fmunet-vf1k", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert kind in err and "did not answer within" not in err
+    hub_sentence = "Hub medzoo/fmunet-vf1k/model.safetensors@main"
+    assert err.count(hub_sentence) == 1, err  # not a WARNING and then the same sentence in the error
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_silent_server_is_named_a_timeout_with_its_seconds(hub_env, monkeypatch):
+    from tests.servers import SilentServer
+    from zoo.hub import WeightsUnavailableError
+
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_STALL_TIMEOUT", "1")
+    with SilentServer() as silent:
+        monkeypatch.setenv("HF_ENDPOINT", silent.url)
+        monkeypatch.setenv("MEDZOO_UPSTREAM_ENDPOINT", silent.url)
+        with pytest.raises(
+            WeightsUnavailableError, match=r"timed out after 1 s|no byte from the server for 1 s"
+        ):
+            zoo.create("qtunet-t.ct-ssl", pretrained=True)
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+
+def test_the_sliding_window_bar_says_it_counts_windows(capsys):
+    import torch
+
+    from zoo.inference import sliding_window_predict
+
+    net = ThresholdNet(roi=(8, 8, 8))
+    sliding_window_predict(net, torch.rand(1, 1, 20, 20, 20), roi_size=(8, 8, 8), overlap=0.5, progress=True)
+    err = capsys.readouterr().err
+    assert "sliding window" in err and "window" in err.split("sliding window", 1)[1]
+    assert "it/s" not in err and "s/it" not in err

@@ -28,7 +28,15 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from zoo.transfer import _CHUNK, DownloadError, DownloadLimits, _page_error, _Transfer, read_page
+from zoo.transfer import (
+    _CHUNK,
+    DownloadError,
+    DownloadLimits,
+    _page_error,
+    _Transfer,
+    network_failure,
+    read_page,
+)
 
 log = logging.getLogger("zoo.hub")
 
@@ -89,11 +97,15 @@ def _download(url: str, dest: Path, limits: DownloadLimits, progress: bool, what
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError | socket.timeout):
             raise transfer.stall_error() from e
-        raise DownloadError(f"{what}: cannot reach upstream {url}: {e.reason}") from e
+        raise DownloadError(
+            f"{what}: cannot reach upstream {url}: {network_failure(e, limits.stall_s)}"
+        ) from e
     except TimeoutError as e:
         raise transfer.stall_error() from e
     except OSError as e:
-        raise DownloadError(f"{what}: cannot reach upstream {url}: {e}") from e
+        raise DownloadError(
+            f"{what}: cannot reach upstream {url}: {network_failure(e, limits.stall_s)}"
+        ) from e
     with resp, open(dest, "wb") as out:
         if (resp.headers.get("Content-Type") or "").lower().startswith("text/"):  # absent is not text
             raise _page_error(what, url, " ".join(resp.read1(4096).decode("utf-8", "replace").split())[:200])
@@ -207,7 +219,8 @@ def _drive_file_id(url: str, dest_dir: Path, limits: DownloadLimits, what: str) 
             timeout=(limits.stall_s, limits.stall_s),
         )
     except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{what}: cannot list Google Drive folder {folder.group(1)}: {e}") from e
+        kind = network_failure(e, limits.stall_s)
+        raise DownloadError(f"{what}: cannot list Google Drive folder {folder.group(1)}: {kind}") from e
     except gdown.exceptions.DownloadError as e:
         first = str(e).splitlines()[0]
         raise DownloadError(f"{what}: Google Drive folder {folder.group(1)}: {first}") from e
@@ -270,7 +283,9 @@ def _drive_file(file_id: str, url: str, dest: Path, transfer: _Transfer, progres
     except (requests.exceptions.Timeout, TimeoutError) as e:
         raise (transfer.deadline_error() if cancel.is_set() else transfer.stall_error()) from e
     except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{what}: cannot reach Google Drive for {url}: {type(e).__name__}") from e
+        raise DownloadError(
+            f"{what}: cannot reach Google Drive for {url}: {network_failure(e, limits.stall_s)}"
+        ) from e
     except gdown.exceptions.DownloadError as e:
         raise DownloadError(f"{what}: Google Drive download of {url} failed: {str(e).splitlines()[0]}") from e
     finally:

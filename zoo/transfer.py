@@ -158,3 +158,46 @@ def _page_error(what: str, url: str, excerpt: str) -> DownloadError:
 
 
 # ---------------------------------------------------------------------------- Hub
+
+
+# ------------------------------------------------------------------- network failures
+
+_DNS_TEXT = (
+    "name or service not known",
+    "temporary failure in name resolution",
+    "nodename nor servname",
+    "getaddrinfo failed",
+    "no address associated with hostname",
+    "failed to resolve",
+    "nameresolutionerror",
+)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e``, its causes and contexts, and the exceptions HTTP libraries keep as attributes or args."""
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo and len(seen) < 32:
+        x = todo.pop(0)
+        if x is None or any(x is s for s in seen):
+            continue
+        seen.append(x)
+        todo += [x.__cause__, x.__context__, getattr(x, "reason", None)]  # type: ignore[list-item]
+        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+    return [x for x in seen if isinstance(x, BaseException)]
+
+
+def network_failure(e: BaseException, timeout_s: float) -> str:
+    """The kind of a network failure, in words, named once: "no name resolution for the host",
+    "connection refused", "timed out after N s", or "connection failed (TYPE)"."""
+    import socket
+
+    chain = _chain(e)
+    text = " ".join(f"{type(x).__name__} {x}" for x in chain).lower()
+    if any(isinstance(x, socket.gaierror) for x in chain) or any(t in text for t in _DNS_TEXT):
+        return "no name resolution for the host"
+    if any(isinstance(x, ConnectionRefusedError) for x in chain) or "connection refused" in text:
+        return "connection refused"
+    if any(isinstance(x, TimeoutError) or "timeout" in type(x).__name__.lower() for x in chain):
+        return f"timed out after {timeout_s:g} s"
+    return f"connection failed ({type(chain[-1] if len(chain) > 1 else e).__name__})"

@@ -362,3 +362,14 @@ def test_the_sliding_window_bar_says_it_counts_windows(capsys):
     err = capsys.readouterr().err
     assert "sliding window" in err and "window" in err.split("sliding window", 1)[1]
     assert "it/s" not in err and "s/it" not in err
+
+
+# ----------------------------------------------------------------------------- SECURITY.md
+
+
+def test_every_test_that_security_md_names_exists():
+    root = Path(__file__).resolve().parents[1]
+    named = re.findall(r"`(tests/\w+\.py)::(\w+)`", (root / "SECURITY.md").read_text())
+    assert len(named) > 20
+    missing = [f"{f}::{t}" for f, t in named if f"def {t}(" not in (root / f).read_text()]
+    assert missing == []

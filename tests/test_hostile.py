@@ -373,3 +373,46 @@ def test_every_test_that_security_md_names_exists():
     assert len(named) > 20
     missing = [f"{f}::{t}" for f, t in named if f"def {t}(" not in (root / f).read_text()]
     assert missing == []
+
+
+# ----------------------------------------------------------------------------- rows nobody listed
+
+
+@pytest.mark.parametrize("name", ["scan.nii.gz", "scan.nii"])
+def test_a_scan_that_links_to_a_text_file_is_refused_without_quoting_it(tmp_path, capsys, name):
+    secret = tmp_path / "passwd"
+    secret.write_text("SECRETLINE:x:0:0:/bin/bash\n" * 40)
+    (tmp_path / name).symlink_to(secret)
+    argv = [
+        "predict",
+        "fmunet",
+        "--no-weights",
+        "-q",
+        "-i",
+        str(tmp_path / name),
+        "-o",
+        str(tmp_path / "o.nii.gz"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not a readable NIfTI file" in err and "SECRET" not in err and "b'" not in err
+
+
+def test_a_datalist_past_its_byte_bound_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo.study, "MAX_DATALIST_BYTES", 1000)
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps([f"scan{i}.nii.gz" for i in range(200)]))
+    with pytest.raises(ValueError, match="over the 1,000-byte bound"):
+        list_cases(dl)
+
+
+def test_a_study_never_writes_through_a_link_in_its_output_folder(tmp_path):
+    _scan(tmp_path / "in" / "a.nii.gz")
+    keep = tmp_path / "precious.nii.gz"
+    keep.write_bytes(b"the user's only copy")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.nii.gz").symlink_to(keep)
+    res = predict_study(ThresholdNet(), tmp_path / "in", out, FAST, progress=False)
+    assert len(res.written) == 1 and keep.read_bytes() == b"the user's only copy"
+    assert not (out / "a.nii.gz").is_symlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,13 @@ def check_output(input_path: str | Path, out_path: str | Path) -> Path:
     return out
 
 
+def _no_content(e: BaseException) -> str:
+    """A reader's error without the bytes of the file it quotes (gzip's ``b'ro'``, nibabel's header
+    size, which is the file's first four bytes): the file may be any file a link points at."""
+    text = re.sub(r"\(?b(['\"]).*?\1\)?", "", " ".join(str(e).split()))
+    return re.sub(r"[Ss]izeof header is -?\d+", "the header size is wrong", text).strip() or type(e).__name__
+
+
 def _load_nifti(path: Path) -> Any:
     import nibabel as nib
 
@@ -266,8 +274,8 @@ def _load_nifti(path: Path) -> Any:
         img = nib.load(str(path))
     except Exception as e:  # nibabel raises ImageFileError, EOFError, gzip errors …
         raise ValueError(
-            f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})".replace("\n", " ")
-        ) from e
+            f"{path}: not a readable NIfTI file ({type(e).__name__}: {_no_content(e)})"
+        ) from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ValueError(f"{path}: expected a NIfTI image, found {type(img).__name__}")
     return img

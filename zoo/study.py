@@ -74,6 +74,7 @@ _NIFTI = (".nii", ".nii.gz")
 # (a link back to a parent would make it endless).
 MAX_WALK_ENTRIES = 200_000
 MAX_WALK_SECONDS = 60.0
+MAX_DATALIST_BYTES = 64 << 20
 _MAGIC = "*?["
 
 
@@ -124,10 +125,12 @@ def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _datalist_cases(p: Path) -> list[Path]:
-    if p.stat().st_size > 64 << 20:
-        raise ValueError(f"{p}: a datalist of {p.stat().st_size:,} bytes, over the 64 MiB bound; refused")
+    with open(p, "rb") as f:  # bounded: a link to a huge file or a device is not read whole
+        data = f.read(MAX_DATALIST_BYTES + 1)
+    if len(data) > MAX_DATALIST_BYTES:
+        raise ValueError(f"{p}: a datalist over the {MAX_DATALIST_BYTES:,}-byte bound; refused")
     try:
-        dl = json.loads(p.read_text())
+        dl = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{p}: not a valid JSON datalist ({type(e).__name__} at {_where(e)})") from None
     if isinstance(dl, dict):

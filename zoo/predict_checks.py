@@ -197,7 +197,7 @@ def check_weights_trained(record: Mapping[str, Any] | None, name: str, allow: bo
     """
     if not record:
         return
-    covers = record.get("covers", "full")
+    covers = record.get("covers") or "full"  # None: a record that does not say (an ONNX export)
     new = [m for m in record.get("newly_initialised") or () if m]
     if covers == "full" and not new:
         return

@@ -76,7 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, spec: dict, send_body: bool) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
+        if "Content-Type" not in spec["headers"]:
+            self.send_header("Content-Type", "application/octet-stream")
         for k, v in spec["headers"].items():
             self.send_header(k, v)
         if spec["announce"] is not None:

@@ -187,7 +187,7 @@ def test_local_html_file_is_named_a_web_page_and_pickles_never_suggest_weights_o
         "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head></html>"
     )
     with pytest.raises(
-        CheckpointFormatError, match=r"a web page or text file, not a checkpoint \(.*\): <!DOCTYPE html>"
+        CheckpointFormatError, match=r"a web page \(HTML\), not a checkpoint \(a download link"
     ):
         zoo.create("pctnet", checkpoint_path=page)
     evil = tmp_path / "evil.pt"
@@ -197,3 +197,35 @@ def test_local_html_file_is_named_a_web_page_and_pickles_never_suggest_weights_o
     msg = str(info.value)
     assert "Unsupported global" in msg and "pathlib" in msg
     assert "weights_only=False" not in msg and "set to `False`" not in msg and "add_safe_globals" not in msg
+
+
+def test_endless_drive_page_is_read_only_to_the_page_bound_and_named_a_web_page(hub_env, monkeypatch):
+    """An HTML body with no Content-Disposition from /uc: gdown would read it whole; it is cut at
+    the page bound, long before the size bound and the deadline."""
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_DEADLINE", "30")
+    page = {"Content-Type": "text/html; charset=utf-8"}
+    hub_env.add_stream("/uc", announce=None, count=10**7, byte=b"<p>" + b"x" * 4093, headers=page)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"a web page longer than 1,048,576 bytes, not a checkpoint"):
+        zoo.create("pctnet-vf110k", pretrained=True)
+    assert time.monotonic() - start < 10
+    assert not _partial(Path(os.environ["MEDZOO_CACHE"]))
+
+
+def test_drive_page_bytes_count_against_the_size_bound(hub_env, monkeypatch):
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_MAX_BYTES", "100000")
+    page = {"Content-Type": "text/html; charset=utf-8"}
+    hub_env.add_stream("/uc", announce=None, count=1000, byte=b"y" * 1024, headers=page)
+    with pytest.raises(DownloadError, match=r"more than 100,000 bytes received, over the bound"):
+        zoo.create("pctnet-vf110k", pretrained=True)
+
+
+def test_default_deadline_of_the_largest_upstream_file_is_minutes_not_an_hour(monkeypatch):
+    from zoo.hub import download_limits
+
+    monkeypatch.delenv("MEDZOO_DOWNLOAD_DEADLINE", raising=False)
+    monkeypatch.delenv("MEDZOO_DOWNLOAD_MAX_BYTES", raising=False)
+    spec, tag = zoo.resolve("pctnet-vf110k")
+    limits = download_limits(spec, spec.weight(tag))
+    assert limits.max_bytes > 500_000_000
+    assert limits.deadline_s <= 15 * 60

@@ -523,9 +523,7 @@ def test_hub_endpoint_that_never_answers_is_unreachable_within_seconds(hub_env, 
     assert time.monotonic() - start < 30
     assert info.value.kind == "unreachable"
     msg = str(info.value)
-    assert (
-        HUB_REPO in msg and silent.url in msg and "did not answer within 2 s" in msg and "HF_ENDPOINT" in msg
-    )
+    assert HUB_REPO in msg and silent.url in msg and "timed out after 2 s" in msg and "HF_ENDPOINT" in msg
 
 
 def test_hub_offline_and_not_cached_is_its_own_message(hub_env, monkeypatch):

@@ -28,7 +28,15 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from zoo.transfer import _CHUNK, DownloadError, DownloadLimits, _page_error, _Transfer
+from zoo.transfer import (
+    _CHUNK,
+    DownloadError,
+    DownloadLimits,
+    _page_error,
+    _Transfer,
+    network_failure,
+    read_page,
+)
 
 log = logging.getLogger("zoo.hub")
 
@@ -89,11 +97,15 @@ def _download(url: str, dest: Path, limits: DownloadLimits, progress: bool, what
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError | socket.timeout):
             raise transfer.stall_error() from e
-        raise DownloadError(f"{what}: cannot reach upstream {url}: {e.reason}") from e
+        raise DownloadError(
+            f"{what}: cannot reach upstream {url}: {network_failure(e, limits.stall_s)}"
+        ) from e
     except TimeoutError as e:
         raise transfer.stall_error() from e
     except OSError as e:
-        raise DownloadError(f"{what}: cannot reach upstream {url}: {e}") from e
+        raise DownloadError(
+            f"{what}: cannot reach upstream {url}: {network_failure(e, limits.stall_s)}"
+        ) from e
     with resp, open(dest, "wb") as out:
         if (resp.headers.get("Content-Type") or "").lower().startswith("text/"):  # absent is not text
             raise _page_error(what, url, " ".join(resp.read1(4096).decode("utf-8", "replace").split())[:200])
@@ -153,8 +165,17 @@ def _install_drive_seam() -> None:
 
             def _request(method: str, url: str, *args: Any, **kw: Any) -> Any:
                 host = urllib.parse.urlsplit(url).hostname
+                streamed = kw.get("stream", False)
+                kw["stream"] = True  # a body is read here, within bounds, never whole by requests
                 resp = request(method, upstream_url(url) if host in _DRIVE_HOSTS else url, *args, **kw)
-                if resp.headers.get("Content-Type", "").startswith("text/"):
+                transfer = getattr(_LAST_PAGE, "transfer", None)
+                if transfer is not None and (not streamed or "Content-Disposition" not in resp.headers):
+                    # gdown reads a body without Content-Disposition whole (res.text): a page.
+                    with resp:
+                        body = read_page(
+                            lambda n: resp.raw.read1(n, decode_content=True), transfer, transfer.what
+                        )
+                    resp._content, resp._content_consumed = body, True
                     _LAST_PAGE.response = resp  # the page shown when gdown cannot use it
                 return resp
 
@@ -168,10 +189,7 @@ def _install_drive_seam() -> None:
 
 def _last_page_excerpt() -> str:
     resp = getattr(_LAST_PAGE, "response", None)
-    try:
-        text = resp.text if resp is not None else ""
-    except Exception:  # a streamed page that gdown closed unread
-        text = ""
+    text = resp.content.decode("utf-8", "replace") if resp is not None else ""
     return " ".join(text.split())[:200] or "(empty page)"
 
 
@@ -201,7 +219,8 @@ def _drive_file_id(url: str, dest_dir: Path, limits: DownloadLimits, what: str) 
             timeout=(limits.stall_s, limits.stall_s),
         )
     except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{what}: cannot list Google Drive folder {folder.group(1)}: {e}") from e
+        kind = network_failure(e, limits.stall_s)
+        raise DownloadError(f"{what}: cannot list Google Drive folder {folder.group(1)}: {kind}") from e
     except gdown.exceptions.DownloadError as e:
         first = str(e).splitlines()[0]
         raise DownloadError(f"{what}: Google Drive folder {folder.group(1)}: {first}") from e
@@ -217,12 +236,23 @@ def _drive_file_id(url: str, dest_dir: Path, limits: DownloadLimits, what: str) 
 
 def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
     """Download a Google Drive file (past the virus-scan page) with gdown, within ``limits``."""
+
+    _install_drive_seam()
+    # One transfer for the whole exchange: the pages (folder listing, confirmation) count too.
+    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
+    _LAST_PAGE.transfer = transfer
+    try:
+        file_id = _drive_file_id(url, dest.parent, limits, what)
+        return _drive_file(file_id, url, dest, transfer, progress)
+    finally:
+        _LAST_PAGE.transfer = None
+
+
+def _drive_file(file_id: str, url: str, dest: Path, transfer: _Transfer, progress: bool) -> Path:
     import gdown
     import requests
 
-    _install_drive_seam()
-    transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
-    file_id = _drive_file_id(url, dest.parent, limits, what)
+    limits, what = transfer.limits, transfer.what.split(" from ", 1)[0]
     cancel = threading.Event()
     timer = threading.Timer(max(0.0, limits.deadline_s - (time.monotonic() - transfer.start)), cancel.set)
     timer.daemon = True
@@ -230,7 +260,7 @@ def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool
 
     def _progress(done: int, total: int | None) -> None:
         transfer.announce(total)
-        transfer.seen(done)
+        transfer.seen(transfer.pages + done)
 
     _LAST_PAGE.response = None
     try:
@@ -253,7 +283,9 @@ def _download_drive(url: str, dest: Path, limits: DownloadLimits, progress: bool
     except (requests.exceptions.Timeout, TimeoutError) as e:
         raise (transfer.deadline_error() if cancel.is_set() else transfer.stall_error()) from e
     except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{what}: cannot reach Google Drive for {url}: {type(e).__name__}") from e
+        raise DownloadError(
+            f"{what}: cannot reach Google Drive for {url}: {network_failure(e, limits.stall_s)}"
+        ) from e
     except gdown.exceptions.DownloadError as e:
         raise DownloadError(f"{what}: Google Drive download of {url} failed: {str(e).splitlines()[0]}") from e
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -381,6 +382,25 @@ class ExportSettings:
     check: bool = True
 
 
+def _check_output_path(path: Path) -> None:
+    """Refuse an output the export could not write: a folder, under a file, in a read-only folder.
+
+    Raises:
+        ValueError: one line naming the path and what was found.
+    """
+    if path.is_dir():
+        raise ValueError(f"{path}: expected an .onnx file name, found a folder")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():
+            raise ValueError(f"{path}: its folder {parent} is a dangling link, expected a directory")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{path}: its parent {parent} is a file, expected a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: expected a writable folder, found {parent} not writable")
+
+
 def to_onnx(
     model: nn.Module | str,
     path: str | Path,
@@ -414,6 +434,7 @@ def to_onnx(
     if settings is not None and not isinstance(settings, ExportSettings):
         raise TypeError(f"settings must be an ExportSettings, got {type(settings).__name__}")
     opts = settings if settings is not None else ExportSettings()
+    _check_output_path(Path(path))  # before the model is built, weights fetched or a shape traced
     input_shape, input_shapes = opts.input_shape, opts.input_shapes
     exporter, batch_sizes, rtol = opts.exporter, opts.batch_sizes, opts.rtol
     if exporter not in ("auto", *EXPORTERS):

@@ -67,6 +67,7 @@ from zoo.transfer import (
     _page_error,
     _Transfer,
     limits_for,
+    network_failure,
 )
 
 log = logging.getLogger("zoo.hub")
@@ -253,8 +254,8 @@ def _hub_error(e: BaseException, where: str, stall: float, refetch: str) -> HubE
     if isinstance(cause, _network_errors()):
         return HubError(
             "unreachable",
-            f"{where}: {endpoint} did not answer within {stall:g} s ({type(cause).__name__}); check the "
-            "network and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what is cached",
+            f"{where}: {endpoint}: {network_failure(cause, stall)}; check the network and HF_ENDPOINT, "
+            "or set HF_HUB_OFFLINE=1 to use what is cached",
         )
     if isinstance(e, LocalEntryNotFoundError):
         return HubError("unreachable", f"{where}: {endpoint} could not be queried ({e}); check the network")
@@ -610,12 +611,17 @@ def fetch_weights(spec: ModelSpec, ws: WeightSpec, progress: bool = True) -> Pat
         except HubError as e:
             errors.append(e)
             if ws.url:
-                log.log(logging.INFO if e.kind == "not-found" else logging.WARNING, "%s; trying upstream", e)
+                log.info("%s; trying upstream", e)
     if ws.url:
         try:
-            return _from_upstream(spec, ws, progress)
+            path = _from_upstream(spec, ws, progress)
         except WeightsUnavailableError as e:
             errors.append(e)
+        else:
+            # Said once: here when the upstream served the file, in the error when it did not either.
+            if errors and getattr(errors[0], "kind", None) != "not-found":
+                log.warning("%s; loaded from upstream instead", errors[0])
+            return path
     if not errors:
         raise WeightsUnavailableError(
             f"cannot obtain weights {spec.name}.{ws.tag}: no Hub repository and no upstream URL registered"

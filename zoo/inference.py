@@ -64,7 +64,36 @@ def sliding_window_predict(
             f"volume: expected finite values, found {bad} NaN/infinite voxel(s) of {volume.numel()}; "
             "replace them first (zoo.predict sets them to 0 and says so)"
         )
-    with torch.inference_mode():
-        return sliding_window_inference(
-            volume, roi, sw_batch_size, model, overlap=ov, mode=mode, progress=progress, **kwargs
-        )
+    bar = _window_bar(volume, roi, ov) if progress else None
+    predictor = model if bar is None else _Counted(model, bar)
+    try:
+        with torch.inference_mode():
+            return sliding_window_inference(
+                volume, roi, sw_batch_size, predictor, overlap=ov, mode=mode, **kwargs
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _window_bar(volume: torch.Tensor, roi: Sequence[int], overlap: float) -> Any:
+    """A progress bar that says what it counts: windows (MONAI's own bar counts unnamed "it")."""
+    from tqdm.auto import tqdm
+
+    total = volume.shape[0]
+    for size, r in zip(volume.shape[2:], roi, strict=True):
+        step = 1 if r >= size else max(int(r * (1 - overlap)), 1)
+        total *= 1 if r >= size else -(-(size - r) // step) + 1
+    return tqdm(total=total, desc="sliding window", unit="window", leave=False)
+
+
+class _Counted:
+    """The model, counting the windows it is given on ``bar``."""
+
+    def __init__(self, model: Any, bar: Any) -> None:
+        self.model, self.bar = model, bar
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = self.model(x, *args, **kwargs)
+        self.bar.update(int(x.shape[0]))
+        return out

@@ -386,6 +386,13 @@ def _run_case(
     start = time.perf_counter()
     x = case["image"]
     logits = _infer(model, x.as_tensor() if hasattr(x, "as_tensor") else x, s, progress)
+    bad = int((~torch.isfinite(logits)).sum())
+    if bad:  # argmax would turn NaN into a label without a word: refused, nothing written
+        raise ValueError(
+            f"{case.get('path', 'the input')}: the model returned {bad} NaN/infinite logit(s) of "
+            f"{logits.numel()} for finite input; no label map written (weights diverged, or a "
+            "precision that overflows?)"
+        )
     labels = _to_input_grid(logits, case, s)
     seconds = time.perf_counter() - start
     _write_labels(labels, case, out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,7 @@ def check_weights_trained(record: Mapping[str, Any] | None, name: str, allow: bo
     """
     if not record:
         return
-    covers = record.get("covers", "full")
+    covers = record.get("covers") or "full"  # None: a record that does not say (an ONNX export)
     new = [m for m in record.get("newly_initialised") or () if m]
     if covers == "full" and not new:
         return
@@ -259,6 +260,13 @@ def check_output(input_path: str | Path, out_path: str | Path) -> Path:
     return out
 
 
+def _no_content(e: BaseException) -> str:
+    """A reader's error without the bytes of the file it quotes (gzip's ``b'ro'``, nibabel's header
+    size, which is the file's first four bytes): the file may be any file a link points at."""
+    text = re.sub(r"\(?b(['\"]).*?\1\)?", "", " ".join(str(e).split()))
+    return re.sub(r"[Ss]izeof header is -?\d+", "the header size is wrong", text).strip() or type(e).__name__
+
+
 def _load_nifti(path: Any) -> Any:
     """The scan at ``path`` as a nibabel image (``zoo.imageio``: NIfTI, DICOM series, NRRD,
     MetaImage; a list of files is one case, one file per channel)."""
@@ -277,7 +285,7 @@ def _load_nifti(path: Any) -> Any:
         raise
     except Exception as e:  # nibabel raises ImageFileError, EOFError, gzip errors …
         what = "DICOM series" if is_dicom_series(path) else "NIfTI file"
-        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__})") from e
+        raise ValueError(f"{path}: not a readable {what} ({type(e).__name__}: {_no_content(e)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ValueError(f"{path}: expected a NIfTI image, found {type(img).__name__}")
     return img

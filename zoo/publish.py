@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -99,14 +100,36 @@ def _finish(
         _upload(folder, repo_id, revision, expected)
 
 
+# A local path in any spelling, alone or inside a sentence: a file URI; a path from the root, the
+# home folder (``~``, ``~user``), the current or a parent folder (``./``, ``../``), a drive letter
+# (``C:\\``, ``C:/``) or a share (``\\\\host\\``). Not inside a word or a URL (``https://h/p``,
+# ``org/name``, ``hf-hub:org/name``), where the character before it is a letter, ``:`` or ``/``.
+_LOCAL_PATH = re.compile(
+    r"file:/[^\s'\"<>`()\[\]]*"
+    r"|(?<![\w.~:/\\-])(?:~[\w.-]*|\.\.?|[A-Za-z]:)?[/\\][^\s'\"<>`()\[\]]+"
+)
+
+
+def _file_name(match: re.Match[str]) -> str:
+    text = match.group(0)
+    core = text.rstrip(",;:!?")
+    if core.endswith(".") and not core.endswith(".."):  # the end of a sentence, not of the path
+        core = core[:-1]
+    parts = [p for p in re.split(r"[/\\]+", core.removeprefix("file:")) if p]
+    tail = parts[-1] if parts else ""
+    name = tail if tail and tail not in (".", "..") and not tail.startswith("~") and ":" not in tail else ""
+    return (name or "<local path>") + text[len(core) :]
+
+
 def _public(value: Any) -> Any:
-    """``value`` with every absolute path reduced to its last component (no local paths on the Hub)."""
+    """``value`` with every local path, in any spelling and inside any sentence, reduced to its
+    last component: the one scrubber of everything published (config.json, the card)."""
     if isinstance(value, dict):
         return {k: _public(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_public(v) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        return Path(value).name
+    if isinstance(value, str):
+        return _LOCAL_PATH.sub(_file_name, value)
     return value
 
 
@@ -361,7 +384,7 @@ def publish_run(
             train_seconds=sum(e["seconds"] for e in log if "seconds" in e) or None,
             images=images,
         )
-        (tmp / "README.md").write_text(render_run_card(spec, config, facts))
+        (tmp / "README.md").write_text(_public(render_run_card(spec, config, facts)))
         _finish(tmp, repo_id, revision, dry_run, images)
     return out
 
@@ -521,7 +544,7 @@ def publish(
             "source_digest": ws.upstream_digest if identified else None,
             "sha256": file_digest(tmp / "model.safetensors"),
         }
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(render_card(spec, hub_tag=tag))
+        (tmp / "config.json").write_text(json.dumps(_public(config), indent=2) + "\n")
+        (tmp / "README.md").write_text(_public(render_card(spec, hub_tag=tag)))
         _finish(tmp, repo_id, revision, dry_run)
     return out

@@ -731,7 +731,9 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
             try:
                 v = json.loads(v)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: metadata {k} is not valid JSON ({e}): {v[:200]!r}") from e
+                raise ValueError(
+                    f"{path}: metadata {k} is not valid JSON ({e.msg} at char {e.pos})"
+                ) from None
         out[k.removeprefix("medzoo.")] = v
     check_onnx_metadata(out, str(path))  # types, ranges and the model's cost: before any session
     out["num_classes"] = int(out["num_classes"]) if out["num_classes"] else None

@@ -10,11 +10,13 @@ output name.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
-import glob as _glob
+import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,7 +30,16 @@ from zoo.predict_checks import Settings, check_budget, check_output, estimate, i
 
 log = logging.getLogger("zoo")
 
-__all__ = ["StudySettings", "StudyResult", "auto_workers", "list_cases", "predict_study"]
+__all__ = [
+    "StudySettings",
+    "StudyResult",
+    "auto_workers",
+    "is_study",
+    "list_cases",
+    "study_cases",
+    "is_done",
+    "predict_study",
+]
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,30 @@ class StudyResult:
 
 
 _NIFTI = (".nii", ".nii.gz")
-_SCANS = (*_NIFTI, ".nrrd", ".nhdr", ".mha", ".mhd")
+_SCANS = (*_NIFTI, ".nrrd", ".nhdr", ".mha", ".mhd")  # DICOM series are folders: zoo.imageio.is_dicom_series
+
+
+# One walk for every folder and glob: bounded in entries and time, and never into a folder twice
+# (a link back to a parent would make it endless).
+MAX_WALK_ENTRIES = 200_000
+MAX_WALK_SECONDS = 60.0
+MAX_DATALIST_BYTES = 64 << 20
+_MAGIC = "*?["
+
+
+def is_study(text: str | Path) -> bool:
+    """Whether ``text`` names a study (a folder, a datalist ``.json``, a glob) rather than one scan.
+
+    An existing file is a path even when its name holds ``[`` or ``*`` (``scan[1].nii.gz``).
+    """
+    p = Path(text)
+    if p.is_dir():
+        from zoo.imageio import is_dicom_series
+
+        return not is_dicom_series(p)  # a folder of DICOM slices is one scan
+    if p.is_file() or p.is_symlink():
+        return p.suffix == ".json"
+    return str(text).endswith(".json") or any(ch in str(text) for ch in _MAGIC)
 
 
 def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -68,20 +102,17 @@ def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
 
     A datalist is a list of paths or ``{"image": path}`` entries, or a MONAI datalist whose
     ``testing`` (else ``validation`` and ``training``) entries give ``image``; relative paths are
-    relative to the JSON file.
+    relative to the JSON file. A glob (``**`` included) is matched by one bounded walk.
 
     Raises:
-        ValueError: nothing found, or a datalist of another form.
+        ValueError: nothing found, a datalist of another form, a walk past its bounds.
     """
     if isinstance(source, list | tuple):
         return [Path(p) for p in source]
     text = str(source)
     p = Path(text)
     if p.is_dir():
-        from zoo.imageio import is_image_path
-
-        # Scans in the folder: NIfTI, NRRD and MetaImage files, and sub-folders that are DICOM series.
-        files = sorted(f for f in p.iterdir() if not f.name.startswith(".") and is_image_path(f))
+        files = _walk(p, ("*",), text)
         if not files:
             raise ValueError(
                 f"{p}: expected scans in the folder (.nii, .nii.gz, .nrrd, .mha, DICOM series folders), "
@@ -89,33 +120,127 @@ def list_cases(source: str | Path | Sequence[str | Path]) -> list[Path]:
             )
         return files
     if p.suffix == ".json" and p.is_file():
-        try:
-            dl = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p}: not a valid JSON datalist ({e})") from e
-        if isinstance(dl, dict):
-            entries = dl.get("testing") or [*(dl.get("validation") or []), *(dl.get("training") or [])]
-        else:
-            entries = dl
-        paths = []
-        for e in entries if isinstance(entries, list) else []:
-            image = e.get("image") if isinstance(e, dict) else e
-            if isinstance(image, list) and image and all(isinstance(i, str) for i in image):
-                # One file per channel (BraTS style), stacked in the order given.
-                paths.append(tuple(Path(i) if Path(i).is_absolute() else p.parent / i for i in image))
-            elif isinstance(image, str):
-                paths.append(Path(image) if Path(image).is_absolute() else p.parent / image)
-        if not paths:
-            raise ValueError(
-                f"{p}: expected a list of image paths or a MONAI datalist with 'testing' entries, found none"
-            )
-        return paths
-    if any(ch in text for ch in "*?["):
-        files = sorted(Path(f) for f in _glob.glob(text, recursive=True) if f.lower().endswith(_SCANS))
+        return _datalist_cases(p)
+    if p.is_file():  # an existing path is a path, whatever characters its name holds
+        return [p]
+    if any(ch in text for ch in _MAGIC):
+        parts = p.parts
+        i = next((k for k, part in enumerate(parts) if any(ch in part for ch in _MAGIC)), len(parts))
+        files = _walk(Path(*parts[:i]) if i else Path("."), parts[i:], text)
         if not files:
             raise ValueError(f"{text}: the pattern matches no .nii or .nii.gz file")
         return files
     raise ValueError(f"{text}: expected a folder, a datalist .json or a glob pattern, found no such path")
+
+
+def _datalist_cases(p: Path) -> list[Path]:
+    with open(p, "rb") as f:  # bounded: a link to a huge file or a device is not read whole
+        data = f.read(MAX_DATALIST_BYTES + 1)
+    if len(data) > MAX_DATALIST_BYTES:
+        raise ValueError(f"{p}: a datalist over the {MAX_DATALIST_BYTES:,}-byte bound; refused")
+    try:
+        dl = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not a valid JSON datalist ({type(e).__name__} at {_where(e)})") from None
+    if isinstance(dl, dict):
+        entries = dl.get("testing") or [*(dl.get("validation") or []), *(dl.get("training") or [])]
+    else:
+        entries = dl
+    paths = []
+    for e in entries if isinstance(entries, list) else []:
+        image = e.get("image") if isinstance(e, dict) else e
+        if isinstance(image, list) and image and all(isinstance(i, str) for i in image):
+            # One file per channel (BraTS style), stacked in the order given.
+            paths.append(tuple(Path(i) if Path(i).is_absolute() else p.parent / i for i in image))
+        elif isinstance(image, str):
+            paths.append(Path(image) if Path(image).is_absolute() else p.parent / image)
+    if not paths:
+        raise ValueError(
+            f"{p}: expected a list of image paths or a MONAI datalist with 'testing' entries, found none"
+        )
+    return paths
+
+
+def _where(e: Exception) -> str:
+    line, col = getattr(e, "lineno", None), getattr(e, "colno", None)
+    return f"line {line}, column {col}" if line is not None else f"byte {getattr(e, 'start', '?')}"
+
+
+def _step(comps: Sequence[str], states: frozenset[int], name: str) -> frozenset[int]:
+    """The pattern positions reached after matching one more path component ``name``."""
+    out: set[int] = set()
+    for i in states:
+        if i == len(comps):
+            continue
+        if comps[i] == "**":
+            if not name.startswith("."):
+                out.add(i)
+        elif (not name.startswith(".") or comps[i].startswith(".")) and fnmatch.fnmatchcase(name, comps[i]):
+            out.add(i + 1)
+    return _close(comps, out)
+
+
+def _close(comps: Sequence[str], states: set[int]) -> frozenset[int]:
+    """``states`` with every ``**`` also matching nothing."""
+    todo, done = list(states), set(states)
+    while todo:
+        i = todo.pop()
+        if i < len(comps) and comps[i] == "**" and i + 1 not in done:
+            done.add(i + 1)
+            todo.append(i + 1)
+    return frozenset(done)
+
+
+def _walk(root: Path, comps: Sequence[str], what: str) -> list[Path]:
+    """The NIfTI files under ``root`` matching the path components ``comps`` (``*``, ``?``, ``[…]``,
+    ``**``), in one walk that enters each folder once, within ``MAX_WALK_ENTRIES`` and
+    ``MAX_WALK_SECONDS``."""
+    start, entries = time.monotonic(), 0
+    seen: set[tuple[int, int]] = set()
+    found: set[Path] = set()
+    stack = [(root, _close(comps, {0}))]
+    while stack:
+        folder, states = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # a link into a folder already walked: once is enough
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            listing = os.scandir(folder)
+        except OSError:
+            continue
+        with listing:
+            for entry in listing:
+                entries += 1
+                if entries > MAX_WALK_ENTRIES or time.monotonic() - start > MAX_WALK_SECONDS:
+                    raise ValueError(
+                        f"{what}: more than {min(entries, MAX_WALK_ENTRIES):,} entries or "
+                        f"{MAX_WALK_SECONDS:g} s of walking (a link loop or a huge tree); refused: "
+                        "narrow the pattern or list the scans in a datalist"
+                    )
+                nxt = _step(comps, states, entry.name)
+                if not nxt:
+                    continue
+                path = folder / entry.name if folder != Path(".") else Path(entry.name)
+                try:
+                    if len(comps) in nxt and entry.name.lower().endswith(_SCANS) and entry.is_file():
+                        found.add(path)
+                    elif len(comps) in nxt and entry.is_dir() and _dicom(path):
+                        found.add(path)  # a DICOM series: one scan, not a folder to walk
+                    elif any(i < len(comps) for i in nxt) and entry.is_dir():
+                        stack.append((path, nxt))
+                except OSError:
+                    continue
+    return sorted(found)
+
+
+def _dicom(path: Path) -> bool:
+    from zoo.imageio import is_dicom_series
+
+    return is_dicom_series(path)
 
 
 def _first(case: Any) -> Path:
@@ -134,9 +259,96 @@ def _output_name(case: Any, nifti: bool = False) -> str:
     return stem + output_suffix(path, nifti=nifti)
 
 
+def _record_path(out: Path) -> Path:
+    """The sidecar record of a study output: what was written (size, sha256), beside it, hidden."""
+    return out.with_name(f".{out.name}.medzoo.json")
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_record(out: Path, case: Any) -> None:
+    from zoo.predict import _write_atomic
+
+    record = {
+        "output": out.name,
+        "input": _first(case).name,
+        "size": out.stat().st_size,
+        "sha256": _digest(out),
+    }
+    _write_atomic(_record_path(out), lambda p: Path(p).write_text(json.dumps(record) + "\n"), ".json")
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    try:
+        path = _record_path(out)
+        if path.stat().st_size > 4096:
+            return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("output") == out.name else None
+
+
+def is_done(out: Path) -> bool:
+    """Whether ``out`` is a finished study output: its sidecar record's size and sha256 match it (a
+    truncated or replaced output is not done, and is written again)."""
+    record = _read_record(out)
+    try:
+        return (
+            record is not None
+            and not out.is_symlink()
+            and out.stat().st_size == record.get("size")
+            and _digest(out) == record.get("sha256")
+        )
+    except OSError:
+        return False
+
+
+def study_cases(
+    source: str | Path | Sequence[str | Path], out_dir: str | Path, nifti: bool = False
+) -> dict[Any, Path]:
+    """The cases of a study and the output of each, checked before any case runs.
+
+    Files in ``out_dir`` that carry a sidecar record are this study's outputs, never inputs (a glob
+    over a tree that holds ``out_dir`` finds them on a rerun).
+
+    Raises:
+        ValueError: see :func:`list_cases`; an output folder named like a file, a file, one that
+            holds input scans; two inputs with one output name; an output that is an input.
+    """
+    out_dir = Path(out_dir)
+    cases = list_cases(source)
+    if out_dir.is_dir():
+        here = os.stat(out_dir)
+        cases = [
+            c for c in cases if not (_read_record(_first(c)) is not None and _in_folder(_first(c), here))
+        ]
+        if not cases:
+            raise ValueError(f"{source}: every file found is an output of this study in {out_dir}; no input")
+    return _study_outputs(cases, out_dir, nifti)
+
+
+def _in_folder(path: Path, folder: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(os.stat(path.parent), folder)
+    except OSError:
+        return False
+
+
 def _study_outputs(cases: Sequence[Any], out_dir: Path, nifti: bool = False) -> dict[Any, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: expected an output folder, found a file")
+    if out_dir.name.lower().endswith(_SCANS) and not out_dir.is_dir():
+        raise ValueError(
+            f"{out_dir}: a study writes a folder of label maps, found an output named like a file; "
+            "name a folder (or give one input scan)"
+        )
     if out_dir.exists():
         here = os.stat(out_dir)
         for c in map(_first, cases):
@@ -210,7 +422,7 @@ def _set_threads(n: int, worker_id: int) -> None:
     torch.set_num_threads(n)
 
 
-def _first(batch: list[Any]) -> Any:
+def _one_item(batch: list[Any]) -> Any:
     return batch[0]
 
 
@@ -255,7 +467,8 @@ def predict_study(
     """Segment every scan of a folder, datalist or glob into ``out_dir`` (same file names).
 
     A DataLoader with ``settings.num_workers`` processes reads and preprocesses the next volumes
-    while the model runs. Outputs that exist are skipped (a rerun resumes). A file that fails is
+    while the model runs. Each output gets a hidden sidecar record (its size and sha256); an output
+    whose record matches is skipped (a rerun resumes), any other is written again. A file that fails is
     reported in :attr:`StudyResult.failed` and the study goes on. Under ``torchrun``
     (``RANK``/``WORLD_SIZE``) process ``r`` takes cases ``r, r + W, …`` and writes them itself.
 
@@ -285,8 +498,8 @@ def predict_study(
     elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"workers must be an integer >= 0 (reading processes), found {num_workers!r}")
     out_dir = Path(out_dir)
-    cases = list_cases(source)
-    outs = _study_outputs(cases, out_dir, nifti=asked.output_format == "nifti")
+    outs = study_cases(source, out_dir, nifti=asked.output_format == "nifti")
+    cases = list(outs)
     env_rank, env_world = _rank()
     r = asked.rank if asked.rank is not None else env_rank
     w = asked.world_size if asked.world_size is not None else env_world
@@ -294,7 +507,7 @@ def predict_study(
     result = StudyResult(cases=len(mine))
     todo = []
     for c in mine:
-        if outs[c].exists():
+        if is_done(outs[c]):
             result.skipped.append(c)
         else:
             todo.append(c)
@@ -305,7 +518,7 @@ def predict_study(
     loader = DataLoader(
         ds,
         batch_size=1,
-        collate_fn=_first,
+        collate_fn=_one_item,
         num_workers=num_workers,
         prefetch_factor=1 if num_workers else None,
         persistent_workers=False,
@@ -322,6 +535,7 @@ def predict_study(
         if err is None:
             try:
                 pred = _run_case(model, case, s, outs[path], False, asked.preview)
+                _write_record(outs[path], path)
             except (ValueError, RuntimeError, OSError) as e:
                 err = f"{type(e).__name__}: {e}".replace("\n", " ")
         if err is not None:

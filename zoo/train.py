@@ -72,6 +72,7 @@ from zoo.train_state import (  # noqa: F401  (the run folder's names, re-exporte
     _set_rng_state,
     check_resume,
     read_log,
+    read_trainer_state,
     settings_changes,
 )
 
@@ -577,7 +578,7 @@ def _train(
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "rng": _rng_state()}
     state["settings"] = run_settings
     if resume and (out / STATE_FILE).is_file():
-        saved_state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+        saved_state = read_trainer_state(out)
         if "settings" in saved_state:  # runs saved before settings were recorded resume unchecked
             applied = check_resume(out, json.loads(saved_state["settings"]), json.loads(run_settings))
             if applied and saved_state["step"] < total_steps:

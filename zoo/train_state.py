@@ -34,6 +34,7 @@ __all__ = [
     "check_resume",
     "RunSettingsChangedError",
     "read_log",
+    "read_trainer_state",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -128,15 +129,45 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
+def read_trainer_state(out: Path) -> dict[str, Any]:
+    """The run folder's ``trainer_state.pt``, read without running code from it.
+
+    Raises:
+        CheckpointFormatError: one line, "not a medzoo trainer state", for anything else (a pickle
+            of other objects, a text file, a truncated file), never torch's advice to unpickle it.
+    """
+    from zoo.convert import CheckpointFormatError, _torch_load_reason
+
+    path = Path(out) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointFormatError(
+            f"{path}: not a medzoo trainer state ({_torch_load_reason(e)}); refusing to resume from it: "
+            "choose another output folder"
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointFormatError(
+            f"{path}: not a medzoo trainer state (expected a mapping with an integer 'step'); refusing to "
+            "resume from it: choose another output folder"
+        )
+    return state
+
+
 def _load_checkpoint(out: Path, model: nn.Module) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from zoo.adapt import has_lora
+    from zoo.convert import CheckpointFormatError
 
     base = model
     path = out / (LORA_FILE if has_lora(base) else MODEL_FILE)
-    base.load_state_dict(load_file(str(path)), strict=True)
-    return torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        weights = load_file(str(path))
+    except Exception as e:  # safetensors' own error types; never the file's content
+        raise CheckpointFormatError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    base.load_state_dict(weights, strict=True)
+    return read_trainer_state(out)
 
 
 # Settings that set only the run's length: a rerun may change them (the schedule follows the new

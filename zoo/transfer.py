@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["WeightsUnavailableError", "DownloadError", "HubError", "DownloadLimits", "limits_for"]
 
@@ -67,11 +68,12 @@ def limits_for(bound: int, fixed: bool = False) -> DownloadLimits:
 
     Returns:
         ``MEDZOO_DOWNLOAD_MAX_BYTES`` or ``bound``; ``MEDZOO_DOWNLOAD_STALL_TIMEOUT`` or 60 s;
-        ``MEDZOO_DOWNLOAD_DEADLINE`` or 120 s + bound / (256 KiB/s).
+        ``MEDZOO_DOWNLOAD_DEADLINE`` or 60 s + bound / (1 MiB/s): a file that arrives more slowly
+        than a slow home line is being dripped, and a wait of an hour reads as a hang.
     """
     max_bytes = bound if fixed else int(_env_number("MEDZOO_DOWNLOAD_MAX_BYTES", float(bound)))
     stall = _env_number("MEDZOO_DOWNLOAD_STALL_TIMEOUT", 60.0)
-    deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", 120.0 + max_bytes / (256 * 1024))
+    deadline = _env_number("MEDZOO_DOWNLOAD_DEADLINE", round(60.0 + max_bytes / _MIB))
     return DownloadLimits(max_bytes=max_bytes, stall_s=stall, deadline_s=deadline)
 
 
@@ -82,6 +84,7 @@ class _Transfer:
         self.what, self.limits, self.error = what, limits, error
         self.start = time.monotonic()
         self.received = 0
+        self.pages = 0  # bytes of web pages read on the way to the file (they count too)
 
     def _fail(self, message: str) -> WeightsUnavailableError:
         if self.error is HubError:
@@ -89,7 +92,7 @@ class _Transfer:
         return self.error(message)
 
     def announce(self, total: int | None) -> None:
-        if total is not None and total > self.limits.max_bytes:
+        if total is not None and self.pages + total > self.limits.max_bytes:
             raise self._fail(
                 f"{self.what}: the server announces {total:,} bytes, over the {self.limits.max_bytes:,}-byte "
                 "bound for this file; refused (MEDZOO_DOWNLOAD_MAX_BYTES raises the bound if the file "
@@ -125,9 +128,76 @@ class _Transfer:
 
 # ------------------------------------------------------------------- web pages
 
+# A web page a download meets (a confirmation form, a folder listing, an error page) is kilobytes:
+# any page is read at most this far, and its bytes count against the transfer's bound and deadline.
+MAX_PAGE_BYTES = 1 << 20
+
+
+def read_page(read: Any, transfer: _Transfer, where: str) -> bytes:
+    """The body of a web page, read through ``read(n)`` by chunks within ``MAX_PAGE_BYTES`` and
+    ``transfer``'s bounds; a longer body is refused as a web page, never read whole."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = read(64 * 1024)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        transfer.pages += len(chunk)
+        transfer.seen(transfer.received + len(chunk))
+        if size > MAX_PAGE_BYTES:
+            raise DownloadError(
+                f"{where}: the server returned a web page longer than {MAX_PAGE_BYTES:,} bytes, not a "
+                "checkpoint; aborted"
+            )
+        parts.append(chunk)
+
 
 def _page_error(what: str, url: str, excerpt: str) -> DownloadError:
     return DownloadError(f"{what} from {url}: the server returned a web page, not a checkpoint: {excerpt}")
 
 
 # ---------------------------------------------------------------------------- Hub
+
+
+# ------------------------------------------------------------------- network failures
+
+_DNS_TEXT = (
+    "name or service not known",
+    "temporary failure in name resolution",
+    "nodename nor servname",
+    "getaddrinfo failed",
+    "no address associated with hostname",
+    "failed to resolve",
+    "nameresolutionerror",
+)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e``, its causes and contexts, and the exceptions HTTP libraries keep as attributes or args."""
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo and len(seen) < 32:
+        x = todo.pop(0)
+        if x is None or any(x is s for s in seen):
+            continue
+        seen.append(x)
+        todo += [x.__cause__, x.__context__, getattr(x, "reason", None)]  # type: ignore[list-item]
+        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+    return [x for x in seen if isinstance(x, BaseException)]
+
+
+def network_failure(e: BaseException, timeout_s: float) -> str:
+    """The kind of a network failure, in words, named once: "no name resolution for the host",
+    "connection refused", "timed out after N s", or "connection failed (TYPE)"."""
+    import socket
+
+    chain = _chain(e)
+    text = " ".join(f"{type(x).__name__} {x}" for x in chain).lower()
+    if any(isinstance(x, socket.gaierror) for x in chain) or any(t in text for t in _DNS_TEXT):
+        return "no name resolution for the host"
+    if any(isinstance(x, ConnectionRefusedError) for x in chain) or "connection refused" in text:
+        return "connection refused"
+    if any(isinstance(x, TimeoutError) or "timeout" in type(x).__name__.lower() for x in chain):
+        return f"timed out after {timeout_s:g} s"
+    return f"connection failed ({type(chain[-1] if len(chain) > 1 else e).__name__})"

@@ -18,14 +18,6 @@ def _parse_intensity(text: str) -> dict:
     return parse_intensity(text)
 
 
-def _is_study(text: str) -> bool:
-    from zoo.imageio import is_dicom_series
-
-    if Path(text).is_dir():
-        return not is_dicom_series(text)  # a folder of DICOM slices is one scan
-    return text.endswith(".json") or any(ch in text for ch in "*?[")
-
-
 @command(
     "predict",
     help="segment a NIfTI volume or a whole study (folder, datalist, glob) into label maps",
@@ -116,26 +108,27 @@ def cmd_predict(a: argparse.Namespace) -> int:
         slice_axis={"x": 0, "y": 1, "z": 2}[a.slice_axis] if a.slice_axis else None,
     )
     s = C.resolve_settings(cfg, **kw)
+    budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
+    # The user's files first (the input exists and is readable, the output can be written), then
+    # what the model's weights cover, then the budget.
+    if len(a.input) > 1:  # one case, one file per channel, stacked in the order given
+        a.input = [Path(f) for f in a.input]
+    else:
+        a.input = a.input[0]
+    study = not isinstance(a.input, list) and S.is_study(a.input)
+    if study:
+        S.study_cases(a.input, a.output, nifti=a.output_format == "nifti")
+    else:
+        C.check_output(a.input, a.output)
+        info = C.inspect_input(a.input, s.in_chans, a.volume)
     if p.source in ("registry", "hf-hub", "onnx"):  # a file or run of one's own is what one trained
         C.check_weights_trained(cfg["weights"], p.id, a.allow_untrained_head)
     if a.preview:
         from zoo.plots import require_matplotlib
 
         require_matplotlib()
-    budget = dict(max_memory_gb=a.max_memory_gb, max_windows=a.max_windows)
-    if len(a.input) > 1:  # one case, one file per channel, stacked in the order given
-        a.input = [Path(p) for p in a.input]
-    else:
-        a.input = a.input[0]
-    study = not isinstance(a.input, list) and _is_study(a.input)
-    if study:
-        cases = S.list_cases(a.input)
-        S._study_outputs(cases, Path(a.output), nifti=a.output_format == "nifti")
-    else:
-        C.check_output(a.input, a.output)
-        info = C.inspect_input(a.input, s.in_chans, a.volume)
-        est = C.estimate(info, s)
-        C.check_budget(est, info, s, **budget)
+    if not study:
+        C.check_budget(C.estimate(info, s), info, s, **budget)
     # Every check passed: now weights may be downloaded and the model built.
     if p.source == "onnx":
         from zoo.onnx_runtime import load_onnx
@@ -367,7 +360,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     import dataclasses
     import os
 
-    from zoo.bench import BenchSettings, benchmark, paper_gmacs_cell, ratio
+    from zoo.bench import BenchSettings, benchmark, ratio
     from zoo.plan import plan
 
     glob = any(ch in a.name for ch in "*?[") and not a.name.startswith("hf-hub:")
@@ -412,13 +405,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     rows_out = []
     for r in rows:
+        pr = ratio(r.gmacs_paper_setting, r.paper_gmacs)
         rows_out.append(
             [
                 r.name,
                 f"1×{r.input_shape}",
                 f"{r.params / 1e6:.2f}M",
                 f"{r.gmacs:.2f}",
-                paper_gmacs_cell(r),
+                f"{fmt(r.paper_gmacs, '.2f')}" + (f" ({pr:.3f}×)" if pr else ""),
                 fmt(r.cpu_ms, ".0f"),
                 fmt(r.cpu_peak_mib, ".0f"),
                 fmt(r.ort_ms, ".0f"),
@@ -434,7 +428,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         "input",
         "params",
         "GMACs",
-        "paper GMACs (ours/paper, same setting)",
+        "paper GMACs (ratio)",
         f"CPU ms ({rows[0].cpu_threads}t)",
         "CPU MiB",
         "ORT ms",

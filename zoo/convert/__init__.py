@@ -120,10 +120,15 @@ def read_checkpoint(path: str | Path) -> Any:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointFormatError(f"{path}: not a readable safetensors file ({e})") from e
-    if (page := web_page_excerpt(path)) is not None:
+    if (page := web_page_excerpt(path)) is not None:  # named, never quoted: it may be any file
+        kind = (
+            "a web page (HTML)"
+            if re.match(r"(?i)\s*<(!doctype html|html|head|body)", page)
+            else "a text file"
+        )
         raise CheckpointFormatError(
-            f"{path}: a web page or text file, not a checkpoint (a download link that answered with a "
-            f"page?): {page}"
+            f"{path}: {kind}, not a checkpoint (a download link that answered with a page, or a link to "
+            "another file?)"
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -141,6 +146,7 @@ def _torch_load_reason(e: Exception) -> str:
     reason = " ".join((m.group(1) if m else text.splitlines()[0] if text else "").split())
     # Only the offending global or opcode is kept: torch's allowlisting hints are for trusted files.
     reason = re.split(r"\. Please use|\. Re-running", reason)[0]
+    reason = re.sub(r"invalid load key, .*", "invalid load key", reason)  # a byte of the file: not echoed
     if "weights_only" in reason and "False" in reason:
         reason = ""
     return f"{type(e).__name__}: {reason}" if reason else type(e).__name__
@@ -160,6 +166,9 @@ _BINARY_MAGIC = (b"PK\x03\x04", b"\x80")  # torch's zip container; a legacy pick
 
 def web_page_excerpt(path: str | Path, limit: int = 200) -> str | None:
     """The first ``limit`` characters of ``path`` if it is HTML or text rather than a binary checkpoint.
+
+    For a page a server sent (its excerpt says why: a quota page, a login wall); a local file is
+    only named as text, never quoted (a link may point at any file of the machine).
 
     Returns:
         The excerpt with whitespace collapsed, or None for a binary file.

@@ -150,9 +150,12 @@ def test_no_local_path_in_any_spelling_is_in_any_published_file(tmp_path, monkey
     run = _run(tmp_path, "ft")
     cfg = json.loads((run / "config.json").read_text())
     cfg["finetune"]["data"] = spelling
+    # Prose that reaches the card: a label name written by someone who pasted paths into it.
+    cfg["labels"]["1"] = (
+        f"liver: trained on {spelling}, split by ~bob/splits.json (see {tmp_path}/notes.txt)."
+    )
     (run / "config.json").write_text(json.dumps(cfg))
-    note = f"## Data\n\nTrained on {spelling}, split by ~bob/splits.json (see {tmp_path}/notes.txt).\n"
-    out = publish_run(run, "org/x", tmp_path / "o", dry_run=True, sections=[note])
+    out = publish_run(run, "org/x", tmp_path / "o", dry_run=True, license="apache-2.0")
     for name in PUBLISHED_FILES:
         if name.endswith(".safetensors"):
             continue
@@ -161,7 +164,7 @@ def test_no_local_path_in_any_spelling_is_in_any_published_file(tmp_path, monkey
         assert not _LOCAL.search(text), (name, _LOCAL.search(text))
     assert json.loads((out / "config.json").read_text())["finetune"]["data"] == "datalist.json"
     card = (out / "README.md").read_text()
-    assert "Trained on datalist.json, split by splits.json (see notes.txt)." in card
+    assert "trained on datalist.json, split by splits.json (see notes.txt)." in card
 
 
 # ----------------------------------------------------------------------------- errors never echo files

@@ -198,7 +198,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from zoo._factory import create_from_plan
     from zoo.hub import WeightsUnavailableError
     from zoo.plan import NoPretrainedWeightsError, plan
-    from zoo.predict import predict_nifti, sample_volume_path
+    from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
     from zoo.predict_checks import check_weights_trained
 
     os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
@@ -237,10 +237,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
         model,
         src,
         out,
-        spacing_mm=(a.spacing,) * 3,
+        PredictSettings(spacing_mm=(a.spacing,) * 3, preview=preview, allow_untrained_head=True),
         progress=False,
-        preview=preview,
-        allow_untrained_head=True,
     )
     print(
         f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} "

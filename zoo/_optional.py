@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-__all__ = ["EXTRAS", "MissingExtraError", "require", "extra_for", "hint"]
+__all__ = ["EXTRAS", "PROVIDER_EXTRAS", "MissingExtraError", "require", "extra_for", "hint"]
 
 # Top-level module name → the extra that installs it (see [project.optional-dependencies]).
 EXTRAS: dict[str, str] = {
@@ -23,6 +23,11 @@ EXTRAS: dict[str, str] = {
     "peft": "lora",
     "nilearn": "demo",
     "matplotlib": "plots",
+}
+# onnxruntime execution provider → the extra whose onnxruntime build has it (onnxruntime-gpu).
+PROVIDER_EXTRAS: dict[str, str] = {
+    "CUDAExecutionProvider": "onnx-gpu",
+    "TensorrtExecutionProvider": "onnx-gpu",
 }
 
 

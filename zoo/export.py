@@ -323,6 +323,38 @@ def _fold_and_prune(model: Any) -> None:
         common.DeduplicateInitializersPass(),
     ):
         p(model)
+    _store_tables_once(model)
+
+
+def _store_tables_once(model: Any) -> None:
+    """Initializers with the same dtype, shape and bytes stored once, all their users pointed at it.
+
+    The index tables of relative-position biases are one per attention module but the same for
+    every module of a window size: in QT-UNet they were 18 of 25 MB of a small file. (onnx_ir's
+    hashed deduplication refuses non-contiguous arrays, which these are.)
+    """
+    import hashlib
+
+    import numpy as np
+
+    graph = model.graph
+    seen: dict[tuple[Any, ...], Any] = {}
+    for value in tuple(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        data = np.ascontiguousarray(tensor.numpy())
+        if data.size < 1024:  # small constants: not worth a hash
+            continue
+        key = (str(data.dtype), data.shape, hashlib.sha256(data.view(np.uint8)).hexdigest())
+        keep = seen.get(key)
+        if keep is None:
+            seen[key] = value
+            continue
+        if not np.array_equal(np.ascontiguousarray(keep.const_value.numpy()), data):
+            continue
+        value.replace_all_uses_with(keep)
+        graph.initializers.pop(value.name)
 
 
 def _export_torchscript(

@@ -193,3 +193,12 @@ def test_onnx_on_a_gpu_without_the_gpu_build_falls_back_to_the_cpu_and_names_the
     providers, note = onnx_providers("cuda:0", tensorrt=True, available=["CPUExecutionProvider"])
     assert providers == ["CPUExecutionProvider"]
     assert "running on the CPU instead" in note and "medzoo[onnx-gpu]" in note
+
+
+def test_demo_says_which_device_and_precision_it_used(tmp_path, capsys):
+    pytest.importorskip("nilearn")
+    assert (
+        main(["demo", "qtunet-t", "--spacing", "8", "--device", "cpu", "-o", str(tmp_path / "s.nii.gz")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "s on cpu (CPU, fp32)" in out

@@ -34,18 +34,32 @@ def test_a_dynamic_spatial_export_predicts_another_window_size_with_the_labels_o
     )
     out = capsys.readouterr().out
     assert "export: tracing with the dynamo exporter" in out and "export: done (" in out
-    assert r.dynamic_spatial and [p.input_shape for p in r.parity] == [(1, 1, 32, 32, 32), (1, 1, 24, 24, 24)]
+    shapes = [p.input_shape for p in r.parity]
+    assert (
+        r.dynamic_spatial and len(shapes) == 2 and shapes[0] == (1, 1, 32, 32, 32) and shapes[1] != shapes[0]
+    )
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims[2:]] == ["depth", "height", "width"]
-    # 40³ windows: a size neither traced nor checked at export
-    asked = PredictSettings(roi_size=(40, 40, 40), overlap=0.25, allow_untrained_head=True)
+    # 64³ windows: a size neither traced nor checked at export (those were 32³ and 48³)
+    asked = PredictSettings(roi_size=(64, 64, 64), overlap=0.25, allow_untrained_head=True)
     mni = sample_volume_path()
     predict_nifti(model, mni, tmp_path / "torch.nii.gz", asked, progress=False)
     predict_nifti(load_onnx(path), mni, tmp_path / "onnx.nii.gz", asked, progress=False)
     a = np.asarray(nib.load(tmp_path / "torch.nii.gz").dataobj)
     b = np.asarray(nib.load(tmp_path / "onnx.nii.gz").dataobj)
     assert len(np.unique(a)) >= 2, "a constant label map would prove nothing"
-    np.testing.assert_array_equal(b, a)
+    differ = int((a != b).sum())
+    with capsys.disabled():
+        print(
+            f"\ndynamic-spatial fmunet, 64³ windows: {differ} of {a.size} label voxels differ from PyTorch"
+        )
+    # Random weights leave near-ties between classes: a flip there is float rounding, not a wrong graph.
+    assert differ <= 1e-3 * a.size
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    got = load_onnx(path)(x)
+    assert float((got - ref).abs().max() / ref.abs().max()) <= 1e-4
 
 
 def test_a_model_built_for_one_size_refuses_dynamic_spatial_axes_saying_why(tmp_path):

@@ -50,9 +50,7 @@ def test_a_dynamic_spatial_export_predicts_another_window_size_with_the_labels_o
     assert len(np.unique(a)) >= 2, "a constant label map would prove nothing"
     differ = int((a != b).sum())
     with capsys.disabled():
-        print(
-            f"\ndynamic-spatial fmunet, 64³ windows: {differ} of {a.size} label voxels differ from PyTorch"
-        )
+        print(f"\ndynamic-spatial fmunet, 64³ windows: {differ} of {a.size} label voxels differ from PyTorch")
     # Random weights leave near-ties between classes: a flip there is float rounding, not a wrong graph.
     assert differ <= 1e-3 * a.size
     x = torch.randn(1, 1, 64, 64, 64)

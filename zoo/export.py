@@ -327,12 +327,8 @@ def _fold_and_prune(model: Any) -> None:
 
 
 def _store_tables_once(model: Any) -> None:
-    """Initializers with the same dtype, shape and bytes stored once, all their users pointed at it.
-
-    The index tables of relative-position biases are one per attention module but the same for
-    every module of a window size: in QT-UNet they were 18 of 25 MB of a small file. (onnx_ir's
-    hashed deduplication refuses non-contiguous arrays, which these are.)
-    """
+    """Initializers of the same dtype, shape and bytes stored once (relative-position index tables:
+    one per attention module, the same for a window size). onnx_ir's hashed pass refuses them."""
     import hashlib
 
     import numpy as np

@@ -343,6 +343,39 @@ def _efficiency_table(ort_rows: dict[str, dict[str, str]]) -> list[str]:
     return out + [""]
 
 
+def gpu_section(results_dir: Path = RESULTS_DIR) -> list[str]:
+    """RESULTS.md's GPU section from ``results/gpu-*.csv`` (``benchmarks/gpu_check.py``), or the line
+    that says the GPU rows are missing."""
+    files = sorted(results_dir.glob("gpu-*.csv"))
+    parts = ["## GPU", ""]
+    if not files:
+        return parts + [
+            "**The GPU rows are missing**: no GPU has been lent to this project yet, so no CUDA code path "
+            "has run. `benchmarks/gpu_check.py` is ready (rehearsed here with `--device cpu`, in the slow "
+            "test set); on a GPU, `OMP_WAIT_POLICY=PASSIVE python benchmarks/gpu_check.py --device cuda` "
+            "writes `results/gpu-<machine>.csv` (CUDA parity of every model against the CPU, the bf16/fp16 "
+            "deviation, latency and peak memory at fp32 and bf16, onnxruntime's CUDA provider, and a "
+            "whole study against a plain MONAI loop) and this section is rebuilt from it.",
+            "",
+        ]
+    for f in files:
+        rows = read_csv(f)
+        device = rows[0]["device"] if rows else "?"
+        parts += [f"### {f.stem.removeprefix('gpu-')} ({device})", ""]
+        parts += [
+            "| check | model | input | precision | metric | value | note |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        parts += [
+            "| "
+            + " | ".join(r[k] for k in ("check", "model", "input", "precision", "metric", "value", "note"))
+            + " |"
+            for r in rows
+        ]
+        parts.append("")
+    return parts
+
+
 def write_markdown(path: Path = RESULTS_MD) -> Path:
     from zoo._registry import iter_specs
 
@@ -382,6 +415,8 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
         "",
     ]
     for csv_path in sorted(RESULTS_DIR.glob("*.csv")):
+        if csv_path.stem.startswith(("gpu-", "cpu-rehearsal-")):  # gpu_check.py's rows: gpu_section()
+            continue
         rows = read_csv(csv_path)
         if not rows:
             continue
@@ -420,6 +455,7 @@ def write_markdown(path: Path = RESULTS_MD) -> Path:
                 f"(`python benchmarks/run_all.py {' '.join(missing[:2])} …`).",
                 "",
             ]
+    parts += gpu_section()
     local = read_csv(RESULTS_DIR / f"{machine_id()}.csv")
     parts += _efficiency_table({r["name"]: r for r in local})
     # written by benchmarks/startup.py and benchmarks/onnx_predict.py; kept across regenerations

@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-__all__ = ["EXTRAS", "MissingExtraError", "require", "extra_for", "hint"]
+__all__ = ["EXTRAS", "PROVIDER_EXTRAS", "MissingExtraError", "require", "extra_for", "hint"]
 
 # Top-level module name → the extra that installs it (see [project.optional-dependencies]).
 EXTRAS: dict[str, str] = {
@@ -26,6 +26,11 @@ EXTRAS: dict[str, str] = {
     "itk": "io",
     "fire": "bundle",
     "ignite": "bundle",
+}
+# onnxruntime execution provider → the extra whose onnxruntime build has it (onnxruntime-gpu).
+PROVIDER_EXTRAS: dict[str, str] = {
+    "CUDAExecutionProvider": "onnx-gpu",
+    "TensorrtExecutionProvider": "onnx-gpu",
 }
 
 

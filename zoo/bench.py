@@ -464,6 +464,9 @@ class BenchSettings:
             export of an older medzoo, ``benchmarks/run_all.py --baseline-src``); it must take the
             same input.
         baseline_label: what the baseline graph is (``ort_baseline_graph``), e.g. ``main``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`zoo.inference.resolve_device`,
+            refused before anything is built): ``cpu`` skips CUDA, a CUDA device is timed there;
+            None leaves it to ``cuda``.
     """
 
     input_shape: Sequence[int] | None = None
@@ -479,6 +482,7 @@ class BenchSettings:
     baseline_opset: int | None = None
     baseline_onnx: str | Path | None = None
     baseline_label: str = ""
+    device: str | None = None
 
 
 def benchmark(
@@ -510,6 +514,12 @@ def benchmark(
     onnx_opset, baseline_opset = opts.onnx_opset, opts.baseline_opset
     baseline_onnx, baseline_label = opts.baseline_onnx, opts.baseline_label
     say = log or (lambda s: None)
+    cuda_dev: torch.device | str = "cuda"
+    if opts.device is not None:  # a device that is not there: refused before any build
+        from zoo.inference import resolve_device
+
+        cuda_dev = resolve_device(opts.device)
+        cuda = cuda_dev.type == "cuda"
     if baseline_opset and baseline_onnx:
         raise ValueError("give baseline_opset or baseline_onnx, not both")
     if baseline_onnx is not None and not Path(baseline_onnx).is_file():
@@ -643,12 +653,14 @@ def benchmark(
     if cuda is None:
         cuda = torch.cuda.is_available()
     if cuda:
-        res.cuda_device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+        res.cuda_device = torch.cuda.get_device_name(cuda_dev) if torch.cuda.is_available() else ""
         try:
             say(f"{spec.name}: CUDA fp32")
-            res.cuda_fp32_ms, res.cuda_fp32_peak_mib = cuda_latency(model, x, False, repeats=cuda_repeats)
+            t = cuda_latency(model, x, False, repeats=cuda_repeats, device=cuda_dev)
+            res.cuda_fp32_ms, res.cuda_fp32_peak_mib = t
             say(f"{spec.name}: CUDA bf16 autocast")
-            res.cuda_bf16_ms, res.cuda_bf16_peak_mib = cuda_latency(model, x, True, repeats=cuda_repeats)
+            t = cuda_latency(model, x, True, repeats=cuda_repeats, device=cuda_dev)
+            res.cuda_bf16_ms, res.cuda_bf16_peak_mib = t
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             res.cuda_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         finally:

@@ -36,7 +36,8 @@ from torch.utils._pytree import tree_flatten
 
 from zoo._registry import ModelSpec
 from zoo.export_forms import for_export
-from zoo.onnx_runtime import METADATA_KEYS, onnx_session
+from zoo.onnx_runtime import METADATA_KEYS, onnx_providers, onnx_session
+from zoo.runconfig import OPTIONAL_METADATA_KEYS
 
 log = logging.getLogger("zoo")
 
@@ -48,6 +49,9 @@ __all__ = [
     "OnnxParityError",
     "default_input_shape",
     "reduced_config",
+    "second_shape",
+    "min_onnxruntime",
+    "GRAPH_PASSES",
 ]
 
 # Above this much parameter data the weights go to an external-data file (protobuf caps at 2 GiB).
@@ -57,6 +61,13 @@ EXPORTERS = ("dynamo", "torchscript")
 # scaled_dot_product_attention to it and onnxruntime (≥ 1.23) runs it as one fused CPU kernel,
 # where opset 20 spells it as MatMul/Add/Softmax/MatMul (1.5× slower for the window attention).
 DYNAMO_OPSET = 23
+# The first onnxruntime release implementing each opset (onnxruntime's compatibility table);
+# a graph with the fused Attention operator needs 1.23 whatever its opset says.
+_ORT_FOR_OPSET = {17: "1.12", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.20", 23: "1.23"}
+_ATTENTION_ORT = "1.23"
+# What happens to the dynamo exporter's graph: "fold" skips its rewrite rules and only folds
+# constants and drops unused nodes (fast); "exporter" runs its full optimiser (rewrite rules too).
+GRAPH_PASSES = ("fold", "exporter")
 
 
 class OnnxParityError(RuntimeError):
@@ -269,25 +280,78 @@ def _export_dynamo(
     dyn_axes: list[int],
     opset: int | None,
     external: bool,
+    passes: str = "fold",
 ) -> None:
     from torch.export import Dim
 
     dims = {i: (Dim("batch", min=1, max=4096) if i == 0 else Dim.DYNAMIC) for i in dyn_axes}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
+        program = torch.onnx.export(
             model,
             (example,),
-            str(path),
+            None,
             dynamo=True,
             input_names=["input"],
             output_names=[f"output{i}" if n_out > 1 else "output" for i in range(n_out)],
             dynamic_shapes=(dims,),
             opset_version=opset or DYNAMO_OPSET,
-            external_data=external,
-            optimize=True,
+            optimize=passes == "exporter",
             verbose=False,
         )
+        if passes == "fold":
+            _fold_and_prune(program.model)
+        program.save(str(path), external_data=external)
+
+
+def _fold_and_prune(model: Any) -> None:
+    """Constant folding and unused-node removal on the exporter's IR, without its rewrite rules.
+
+    The rewrite rules are what makes the exporter's own optimiser slow on graphs of many nodes
+    (benchmarks/EFFICIENCY.md); onnxruntime fuses the same patterns again when it loads the file.
+    """
+    from onnx_ir.passes import common
+    from onnxscript.optimizer import fold_constants
+
+    if model.functions:
+        common.InlinePass()(model)
+    fold_constants(model)
+    for p in (
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.DeduplicateInitializersPass(),
+    ):
+        p(model)
+    _store_tables_once(model)
+
+
+def _store_tables_once(model: Any) -> None:
+    """Initializers of the same dtype, shape and bytes stored once (relative-position index tables:
+    one per attention module, the same for a window size). onnx_ir's hashed pass refuses them."""
+    import hashlib
+
+    import numpy as np
+
+    graph = model.graph
+    seen: dict[tuple[Any, ...], Any] = {}
+    for value in tuple(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None or value.is_graph_input() or value.is_graph_output():
+            continue
+        data = np.ascontiguousarray(tensor.numpy())
+        if data.size < 1024:  # small constants: not worth a hash
+            continue
+        key = (str(data.dtype), data.shape, hashlib.sha256(data.view(np.uint8)).hexdigest())
+        keep = seen.get(key)
+        if keep is None:
+            seen[key] = value
+            continue
+        if not np.array_equal(np.ascontiguousarray(keep.const_value.numpy()), data):
+            continue
+        value.replace_all_uses_with(keep)
+        graph.initializers.pop(value.name)
 
 
 def _export_torchscript(
@@ -298,6 +362,7 @@ def _export_torchscript(
     dyn_axes: list[int],
     opset: int | None,
     external: bool,
+    passes: str = "fold",
 ) -> None:
     names = [f"output{i}" if n_out > 1 else "output" for i in range(n_out)]
     axes = {i: ("batch" if i == 0 else f"dim{i}") for i in dyn_axes}
@@ -368,6 +433,13 @@ class ExportSettings:
         batch_sizes: batch sizes the parity check runs (the batch axis is always dynamic).
         rtol: tolerance on max |onnx − torch| / max |torch| per output.
         check: run the onnxruntime parity check (otherwise only export).
+        dynamic_spatial: export the spatial axes dynamic: parity is checked at the declared
+            shape and at a second size the model takes (:func:`second_shape`); a model built for
+            one size is refused, naming why.
+        device: where onnxruntime runs the parity check (``cpu``, ``cuda``, ``cuda:N``, ``auto``;
+            :func:`zoo.inference.resolve_device`); the PyTorch references are computed on the CPU.
+        graph_passes: ``"fold"`` (constant folding and unused-node removal only, fast) or
+            ``"exporter"`` (the dynamo exporter's full optimiser, rewrite rules included).
     """
 
     input_shape: Sequence[int] | None = None
@@ -380,6 +452,49 @@ class ExportSettings:
     batch_sizes: Sequence[int] = (1, 2)
     rtol: float = 1e-4
     check: bool = True
+    dynamic_spatial: bool = False
+    device: str = "cpu"
+    graph_passes: str = "fold"
+
+
+_SECOND_SCALES = (3 / 4, 2 / 3, 1 / 2, 5 / 4, 3 / 2)
+
+
+def second_shape(module: nn.Module, shape: Sequence[int]) -> tuple[int, ...]:
+    """Another input size (without batch) that ``module`` takes, for a dynamic-spatial export.
+
+    The spatial sides (after the channel axis, 16 or more) are scaled by 3/4, 2/3, 1/2, 5/4, 3/2
+    (in that order, kept integral) and the first size the model runs at without an error is
+    returned.
+
+    Raises:
+        ValueError: the model takes no other size (it is built for one input size).
+    """
+    for r in _SECOND_SCALES:
+        # the first axis is the channels'; of the others, sides below 16 are not spatial (colour)
+        sides = [s * r if i and s >= 16 else s for i, s in enumerate(shape)]
+        if any(abs(v - round(v)) > 1e-9 for v in sides):
+            continue
+        cand = tuple(int(round(v)) for v in sides)
+        try:
+            with torch.no_grad():
+                module(torch.zeros((1, *cand)))
+            return cand
+        except (ValueError, RuntimeError, AssertionError, IndexError):
+            continue
+    name = (getattr(module, "pretrained_cfg", {}) or {}).get("name") or type(module).__name__
+    raise ValueError(
+        f"{name} cannot export dynamic spatial axes: it takes only inputs of {tuple(shape)} (built for one "
+        "input size); export each size separately (--img-size)"
+    )
+
+
+def min_onnxruntime(opset: int, ops: Sequence[str]) -> str:
+    """The oldest onnxruntime that runs a graph of ``opset`` holding the operators ``ops``."""
+    need = _ORT_FOR_OPSET.get(opset, _ORT_FOR_OPSET[max(_ORT_FOR_OPSET)] if opset > 23 else "1.12")
+    if "Attention" in ops:
+        need = max(need, _ATTENTION_ORT, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return need
 
 
 def _check_output_path(path: Path) -> None:
@@ -416,7 +531,7 @@ def to_onnx(
         path: the ``.onnx`` file to write (large models add ``<path>.data``).
         settings: shapes, weights, exporter, opset and parity check (:class:`ExportSettings`);
             None exports at the model's declared size with the defaults.
-        verbose: print the parity lines.
+        verbose: print each stage with its elapsed time, and the parity lines.
 
     Returns:
         An :class:`ExportResult` (exporter used, opset, parity per shape).
@@ -441,6 +556,17 @@ def to_onnx(
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    if opts.graph_passes not in GRAPH_PASSES:
+        raise ValueError(f"graph_passes must be one of {GRAPH_PASSES}, got {opts.graph_passes!r}")
+    from zoo.inference import resolve_device
+
+    device = resolve_device(opts.device)  # a device that is not there: refused before any build
+    t0 = time.perf_counter()
+    say = (
+        (lambda msg: print(f"export: {msg} ({time.perf_counter() - t0:.1f} s)", flush=True))
+        if verbose
+        else (lambda msg: None)
+    )
     module, spec = _resolve_model(model, opts.tag, opts.checkpoint_path, opts.model_kwargs or {})
     if input_shapes is not None and input_shape is not None:
         raise ValueError("give input_shape or input_shapes, not both")
@@ -448,6 +574,10 @@ def to_onnx(
         tuple(int(s) for s in sh)
         for sh in (input_shapes or [input_shape or default_input_shape(module, spec)])
     ]
+    if opts.dynamic_spatial and len({s[1:] for s in shapes}) == 1:
+        with torch.no_grad():
+            shapes.append(second_shape(module, shapes[0]))
+    say(f"model ready, shapes {', '.join('×'.join(map(str, s)) for s in shapes)}")
     if len({len(s) for s in shapes}) != 1:
         raise ValueError(f"input_shapes must share one rank, got {shapes}")
     ndim = len(shapes[0]) + 1
@@ -463,6 +593,7 @@ def to_onnx(
                 x = _example((int(b), *sh), seed=k * 97 + int(b))
                 refs[(int(b), *sh)] = (x, [t.float().clone() for t in _flat_outputs(module(x))])
     n_out = len(next(iter(refs.values()))[1])
+    say(f"PyTorch reference outputs at {len(refs)} input shape(s)")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -479,6 +610,7 @@ def to_onnx(
         try:
             # A fresh copy per exporter: tracing can leave state (caches) on modules that would leak
             # into the next attempt and into the caller's model.
+            say(f"tracing with the {name} exporter")
             _EXPORT_FNS[name](
                 for_export(copy.deepcopy(module)),
                 _example(trace_shape, 0),
@@ -487,12 +619,14 @@ def to_onnx(
                 dyn_axes,
                 opts.opset,
                 external,
+                opts.graph_passes,
             )
         except Exception as e:  # exporters raise many types; the next one gets its chance
             failures.append(f"{name} export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             log.info(failures[-1])
             continue
         seconds = time.perf_counter() - start
+        say(f"{name} graph written")
         try:
             _describe(onnx, path, module, spec, shapes, dyn_axes, external)
         except Exception as e:  # a file onnx cannot load back or check is no export
@@ -512,7 +646,9 @@ def to_onnx(
         if not opts.check:
             return result
         try:
-            session = onnx_session(path)
+            providers, note = onnx_providers(device)
+            say(f"parity check: {note}")
+            session = onnx_session(path, providers=providers)
         except Exception as e:
             failures.append(f"onnxruntime cannot load the {name} export: {str(e).strip()[:300]}")
             log.info(failures[-1])
@@ -547,6 +683,7 @@ def to_onnx(
             log.info(failures[-1])
             parity_failed = True
             continue
+        say("done")
         return result
     for stale in (path, Path(f"{path}.data")):
         stale.unlink(missing_ok=True)
@@ -657,8 +794,11 @@ def _describe(
     """Write metadata_props, doc_string and the dynamic axis names into the exported file, then check it."""
     m = onnx.load(str(path), load_external_data=False)
     meta = _model_metadata(module, spec, shapes, len(dyn_axes) > 1)
+    ops = {n.op_type for n in m.graph.node}
+    opset = next((int(i.version) for i in m.opset_import if i.domain in ("", "ai.onnx")), 17)
+    meta["medzoo.min_onnxruntime"] = min_onnxruntime(opset, sorted(ops))
     del m.metadata_props[:]
-    for k in METADATA_KEYS:
+    for k in (*METADATA_KEYS, *OPTIONAL_METADATA_KEYS):
         entry = m.metadata_props.add()
         entry.key, entry.value = k, meta[k]
     m.doc_string = _doc_string(meta, spec)

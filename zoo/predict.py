@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.inference import sliding_window_predict
+from zoo.inference import resolve_device, resolve_precision, sliding_window_predict
 from zoo.predict_checks import (
     Settings,
     _load_nifti,
@@ -50,6 +50,8 @@ __all__ = [
     "predict_nifti",
     "Prediction",
     "PredictSettings",
+    "Placement",
+    "place",
     "preprocess",
     "sample_volume_path",
     "intensity_transform",
@@ -99,6 +101,11 @@ class PredictSettings:
         max_memory_gb / max_windows: the resource budget (see
             :func:`zoo.predict_checks.check_budget`).
         preview: also write a PNG of three mid-slices with the labels (``zoo.plots``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`zoo.inference.resolve_device`;
+            refused before the input is read when not there); None: where the model is.
+        precision: ``fp32`` (None), ``bf16`` or ``fp16``: the windows under autocast.
+        stitch_on: where the stitched logits live (``cpu`` or the device); None: the device when
+            they fit in its free memory (:func:`zoo.inference.stitch_device`), else the CPU.
     """
 
     spacing_mm: tuple[float, ...] | None = None
@@ -112,6 +119,9 @@ class PredictSettings:
     max_memory_gb: float | None = None
     max_windows: int | None = None
     preview: bool = False
+    device: str | None = None
+    precision: str | None = None
+    stitch_on: str | None = None
 
     def window(self) -> dict[str, Any]:
         """The arguments of :func:`zoo.predict_checks.resolve_settings` among these."""
@@ -261,11 +271,44 @@ def preprocess(
 # the model, the inverse, the output
 
 
-def _infer(model: nn.Module, x: torch.Tensor, s: Settings, progress: bool) -> torch.Tensor:
+@dataclass(frozen=True)
+class Placement:
+    """Where a prediction computes: the windows' device, the autocast precision, the stitching."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str | None = None
+    stitch_on: str | None = None
+
+
+def place(model: nn.Module, asked: PredictSettings) -> Placement:
+    """Check ``asked``'s device and precision (one line each) and move ``model`` there.
+
+    An exported file (:class:`zoo.onnx_runtime.OnnxModel`) picks its onnxruntime provider instead.
+    """
+    if asked.device is None:
+        param = next(model.parameters(), None)
+        dev = param.device if param is not None else torch.device("cpu")
+    else:
+        dev = resolve_device(asked.device)
+    resolve_precision(asked.precision, dev)
+    if asked.stitch_on is not None and str(asked.stitch_on) not in ("cpu", "device"):
+        raise ValueError(f"stitch_on must be 'cpu' or 'device', got {asked.stitch_on!r}")
+    if hasattr(model, "use_device"):
+        model.use_device(dev)
+    elif asked.device is not None:
+        model.to(dev)
+    stitch = None if asked.stitch_on is None else ("cpu" if asked.stitch_on == "cpu" else str(dev))
+    return Placement(dev, asked.precision, stitch)
+
+
+def _infer(
+    model: nn.Module, x: torch.Tensor, s: Settings, progress: bool, where: Placement | None = None
+) -> torch.Tensor:
     """``(C, *grid)`` → ``(K, *grid)`` logits, by 3D windows or by 2D slices."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    x = x.to(device)
+    where = where or place(model, PredictSettings())
+    # On a GPU the volume stays pinned on the host and MONAI copies each window over asynchronously.
+    x = x.pin_memory() if where.device.type == "cuda" else x.to(where.device)
+    run = dict(precision=where.precision, stitch_on=where.stitch_on)
     if s.slice_axis is None:
         out = sliding_window_predict(
             model,
@@ -274,6 +317,7 @@ def _infer(model: nn.Module, x: torch.Tensor, s: Settings, progress: bool) -> to
             overlap=s.overlap,
             sw_batch_size=s.sw_batch_size,
             progress=progress,
+            **run,
         )
         out = out[0] if isinstance(out, list | tuple) else out
         return out[0].float().cpu()
@@ -286,6 +330,7 @@ def _infer(model: nn.Module, x: torch.Tensor, s: Settings, progress: bool) -> to
             roi_size=s.roi,
             overlap=s.overlap,
             sw_batch_size=s.sw_batch_size,
+            **run,
         )
         parts.append((o[0] if isinstance(o, list | tuple) else o).float().cpu())
     return torch.cat(parts).movedim(0, s.slice_axis + 1)
@@ -381,11 +426,17 @@ def _preview_path(out: Path) -> Path:
 
 
 def _run_case(
-    model: nn.Module, case: Mapping[str, Any], s: Settings, out: Path, progress: bool, preview: bool
+    model: nn.Module,
+    case: Mapping[str, Any],
+    s: Settings,
+    out: Path,
+    progress: bool,
+    preview: bool,
+    where: Placement | None = None,
 ) -> Prediction:
     start = time.perf_counter()
     x = case["image"]
-    logits = _infer(model, x.as_tensor() if hasattr(x, "as_tensor") else x, s, progress)
+    logits = _infer(model, x.as_tensor() if hasattr(x, "as_tensor") else x, s, progress, where)
     bad = int((~torch.isfinite(logits)).sum())
     if bad:  # argmax would turn NaN into a label without a word: refused, nothing written
         raise ValueError(
@@ -477,13 +528,16 @@ def predict_nifti(
     if settings is not None and not isinstance(settings, PredictSettings):
         raise TypeError(f"settings must be a PredictSettings, got {type(settings).__name__}")
     asked = settings if settings is not None else PredictSettings()
+    if asked.device is not None:  # a device that is not there: refused before the input is read
+        resolve_precision(asked.precision, resolve_device(asked.device))
     s = _checked_settings(model, asked)
     out = check_output(image_path, out_path)
     info = inspect_input(image_path, s.in_chans, asked.volume)
     check_budget(estimate(info, s), info, s, asked.max_memory_gb, asked.max_windows)
+    where = place(model, asked)
     case = preprocess(image_path, s, asked.volume, keep_original=asked.preview)
     model.eval()
-    return _run_case(model, case, s, out, progress, asked.preview)
+    return _run_case(model, case, s, out, progress, asked.preview, where)
 
 
 def _umask() -> int:

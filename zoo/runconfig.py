@@ -48,6 +48,7 @@ __all__ = [
     "estimate_param_bytes",
     "memory_budget_bytes",
     "METADATA_KEYS",
+    "OPTIONAL_METADATA_KEYS",
     "read_onnx_metadata",
     "check_onnx_metadata",
 ]
@@ -684,6 +685,8 @@ METADATA_KEYS = (
     "medzoo.num_classes",
     "medzoo.sliding_window",
 )
+# Keys added later: written by every export, read when present (older files lack them).
+OPTIONAL_METADATA_KEYS = ("medzoo.min_onnxruntime",)
 _JSON_KEYS = {
     "medzoo.weights",
     "medzoo.model_args",
@@ -701,8 +704,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     Returns:
         ``{"version", "model", "family", "weights_tag", "weights_sha256", "weights",
         "model_args", "input_size", "input_axes", "axis_order", "preprocessing", "labels",
-        "num_classes", "sliding_window", "doc_string"}`` (JSON values decoded; keys without the
-        ``medzoo.`` prefix).
+        "num_classes", "sliding_window", "min_onnxruntime", "doc_string"}`` (JSON values decoded;
+        keys without the ``medzoo.`` prefix; ``min_onnxruntime`` is None in files that predate it).
 
     Raises:
         ValueError: not an ONNX file, or one without medzoo metadata (exported elsewhere or by
@@ -737,5 +740,6 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         out[k.removeprefix("medzoo.")] = v
     check_onnx_metadata(out, str(path))  # types, ranges and the model's cost: before any session
     out["num_classes"] = int(out["num_classes"]) if out["num_classes"] else None
+    out["min_onnxruntime"] = props.get("medzoo.min_onnxruntime") or None
     out["doc_string"] = m.doc_string
     return out

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.predict import Prediction, PredictSettings, _checked_settings, _run_case, preprocess
+from zoo.inference import resolve_device, resolve_precision
+from zoo.predict import Prediction, PredictSettings, _checked_settings, _run_case, place, preprocess
 from zoo.predict_checks import Settings, check_budget, check_output, estimate, inspect_input
 
 log = logging.getLogger("zoo")
@@ -491,6 +492,8 @@ def predict_study(
     from torch.utils.data import DataLoader
 
     asked = _study_settings(settings)
+    if asked.device is not None:  # a device that is not there: refused before any case is listed
+        resolve_precision(asked.precision, resolve_device(asked.device))
     s = _checked_settings(model, asked)
     num_workers = asked.num_workers
     if num_workers is None:
@@ -527,6 +530,7 @@ def predict_study(
         multiprocessing_context="spawn" if num_workers and torch.get_num_threads() > 1 else None,
     )
     bar = _progress(len(todo), progress, r, w)
+    where = place(model, asked)
     model.eval()
     for case in loader:
         path = case["path"]
@@ -534,7 +538,7 @@ def predict_study(
         pred = None
         if err is None:
             try:
-                pred = _run_case(model, case, s, outs[path], False, asked.preview)
+                pred = _run_case(model, case, s, outs[path], False, asked.preview, where)
                 _write_record(outs[path], path)
             except (ValueError, RuntimeError, OSError) as e:
                 err = f"{type(e).__name__}: {e}".replace("\n", " ")

@@ -18,6 +18,24 @@ def _parse_intensity(text: str) -> dict:
     return parse_intensity(text)
 
 
+def _device_args(what: str) -> list:
+    """``--device`` and ``--precision``, shared by the commands that compute."""
+    return [
+        arg(
+            "--device",
+            default="auto",
+            help=f"where {what} runs: auto (CUDA when present; under torchrun the rank's LOCAL_RANK GPU), "
+            "cpu, cuda or cuda:N",
+        ),
+        arg(
+            "--precision",
+            choices=["fp32", "bf16", "fp16"],
+            default="fp32",
+            help="autocast precision of the forwards (fp16 needs CUDA; bf16 deviates from fp32)",
+        ),
+    ]
+
+
 @command(
     "predict",
     help="segment a NIfTI volume or a whole study (folder, datalist, glob) into label maps",
@@ -78,6 +96,19 @@ def _parse_intensity(text: str) -> dict:
         ),
         arg("--preview", action="store_true", help="also write a PNG of mid-slices + labels"),
         arg("-q", "--quiet", action="store_true", help="no progress bar"),
+        *_device_args("the model"),
+        arg(
+            "--stitch-on",
+            choices=["cpu", "device"],
+            default=None,
+            help="where the stitched logits live (default: on the GPU when they fit in a quarter of its "
+            "free memory, else the CPU)",
+        ),
+        arg(
+            "--tensorrt",
+            action="store_true",
+            help="FILE.onnx on a GPU: prefer onnxruntime's TensorRT provider",
+        ),
     ],
     interrupted=lambda a, e: "interrupted; rerun the same command to resume (finished cases are kept)",
 )
@@ -85,9 +116,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
     """Segment one scan, or a whole study; every check runs before weights are fetched."""
     from zoo import predict_checks as C
     from zoo import study as S
+    from zoo.inference import resolve_device, resolve_precision
     from zoo.plan import NoPretrainedWeightsError, plan
     from zoo.predict import PredictSettings, predict_nifti
 
+    # A device that is not there: refused before any file is read or anything downloaded.
+    device = resolve_device(a.device)
+    resolve_precision(a.precision, device)
     intensity = _parse_intensity(a.intensity) if a.intensity else None
     try:  # the request, resolved once: registry, file, run folder, Hub repository (its config only) or ONNX
         p = plan(a.name, checkpoint=a.checkpoint, pretrained=not a.no_weights and a.checkpoint is None)
@@ -133,12 +168,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if p.source == "onnx":
         from zoo.onnx_runtime import load_onnx
 
-        model = load_onnx(p.path)
+        model = load_onnx(p.path, device=device, tensorrt=a.tensorrt)
+        print(model.provider_note, file=sys.stderr)
     else:
         from zoo._factory import create_from_plan
 
         model = create_from_plan(p)
     common = dict(kw, volume=a.volume, allow_untrained_head=a.allow_untrained_head, preview=a.preview)
+    common.update(device=str(device), precision=a.precision, stitch_on=a.stitch_on)
     common.update(budget)
     if not study:
         r = predict_nifti(model, a.input, a.output, PredictSettings(**common), progress=not a.quiet)
@@ -186,6 +223,7 @@ def _prediction_line(r: object) -> str:
         arg("name", nargs="?", default="qtunet-t", help="model name or name.tag (default: qtunet-t)"),
         arg("--spacing", type=float, default=2.0, help="isotropic resampling (mm) for speed"),
         arg("-o", "--output", default=None, help="label map to write (default: a temporary folder)"),
+        *_device_args("the model"),
     ],
 )
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -197,10 +235,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     from zoo._factory import create_from_plan
     from zoo.hub import WeightsUnavailableError
+    from zoo.inference import resolve_device, resolve_precision
     from zoo.plan import NoPretrainedWeightsError, plan
     from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
     from zoo.predict_checks import check_weights_trained
 
+    device = resolve_device(a.device)  # refused in one line before anything is built
+    resolve_precision(a.precision, device)
     os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
     try:  # resolved once: the named (or default) weights when the model has any
         wanted = plan(a.name, pretrained=True)
@@ -233,16 +274,19 @@ def cmd_demo(a: argparse.Namespace) -> int:
         print(f"no preview picture: {e}")
     print(f"model: {spec.name}, {spec.meta.get('num_params', 0) / 1e6:.2f} M parameters, {weights}")
     print(f"input: {src.name} (MNI152 T1 template shipped with nilearn)")
-    r = predict_nifti(
-        model,
-        src,
-        out,
-        PredictSettings(spacing_mm=(a.spacing,) * 3, preview=preview, allow_untrained_head=True),
-        progress=False,
+    asked = PredictSettings(
+        spacing_mm=(a.spacing,) * 3,
+        preview=preview,
+        allow_untrained_head=True,
+        device=str(device),
+        precision=a.precision,
     )
+    r = predict_nifti(model, src, out, asked, progress=False)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"volume {r.input_shape[1:]} at {r.spacing_mm} mm → model grid {r.model_grid_shape} "
-        f"at {a.spacing} mm, {r.num_windows} sliding windows, {r.seconds:.1f} s on CPU"
+        f"at {a.spacing} mm, {r.num_windows} sliding windows, {r.seconds:.1f} s on {device} ({where}, "
+        f"{a.precision})"
     )
     top = sorted(r.label_voxels.items(), key=lambda kv: -kv[1])[:5]
     print("voxels per predicted label (top 5): " + ", ".join(f"{k}: {v}" for k, v in top))
@@ -274,7 +318,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
         ),
         arg("--img-size", type=int, nargs="+", default=None, help="build the model for this size"),
         arg("--num-classes", type=int, default=None, help="output classes (default: the model's)"),
-        arg("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)"),
+        arg(
+            "--opset",
+            type=int,
+            default=None,
+            help="ONNX opset (default 23 for dynamo: the fused Attention node, onnxruntime >= 1.23); below "
+            "23, e.g. 20, attention is spelled as MatMul/Softmax for older runtimes (onnxruntime >= 1.17)",
+        ),
         arg(
             "--exporter",
             choices=["auto", "dynamo", "torchscript"],
@@ -283,14 +333,33 @@ def cmd_demo(a: argparse.Namespace) -> int:
         ),
         arg("--rtol", type=float, default=1e-4, help="tolerance relative to the output's scale"),
         arg("--no-check", action="store_true", help="skip the onnxruntime parity check"),
+        arg(
+            "--dynamic-spatial",
+            action="store_true",
+            help="spatial axes dynamic too (checked at a second size); refused for models built for one size",
+        ),
+        arg(
+            "--device",
+            default="cpu",
+            help="where onnxruntime runs the parity check: cpu (default), auto, cuda or cuda:N",
+        ),
+        arg(
+            "--graph-passes",
+            choices=["fold", "exporter"],
+            default="fold",
+            help="fold: constant folding and unused-node removal only (fast, default); exporter: the "
+            "dynamo exporter's full optimiser with its rewrite rules",
+        ),
     ],
 )
 def cmd_export(a: argparse.Namespace) -> int:
     from zoo._optional import require
     from zoo.export import ExportSettings, to_onnx
+    from zoo.inference import resolve_device
     from zoo.plan import plan
 
     require("onnx", "onnxruntime", extra="onnx", feature="ONNX export")  # before any other line is printed
+    resolve_device(a.device)  # a device that is not there: refused before any build
 
     kwargs = {"img_size": tuple(a.img_size) if len(a.img_size) > 1 else a.img_size[0]} if a.img_size else {}
     if a.num_classes is not None:
@@ -308,7 +377,14 @@ def cmd_export(a: argparse.Namespace) -> int:
         p,
         a.output,
         ExportSettings(
-            input_shapes=shapes, opset=a.opset, exporter=a.exporter, rtol=a.rtol, check=not a.no_check
+            input_shapes=shapes,
+            opset=a.opset,
+            exporter=a.exporter,
+            rtol=a.rtol,
+            check=not a.no_check,
+            dynamic_spatial=a.dynamic_spatial,
+            device=a.device,
+            graph_passes=a.graph_passes,
         ),
     )
     axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
@@ -336,6 +412,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         arg("--no-cpu", action="store_true", help="skip PyTorch CPU timing"),
         arg("--no-onnx", action="store_true", help="skip the ONNX export and onnxruntime timing"),
         arg("--no-cuda", action="store_true", help="skip CUDA even when available"),
+        arg("--device", default=None, help="cpu (no CUDA), cuda or cuda:N (time there), auto; default: auto"),
         arg("--opset", type=int, default=None, help="ONNX opset of the timed export"),
         arg(
             "--baseline-opset",
@@ -361,6 +438,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from zoo.bench import BenchSettings, benchmark, ratio
     from zoo.plan import plan
 
+    if a.device is not None:  # a device that is not there: refused before any model is planned
+        from zoo.inference import resolve_device
+
+        resolve_device(a.device)
     glob = any(ch in a.name for ch in "*?[") and not a.name.startswith("hf-hub:")
     # Each model resolved once: a name, NAME.TAG (those weights), a run folder or a hf-hub: id (its config).
     names = [plan(n) for n in list_models(a.name)] if glob else [plan(a.name)]
@@ -392,6 +473,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                 baseline_opset=a.baseline_opset,
                 baseline_onnx=a.baseline_onnx,
                 baseline_label=a.baseline_label or "",
+                device=a.device,
             ),
             log=(lambda s: print(s, file=sys.stderr)) if not a.quiet else None,
         )

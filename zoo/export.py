@@ -300,58 +300,10 @@ def _export_dynamo(
             verbose=False,
         )
         if passes == "fold":
-            _fold_and_prune(program.model)
+            from zoo.export_forms import fold_and_prune
+
+            fold_and_prune(program.model)
         program.save(str(path), external_data=external)
-
-
-def _fold_and_prune(model: Any) -> None:
-    """Constant folding and unused-node removal on the exporter's IR, without its rewrite rules.
-
-    The rewrite rules are what makes the exporter's own optimiser slow on graphs of many nodes
-    (benchmarks/EFFICIENCY.md); onnxruntime fuses the same patterns again when it loads the file.
-    """
-    from onnx_ir.passes import common
-    from onnxscript.optimizer import fold_constants
-
-    if model.functions:
-        common.InlinePass()(model)
-    fold_constants(model)
-    for p in (
-        common.RemoveUnusedNodesPass(),
-        common.RemoveUnusedFunctionsPass(),
-        common.RemoveUnusedOpsetsPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.DeduplicateInitializersPass(),
-    ):
-        p(model)
-    _store_tables_once(model)
-
-
-def _store_tables_once(model: Any) -> None:
-    """Initializers of the same dtype, shape and bytes stored once (relative-position index tables:
-    one per attention module, the same for a window size). onnx_ir's hashed pass refuses them."""
-    import hashlib
-
-    import numpy as np
-
-    graph = model.graph
-    seen: dict[tuple[Any, ...], Any] = {}
-    for value in tuple(graph.initializers.values()):
-        tensor = value.const_value
-        if tensor is None or value.is_graph_input() or value.is_graph_output():
-            continue
-        data = np.ascontiguousarray(tensor.numpy())
-        if data.size < 1024:  # small constants: not worth a hash
-            continue
-        key = (str(data.dtype), data.shape, hashlib.sha256(data.view(np.uint8)).hexdigest())
-        keep = seen.get(key)
-        if keep is None:
-            seen[key] = value
-            continue
-        if not np.array_equal(np.ascontiguousarray(keep.const_value.numpy()), data):
-            continue
-        value.replace_all_uses_with(keep)
-        graph.initializers.pop(value.name)
 
 
 def _export_torchscript(

@@ -271,6 +271,28 @@ def test_a_rerun_uses_the_saved_settings_refuses_changed_ones_and_may_extend(mni
     assert cfg["init"] is None and cfg["tag"] is None  # random initialisation, recorded as such
 
 
+def test_grad_checkpointing_finetunes_to_the_same_losses(mni_task, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from zoo.cli import main
+    from zoo.finetune import adapt_model
+
+    base = ["finetune", "fmunet", "--data", str(mni_task), "--roi", "32", "32", "32", "--batch-size", "1",
+            "--num-samples", "1", "--steps", "2", "--val-every", "2", "--lr", "3e-3", "--preset", "default",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert "gradient checkpointing" not in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "ckpt"), "--grad-checkpointing"]) == 0
+    assert "gradient checkpointing: the encoder's blocks are recomputed" in capsys.readouterr().out
+    losses = [[e["loss"] for e in read_log(tmp_path / run) if "loss" in e] for run in ("plain", "ckpt")]
+    assert len(losses[0]) == 2
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-5)
+    model = zoo.create("fmunet", **_TINY)
+    assert not model.grad_checkpointing
+    assert adapt_model(model, SimpleNamespace(adapters={}), grad_checkpointing=True) is model
+    assert model.grad_checkpointing and model.encoder.en_conv0.grad_checkpointing
+
+
 def test_the_card_section_teaches_fine_tuning_with_the_measured_result(tmp_path):
     import subprocess
     import sys

@@ -23,6 +23,10 @@ EXTRAS: dict[str, str] = {
     "peft": "lora",
     "nilearn": "demo",
     "matplotlib": "plots",
+    "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "ignite": "examples",
+    "accelerate": "examples",
 }
 
 

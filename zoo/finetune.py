@@ -608,6 +608,7 @@ class FinetuneOptions:
         lora_rank: add LoRA of this rank to the encoder (decoder and head train in full).
         layer_decay: layer-wise LR decay over the model's parts.
         grad_checkpointing: recompute the encoder's blocks in the backward pass (less memory).
+        loggers: trackers that get ``log.jsonl``'s scalars too: ``tensorboard``, ``mlflow``.
         val_every: validation period in steps (default: the preset's fraction of the run).
         num_workers: data-loading processes.
         cache: cache the deterministic part of the transforms in memory.
@@ -636,6 +637,7 @@ class FinetuneOptions:
     lora_rank: int | None = None
     layer_decay: float | None = None
     grad_checkpointing: bool = False
+    loggers: Sequence[str] = ()
     val_every: int | None = None
     num_workers: int = 0
     cache: bool = True
@@ -750,6 +752,7 @@ def finetune(
         resume=o.resume,
         progress=o.progress,
         device=info.device,
+        loggers=tuple(o.loggers),
     )
     res = train(
         model, loss_fn, loader, out_dir, optim, settings.total_steps, loop, val_fn=val_fn, config=config,

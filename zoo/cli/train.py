@@ -41,6 +41,14 @@ from zoo.cli._base import UsageError, arg, command
             action="store_true",
             help="recompute the encoder's blocks in backward: less memory, about one more encoder forward",
         ),
+        arg(
+            "--logger",
+            action="append",
+            choices=["tensorboard", "mlflow"],
+            default=[],
+            help="also log the scalars of log.jsonl to TensorBoard (RUN/tensorboard) or MLflow "
+            "(MLFLOW_TRACKING_URI); repeatable",
+        ),
         arg("--workers", type=int, default=0, help="data-loading processes"),
         arg("--no-cache", action="store_true", help="do not cache preprocessed volumes in memory"),
         arg("--restart", action="store_true", help="ignore a run already in --out"),
@@ -81,6 +89,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         lora_rank=a.lora,
         layer_decay=a.layer_decay,
         grad_checkpointing=a.grad_checkpointing,
+        loggers=tuple(a.logger),
         val_every=a.val_every,
         num_workers=a.workers,
         cache=not a.no_cache,

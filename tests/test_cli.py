@@ -58,6 +58,12 @@ def test_convert_writes_safetensors_of_the_authors_file(tmp_path, capsys, ct_ssl
     assert set(got) == set(ct_ssl_encoder)
     assert all(torch.equal(got[k], v) for k, v in ct_ssl_encoder.items())
     assert "covers encoder" in capsys.readouterr().out
+    again = tmp_path / "again.safetensors"
+    assert main(["convert", str(src), "--model", "qtunet-t", "-o", str(again), "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)  # one JSON object and nothing else on stdout
+    assert (said["output"], said["model"], said["tensors"], said["covers"]) == (
+        str(again), "qtunet-t", len(ct_ssl_encoder), "encoder"
+    )  # fmt: skip
 
 
 def test_convert_of_a_broken_checkpoint_writes_nothing(tmp_path, capsys, ct_ssl_encoder):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo.cli._base import arg, command
+from zoo.cli._base import JSON, arg, command, report
 
 
 @command(
@@ -28,6 +28,7 @@ from zoo.cli._base import arg, command
             action="store_true",
             help="the rights holder allowed redistribution of weights whose licence does not",
         ),
+        JSON,
     ],
 )
 def cmd_publish(a: argparse.Namespace) -> int:
@@ -60,9 +61,11 @@ def cmd_publish(a: argparse.Namespace) -> int:
             permission_obtained=a.permission_obtained,
             revision=a.revision,
         )
-    files = ", ".join(sorted(p.name for p in Path(path).iterdir()))
+    names = sorted(p.name for p in Path(path).iterdir())
+    files, usage = ", ".join(names), f"zoo.create('hf-hub:{a.repo}')"
+    data = {"repo": a.repo, "folder": path, "files": names, "uploaded": not a.dry_run, "usage": usage}
     if a.dry_run:
-        print(f"wrote {path}: {files}")
+        report(a, f"wrote {path}: {files}", data)
     else:
-        print(f"uploaded {files} to {a.repo} (copy in {path}); load with zoo.create('hf-hub:{a.repo}')")
+        report(a, f"uploaded {files} to {a.repo} (copy in {path}); load with {usage}", data)
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from zoo.cli._base import UsageError, arg, command
+from zoo.cli._base import JSON, UsageError, arg, command, report
 
 
 @command(
@@ -55,7 +56,7 @@ from zoo.cli._base import UsageError, arg, command
         arg("--seed", type=int, default=0, help="random seed (data order, crops, initialisation)"),
         arg("--model-kwargs", default=None, help="JSON of further architecture arguments"),
         arg("--device", default=None, help="cpu or cuda (default: cuda if available)"),
-        arg("-q", "--quiet", action="store_true", help="no progress bar"),
+        JSON,
     ],
     interrupted=lambda a, e: f"interrupted by {e or 'SIGINT'}; rerun the same command to resume {a.out}",
 )
@@ -99,7 +100,11 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None,
     )
-    finetune(a.name, a.data, a.out, options)
+    human = (lambda line: print(line, file=sys.stderr)) if a.json else print  # --json: stdout is the report
+    r = finetune(a.name, a.data, a.out, options, print_fn=human)
+    if a.json:
+        keep = ("out_dir", "steps", "metrics", "best", "seconds", "already_complete")
+        report(a, "", {k: getattr(r, k) for k in keep})
     return 0
 
 
@@ -131,7 +136,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         arg("--restart", action="store_true", help="ignore a run already in --out"),
         arg("--seed", type=int, default=0, help="random seed (data order, crops, initialisation)"),
         arg("--device", default=None, help="cpu or cuda (default: cuda if available)"),
-        arg("-q", "--quiet", action="store_true", help="no progress bar"),
+        JSON,
     ],
     interrupted=lambda a, e: f"interrupted by {e or 'SIGINT'}; rerun the same command to resume {a.out}",
 )
@@ -174,9 +179,11 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     )
     r = pretrain(a.method, a.model, a.data, a.out, steps, options)
     cfg = json.loads(r.config.read_text())
-    print(describe_load((cfg.get("pretraining") or {}).get("init")))
-    print(
-        f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
+    init = describe_load((cfg.get("pretraining") or {}).get("init"))
+    text = (
+        f"{init}\nwrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
         f"load with zoo.create({str(r.out)!r}) (model and arguments from its {r.config.name})"
     )
+    data = {"out": r.out, "checkpoint": r.checkpoint, "model": cfg["model_name"], "covers": cfg["covers"]}
+    report(a, text, {**data, "steps": r.steps})
     return 0

@@ -144,6 +144,23 @@ def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, caps
     assert resolved[1].endswith(f"/resolve/{hub.head('org/tiny-qt')}/model.safetensors")
 
 
+def test_publish_private_creates_a_private_repository_and_reports_json(tmp_path, hub, capsys):
+    run = _run(tmp_path)
+    argv = ["publish", str(run), "--repo", "org/secret-qt", "--out", str(tmp_path / "a"), "--private"]
+    argv.append("--json")
+    assert main(argv) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert (said["repo"], said["uploaded"], said["files"]) == ("org/secret-qt", True, FILES)
+    assert said["usage"] == "zoo.create('hf-hub:org/secret-qt')"
+    assert main(["publish", str(run), "--repo", "org/open-qt", "--out", str(tmp_path / "b")]) == 0
+    # huggingface_hub sends "visibility" (older clients: "private"); the Hub reads either.
+    made = {
+        f"{c.get('organization')}/{c['name']}": c.get("visibility") == "private" or c.get("private") is True
+        for c in hub.state.created
+    }
+    assert made == {"org/secret-qt": True, "org/open-qt": False}
+
+
 def test_hub_id_as_checkpoint_path_revision_and_wrong_model(tmp_path, hub):
     run = _run(tmp_path)
     publish_run(run, "org/tiny-qt", tmp_path / "out")

@@ -63,8 +63,9 @@ def _staged(out: Path) -> Iterator[Path]:
         raise PublishError(f"could not write {out}: {type(e).__name__}: {e}; nothing was written") from e
 
 
-def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) -> str:
-    """Create ``repo_id`` if needed and upload exactly ``files`` of ``folder``; returns the commit id."""
+def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str], private: bool = False) -> str:
+    """Create ``repo_id`` if needed (``private``: a private one; an existing one keeps its visibility)
+    and upload exactly ``files`` of ``folder``; returns the commit id."""
     from huggingface_hub import HfApi
 
     from zoo._version import __version__
@@ -73,7 +74,7 @@ def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) 
         endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="medzoo", library_version=__version__
     )
     try:
-        api.create_repo(repo_id, exist_ok=True)
+        api.create_repo(repo_id, exist_ok=True, private=private)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
@@ -88,7 +89,12 @@ def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) 
 
 
 def _finish(
-    folder: Path, repo_id: str, revision: str | None, dry_run: bool, extra: tuple[str, ...] = ()
+    folder: Path,
+    repo_id: str,
+    revision: str | None,
+    dry_run: bool,
+    extra: tuple[str, ...] = (),
+    private: bool = False,
 ) -> None:
     """Check the folder holds exactly the files to publish, then upload them unless ``dry_run``."""
     files = sorted(p.name for p in folder.iterdir())
@@ -96,7 +102,7 @@ def _finish(
     if files != expected:  # a bug here must never turn into an upload of something else
         raise PublishError(f"the folder to publish holds {files}, expected exactly {expected}")
     if not dry_run:
-        _upload(folder, repo_id, revision, expected)
+        _upload(folder, repo_id, revision, expected, private)
 
 
 def _public(value: Any) -> Any:
@@ -284,6 +290,7 @@ def publish_run(
     revision: str | None = None,
     license: str | None = None,
     sections: list[str] | None = None,
+    private: bool = False,
 ) -> Path:
     """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
 
@@ -370,7 +377,7 @@ def publish_run(
             sections=sections,
         )
         (tmp / "README.md").write_text(card)
-        _finish(tmp, repo_id, revision, dry_run)
+        _finish(tmp, repo_id, revision, dry_run, private=private)
     return out
 
 
@@ -421,6 +428,7 @@ def publish(
     checkpoint_path: str | Path | None = None,
     permission_obtained: bool = False,
     revision: str | None = None,
+    private: bool = False,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``name.tag`` and upload them.
 
@@ -495,5 +503,5 @@ def publish(
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(render_card(spec, hub_tag=tag))
-        _finish(tmp, repo_id, revision, dry_run)
+        _finish(tmp, repo_id, revision, dry_run, private=private)
     return out

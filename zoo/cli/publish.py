@@ -19,6 +19,11 @@ from zoo.cli._base import JSON, arg, command, report
         arg("--dry-run", action="store_true", help="write the folder only"),
         arg("--revision", default=None, help="Hub branch to commit to (default: the default branch)"),
         arg(
+            "--private",
+            action="store_true",
+            help="create the repository private (an existing one keeps its visibility)",
+        ),
+        arg(
             "--license",
             default=None,
             help="licence of a run's weights (default: that of what it started from)",
@@ -48,6 +53,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
             permission_obtained=a.permission_obtained,
             revision=a.revision,
             license=a.license,
+            private=a.private,
         )
     else:
         if a.license:
@@ -60,6 +66,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
             checkpoint_path=a.checkpoint,
             permission_obtained=a.permission_obtained,
             revision=a.revision,
+            private=a.private,
         )
     names = sorted(p.name for p in Path(path).iterdir())
     files, usage = ", ".join(names), f"zoo.create('hf-hub:{a.repo}')"

@@ -161,6 +161,15 @@ def test_publish_private_creates_a_private_repository_and_reports_json(tmp_path,
     assert made == {"org/secret-qt": True, "org/open-qt": False}
 
 
+def test_a_published_tags_card_shows_its_own_hub_id_as_usage():
+    from zoo.cards import render_card
+
+    published = render_card("qtunet-t", hub_tag="ct-ssl", hub_id="org/qt-ct")
+    assert 'model = zoo.create("hf-hub:org/qt-ct")' in published
+    assert 'zoo.create("qtunet-t.ct-ssl"' not in published
+    assert 'zoo.create("qtunet-t", pretrained=True)' in render_card("qtunet-t")  # the registry's own card
+
+
 def test_hub_id_as_checkpoint_path_revision_and_wrong_model(tmp_path, hub):
     run = _run(tmp_path)
     publish_run(run, "org/tiny-qt", tmp_path / "out")
@@ -479,6 +488,8 @@ def test_publish_a_registered_tag_then_load_it_by_hub_id(tmp_path, hub, capsys):
     assert hub.state.requests == []
     assert main([*argv, str(src), "--permission-obtained"]) == 0
     assert hub.state.committed == [FILES]
+    card = (tmp_path / "o" / "README.md").read_text()
+    assert 'zoo.create("hf-hub:org/qt-ct")' in card and 'zoo.create("qtunet-t.ct-ssl"' not in card
     model = zoo.create("hf-hub:org/qt-ct")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in encoder.items())

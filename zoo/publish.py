@@ -502,6 +502,6 @@ def publish(
             "sha256": file_digest(tmp / "model.safetensors"),
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(render_card(spec, hub_tag=tag))
+        (tmp / "README.md").write_text(render_card(spec, hub_tag=tag, hub_id=repo_id))
         _finish(tmp, repo_id, revision, dry_run, private=private)
     return out

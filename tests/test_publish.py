@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import zoo
 from tests.hub_upload_server import HubUploadServer
@@ -168,6 +168,33 @@ def test_a_published_tags_card_shows_its_own_hub_id_as_usage():
     assert 'model = zoo.create("hf-hub:org/qt-ct")' in published
     assert 'zoo.create("qtunet-t.ct-ssl"' not in published
     assert 'zoo.create("qtunet-t", pretrained=True)' in render_card("qtunet-t")  # the registry's own card
+
+
+def test_derived_buffers_may_be_absent_from_a_file_and_are_rebuilt(tmp_path):
+    from zoo.layers.derived import derived_buffer_keys, without_derived
+
+    args = dict(img_size=32, embed_dim=12)
+    torch.manual_seed(0)
+    model = zoo.create("qtunet-t", **args)
+    derived = derived_buffer_keys(model)
+    assert derived and all(k.endswith("relative_position_index") for k in derived)
+    state = model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "old.safetensors"))
+    lean = without_derived(state, model)
+    assert set(state) - set(lean) == derived and not any(v.dtype == torch.int64 for v in lean.values())
+    save_file({k: v.contiguous() for k, v in lean.items()}, str(tmp_path / "lean.safetensors"))
+    x = torch.randn(1, 1, 32, 32, 32)
+    outs = []
+    for name in ("old", "lean"):  # a file that stores them (older caches, the authors') and one that does not
+        loaded = zoo.create("qtunet-t", checkpoint_path=tmp_path / f"{name}.safetensors", **args)
+        assert all(torch.equal(loaded.state_dict()[k], state[k]) for k in derived)
+        with torch.no_grad():
+            outs.append(loaded(x))
+    assert torch.equal(outs[0], outs[1])
+    del lean[next(k for k in lean if k.endswith("qkv.weight"))]  # a learned tensor may not be absent
+    save_file({k: v.contiguous() for k, v in lean.items()}, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(zoo.CheckpointMismatchError, match="lacks 1 key"):
+        zoo.create("qtunet-t", checkpoint_path=tmp_path / "broken.safetensors", **args)
 
 
 def test_hub_id_as_checkpoint_path_revision_and_wrong_model(tmp_path, hub):
@@ -488,6 +515,8 @@ def test_publish_a_registered_tag_then_load_it_by_hub_id(tmp_path, hub, capsys):
     assert hub.state.requests == []
     assert main([*argv, str(src), "--permission-obtained"]) == 0
     assert hub.state.committed == [FILES]
+    published = load_file(str(tmp_path / "o" / "model.safetensors"))
+    assert published and not [k for k in published if k.endswith("relative_position_index")]
     card = (tmp_path / "o" / "README.md").read_text()
     assert 'zoo.create("hf-hub:org/qt-ct")' in card and 'zoo.create("qtunet-t.ct-ssl"' not in card
     model = zoo.create("hf-hub:org/qt-ct")

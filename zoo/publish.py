@@ -446,10 +446,12 @@ def publish(
     Returns:
         The written folder.
     """
-    from safetensors.torch import save_file
+    import torch
+    from safetensors.torch import load_file, save_file
 
     from zoo.cards import is_hub_repo_id, render_card
     from zoo.convert import convert_checkpoint, read_checkpoint
+    from zoo.layers.derived import without_derived
 
     if not is_hub_repo_id(repo_id):
         raise ValueError(f"--repo must be a Hub repository id ORG/NAME, got {repo_id!r}")
@@ -474,10 +476,17 @@ def publish(
     source = fetch_weights(spec, ws) if sd is None else None
     out = Path(out_dir)
     with _staged(out) as tmp:
-        if sd is not None:
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"))
-        else:
-            shutil.copyfile(source, tmp / "model.safetensors")
+        metadata = None
+        if sd is None:
+            from safetensors import safe_open
+
+            with safe_open(str(source), "pt") as f:
+                metadata = f.metadata()
+            sd = load_file(str(source))
+        with torch.device("meta"):  # the names of the derived buffers, without building weights
+            skeleton = spec.builder(**spec.model_args)
+        kept = {k: v.contiguous() for k, v in without_derived(sd, skeleton).items()}  # loading rebuilds them
+        save_file(kept, str(tmp / "model.safetensors"), metadata=metadata)
         config = {
             "library_name": "medzoo",
             "model_name": spec.name,

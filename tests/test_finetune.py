@@ -282,8 +282,12 @@ def test_grad_checkpointing_finetunes_to_the_same_losses(mni_task, tmp_path, cap
             "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "plain")]) == 0
     assert "gradient checkpointing" not in capsys.readouterr().out
-    assert main([*base, "--out", str(tmp_path / "ckpt"), "--grad-checkpointing"]) == 0
-    assert "gradient checkpointing: the encoder's blocks are recomputed" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "ckpt"), "--grad-checkpointing", "--json"]) == 0
+    said = capsys.readouterr()  # --json: the final report alone on stdout, the rest on stderr
+    assert "gradient checkpointing: the encoder's blocks are recomputed" in said.err
+    final = json.loads(said.out)
+    assert (final["steps"], final["out_dir"], final["already_complete"]) == (2, str(tmp_path / "ckpt"), False)
+    assert set(final["metrics"]) >= {"dice_mean", "dice_1"}
     losses = [[e["loss"] for e in read_log(tmp_path / run) if "loss" in e] for run in ("plain", "ckpt")]
     assert len(losses[0]) == 2
     torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-5)

@@ -4,9 +4,11 @@ the options every command takes (``-v``/``-q``, before or after its name) and ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,11 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+def human_output(a: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """With ``--json``, what a task prints for people goes to stderr: stdout holds only the report."""
+    return contextlib.redirect_stdout(sys.stderr) if getattr(a, "json", False) else contextlib.nullcontext()
 
 
 def report(a: argparse.Namespace, text: str, data: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from zoo._registry import list_models
-from zoo.cli._base import JSON, UsageError, arg, command, report, table
+from zoo.cli._base import JSON, UsageError, arg, command, human_output, report, table
 
 
 def _parse_intensity(text: str) -> dict:
@@ -295,13 +295,14 @@ def cmd_export(a: argparse.Namespace) -> int:
             f"{p.spec.name}: exporting the architecture with random weights (no tag given)", file=sys.stderr
         )
     shapes = [tuple(s) for s in a.input_shape] if a.input_shape else None
-    r = to_onnx(
-        p,
-        a.output,
-        ExportSettings(
-            input_shapes=shapes, opset=a.opset, exporter=a.exporter, rtol=a.rtol, check=not a.no_check
-        ),
-    )
+    with human_output(a):
+        r = to_onnx(
+            p,
+            a.output,
+            ExportSettings(
+                input_shapes=shapes, opset=a.opset, exporter=a.exporter, rtol=a.rtol, check=not a.no_check
+            ),
+        )
     axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
     if a.json:
         report(

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from zoo.cli._base import JSON, UsageError, arg, command, report
+from zoo.cli._base import JSON, UsageError, arg, command, human_output, report
 
 
 @command(
@@ -100,8 +99,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None,
     )
-    human = (lambda line: print(line, file=sys.stderr)) if a.json else print  # --json: stdout is the report
-    r = finetune(a.name, a.data, a.out, options, print_fn=human)
+    with human_output(a):  # --json: stdout is the report
+        r = finetune(a.name, a.data, a.out, options)
     if a.json:
         keep = ("out_dir", "steps", "metrics", "best", "seconds", "already_complete")
         report(a, "", {k: getattr(r, k) for k in keep})
@@ -177,7 +176,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
             progress=not a.quiet,
         ),
     )
-    r = pretrain(a.method, a.model, a.data, a.out, steps, options)
+    with human_output(a):
+        r = pretrain(a.method, a.model, a.data, a.out, steps, options)
     cfg = json.loads(r.config.read_text())
     init = describe_load((cfg.get("pretraining") or {}).get("init"))
     text = (

@@ -125,7 +125,9 @@ def test_publish_dry_run_writes_weights_config_and_card(tmp_path, capsys, ct_ssl
     assert card.startswith("---\nlibrary_name: medzoo") and "base_model" not in card
     assert "license_name: no-license" in card
     assert cfg["redistributable"] is False and cfg["permission_obtained"] is True
-    assert set(load_file(str(out / "model.safetensors"))) == set(ct_ssl_encoder)
+    published = load_file(str(out / "model.safetensors"))  # less the indices loading rebuilds
+    assert set(published) == {k for k in ct_ssl_encoder if not k.endswith("relative_position_index")}
+    assert all(torch.equal(v, ct_ssl_encoder[k]) for k, v in published.items())
     # This file is not the upstream one (its digest is not the registry's): no claim that it is.
     assert cfg["source_url"] is None and cfg["source_digest"] is None
 

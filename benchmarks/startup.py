@@ -3,10 +3,11 @@
     python benchmarks/startup.py                 # timing: zoo list / zoo.create vs import torch
     python benchmarks/startup.py --env           # also: fresh venvs with `pip install .` and `.[all]`
 
-Timing runs each command as a fresh process, alternating the three in every round (so a change
+Timing runs each command as a fresh process, alternating them in every round (so a change
 in machine load hits all of them alike), and reports the median wall time of the rounds and the
 ratios to `python -c "import torch"`, with the load average before and after. Targets (issue 16):
-`zoo list` ≤ 1.5×, `zoo.create("qtunet-t")` ≤ 2× the torch import.
+`zoo list` ≤ 1.5×, `zoo.create("qtunet-t")` ≤ 2× the torch import; (issue 27) `zoo --version`
+≤ 1/3 of it (it imports no torch).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 COMMANDS = {
     "import torch": [sys.executable, "-c", "import torch"],
+    "zoo --version": [sys.executable, "-m", "zoo", "--version"],
     "zoo list": [sys.executable, "-m", "zoo", "list"],
     'zoo.create("qtunet-t")': [sys.executable, "-c", "import zoo; zoo.create('qtunet-t')"],
 }
@@ -48,7 +50,7 @@ def time_commands(repeats: int) -> dict[str, list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7, help="rounds of the three commands")
+    ap.add_argument("--repeats", type=int, default=7, help="rounds of the commands")
     ap.add_argument("--env", action="store_true", help="also measure fresh venvs (core and [all])")
     a = ap.parse_args()
 

@@ -43,6 +43,7 @@ class _State:
     committed: list[list[str]] = field(default_factory=list)  # paths of each commit, in order
     lfs_uploads: list[str] = field(default_factory=list)  # oids received by PUT
     validated: list[bool] = field(default_factory=list)  # each README validation: passed?
+    created: list[dict] = field(default_factory=list)  # the body of each repository creation request
     use_lfs: bool = True  # preupload answers "lfs" for .safetensors files
     fail_commit: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -128,6 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
             req = json.loads(body)
             repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
             with self.state.lock:
+                self.state.created.append(req)
                 if repo_id in self.state.repos:
                     return self._error(409, "RepoExists", "You already created this model repo")
                 first = _commit_id(repo_id.encode())

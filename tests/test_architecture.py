@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "zoo.seg_metrics",
             "zoo.train",
             "zoo.train_state",
+            "zoo.run_loggers",
             "zoo.finetune",
             "zoo.finetune_*",
             "zoo.ssl",

@@ -206,3 +206,85 @@ def test_demo_with_random_weights_gives_the_same_labels_each_run(tmp_path, capsy
         out = capsys.readouterr().out
         counts.append(next(line for line in out.splitlines() if line.startswith("voxels per predicted")))
     assert counts[0] == counts[1]
+
+
+# Commands whose output is not a result to parse: a shell script, the cards' paths, the demo's tour.
+_NOT_REPORTING = {"completion", "card", "demo"}
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return dict(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+def test_every_reporting_command_takes_json():
+    subs = _subparsers()
+    assert {"list", "info", "download", "convert", "publish", "predict", "export", "bench", "finetune",
+            "pretrain"} <= set(subs) - _NOT_REPORTING  # fmt: skip
+    without = [
+        n for n, sp in subs.items() if n not in _NOT_REPORTING and "--json" not in sp._option_string_actions
+    ]
+    assert without == []
+
+
+@pytest.mark.parametrize("flag,dest", [("-v", "verbose"), ("--verbose", "verbose"), ("-q", "quiet")])
+def test_verbose_and_quiet_are_taken_before_or_after_the_command(flag, dest):
+    parser = build_parser()
+    for name, sp in _subparsers().items():
+        required = [a for a in sp._actions if a.required or (not a.option_strings and a.nargs is None)]
+        rest = ["x"] * len([a for a in required if not a.option_strings])
+        rest += [s for a in required if a.option_strings for s in (a.option_strings[0], "x")]
+        if name == "completion":
+            rest = ["bash"]
+        before, after, neither = ([flag, name, *rest], [name, *rest, flag], [name, *rest])
+        assert getattr(parser.parse_args(before), dest) is True, before
+        assert getattr(parser.parse_args(after), dest) is True, after
+        assert getattr(parser.parse_args(neither), dest) is False, neither
+
+
+def test_version_imports_no_torch():
+    code = (
+        "import sys\nfrom zoo.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as e:\n"
+        "    print(e.code, 'torch' in sys.modules, 'monai' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.stdout.split() == [
+        f"medzoo {zoo.__version__}".split()[0],
+        zoo.__version__,
+        "0",
+        "False",
+        "False",
+    ]
+
+
+@pytest.mark.parametrize(
+    "words,expected",
+    [
+        ("zoo fin", {"finetune"}),
+        ("zoo -v fin", {"finetune"}),
+        ("zoo finetune --grad", {"--grad-checkpointing"}),
+        ("zoo finetune qtunet-t --logger ", {"tensorboard", "mlflow"}),
+        ("zoo export m --exporter torch", {"torchscript"}),
+        ("zoo completion ", {"bash", "zsh"}),
+        ("zoo list --js", {"--json"}),
+    ],
+)
+def test_bash_completion_from_the_parser_completes_commands_options_and_choices(words, expected, capsys):
+    import shutil
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    empty = '""' if words.endswith(" ") else ""
+    test = f"{script}\nCOMP_WORDS=({words}{empty}); COMP_CWORD={cword}\n_zoo_complete\n"
+    test += 'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    r = subprocess.run(["bash", "-c", test], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == expected
+    assert main(["completion", "zsh"]) == 0
+    assert "bashcompinit" in capsys.readouterr().out

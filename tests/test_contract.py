@@ -174,6 +174,34 @@ def test_for_model_gives_the_tensor_predict_feeds_the_model(lpi_2mm, ident):
         assert abs(float(fg.mean())) < 1e-3
 
 
+@pytest.mark.parametrize("ident", ["qtunet-t.ct-ssl", "pctnet.vf110k"])
+def test_for_model_keeps_a_binary_labels_values_on_the_images_grid(lpi_2mm, tmp_path, ident):
+    """Labels are read as integers, moved with nearest-neighbour and never intensity-transformed."""
+    src = nib.load(lpi_2mm)
+    mask = (np.asarray(src.dataobj) > np.percentile(np.asarray(src.dataobj), 60)).astype(np.uint8)
+    label = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(mask, src.affine), label)
+    files = {"image": str(lpi_2mm), "label": str(label)}
+    out = for_model(ident, keys=("image", "label"))(files)
+    lab = torch.as_tensor(out["label"])
+    assert lab.dtype == torch.int64 and set(lab.unique().tolist()) == {0, 1}
+    assert lab.shape == out["image"].shape
+    assert float(lab.float().mean()) == pytest.approx(mask.mean(), rel=0.02)  # 2 mm → 1 mm keeps the share
+    # On the image's grid: the mask read as an image (bilinear, no intensity transform) agrees.
+    as_image = (
+        contract_of(ident).replace(intensity="none").compose(("label",))({"label": str(label)})["label"]
+    )
+    assert float(((torch.as_tensor(as_image) > 0.5) == (lab == 1)).float().mean()) > 0.97
+    only_image = for_model(ident)({"image": str(lpi_2mm)})["image"]
+    torch.testing.assert_close(torch.as_tensor(out["image"]), torch.as_tensor(only_image))  # untouched by it
+    # The other conventional key, and any key named as a label.
+    seg = for_model(ident, keys=("image", "seg"))({"image": files["image"], "seg": files["label"]})["seg"]
+    assert set(torch.as_tensor(seg).unique().tolist()) == {0, 1}
+    t = for_model(ident, keys=("ct",), label_keys=("organs",))
+    mine = t({"ct": files["image"], "organs": files["label"]})
+    assert mine["organs"].dtype == torch.int64 and torch.equal(torch.as_tensor(mine["organs"]), lab)
+
+
 def test_for_model_takes_a_built_model_and_its_run_preprocessing():
     model = zoo.create("pctnet", num_classes=2)
     assert contract_of(model) == InputContract(orientation="RAS")  # no weights: the default, said so

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -333,6 +334,13 @@ def test_cli_export_writes_the_file_and_prints_the_parity(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and out.exists()
     assert "torchscript exporter" in text and "max rel diff" in text
+    again = tmp_path / "again.onnx"
+    argv = ["export", "swinvit2d-c48", "-o", str(again), "--input-shape", "1", "32", "32", "--exporter"]
+    assert main([*argv, "torchscript", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)  # stdout is the one JSON object
+    assert (said["path"], said["exporter"]) == (str(again), "torchscript")
+    assert said["parity"] and said["parity"][0]["input_shape"][-2:] == [32, 32]
+    assert said["max_rel"] <= said["rtol"] and said["max_abs"] >= 0
 
 
 def test_cli_export_of_a_size_the_model_cannot_take_is_an_error(tmp_path, capsys):

@@ -49,8 +49,8 @@ def test_every_extra_in_the_table_exists_in_pyproject():
         return out
 
     # [all] and [test] bring every feature's extra, so the README's two commands run everything.
-    features = {"onnx", "train", "lora", "demo", "plots", "bundle", "io"}
-    assert features <= closure("all") and features | {"all"} <= closure("test")
+    features = {"onnx", "train", "lora", "demo", "plots", "bundle", "io", "tensorboard", "mlflow"}
+    assert features <= closure("all") and features | {"all", "examples"} <= closure("test")
     assert any(r.startswith("pytest-timeout") for r in extras["test"])
 
 

@@ -334,6 +334,71 @@ def test_a_rerun_uses_the_saved_settings_refuses_changed_ones_and_may_extend(mni
     assert cfg["init"] is None and cfg["tag"] is None  # random initialisation, recorded as such
 
 
+def test_grad_checkpointing_finetunes_to_the_same_losses(mni_task, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from zoo.cli import main
+    from zoo.finetune import adapt_model
+
+    base = ["finetune", "fmunet", "--data", str(mni_task), "--roi", "32", "32", "32", "--batch-size", "1",
+            "--num-samples", "1", "--steps", "2", "--val-every", "2", "--lr", "3e-3", "--preset", "default",
+            "--model-kwargs", json.dumps(_TINY), "-q"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert "gradient checkpointing" not in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "ckpt"), "--grad-checkpointing", "--json"]) == 0
+    said = capsys.readouterr()  # --json: the final report alone on stdout, the rest on stderr
+    assert "gradient checkpointing: the encoder's blocks are recomputed" in said.err
+    final = json.loads(said.out)
+    assert (final["steps"], final["out_dir"], final["already_complete"]) == (2, str(tmp_path / "ckpt"), False)
+    assert set(final["metrics"]) >= {"dice_mean", "dice_1"}
+    losses = [[e["loss"] for e in read_log(tmp_path / run) if "loss" in e] for run in ("plain", "ckpt")]
+    assert len(losses[0]) == 2
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-5)
+    model = zoo.create("fmunet", **_TINY)
+    assert not model.grad_checkpointing
+    assert adapt_model(model, SimpleNamespace(adapters={}), grad_checkpointing=True) is model
+    assert model.grad_checkpointing and model.encoder.en_conv0.grad_checkpointing
+
+
+def test_loggers_get_the_scalars_of_log_jsonl(mni_task, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from zoo.cli import main
+    from zoo.run_loggers import scalars_of
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store, as a test needs no server
+    out = tmp_path / "run"
+    argv = ["finetune", "fmunet", "--data", str(mni_task), "--out", str(out), "--roi", "32", "32", "32",
+            "--batch-size", "1", "--num-samples", "1", "--steps", "2", "--val-every", "1",
+            "--preset", "default", "--model-kwargs", json.dumps(_TINY), "-q",
+            "--logger", "tensorboard", "--logger", "mlflow"]  # fmt: skip
+    assert main(argv) == 0
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for entry in read_log(out):
+        step, values = scalars_of(entry)
+        for k, v in values.items():
+            expected.setdefault(k, []).append((step, v))
+    assert {"loss", "lr", "val/dice_mean", "val/dice_1"} <= set(expected) and len(expected["loss"]) == 2
+    assert len(expected["val/dice_mean"]) == 2  # after step 1 and at the end
+    board = EventAccumulator(str(out / "tensorboard"))
+    board.Reload()
+    assert set(board.Tags()["scalars"]) == set(expected)
+    for k, points in expected.items():
+        got = [(e.step, e.value) for e in board.Scalars(k)]
+        assert [s for s, _ in got] == [s for s, _ in points], k
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-12), k
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("medzoo").experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert set(run.data.metrics) == set(expected)
+    for k, points in expected.items():
+        assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) == points, k
+
+
 def test_the_card_section_teaches_fine_tuning_with_the_measured_result(tmp_path):
     import subprocess
     import sys

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import zoo
 from tests.hub_upload_server import HubUploadServer
@@ -145,6 +145,59 @@ def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, caps
     resolved = [path for method, path, _ in hub.state.requests if method == "GET" and "/resolve/" in path]
     assert resolved[0].endswith("/resolve/main/config.json")
     assert resolved[1].endswith(f"/resolve/{hub.head('org/tiny-qt')}/model.safetensors")
+
+
+def test_publish_private_creates_a_private_repository_and_reports_json(tmp_path, hub, capsys):
+    run = _run(tmp_path)
+    argv = ["publish", str(run), "--repo", "org/secret-qt", "--out", str(tmp_path / "a"), "--private"]
+    argv.append("--json")
+    assert main(argv) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert (said["repo"], said["uploaded"], said["files"]) == ("org/secret-qt", True, FILES)
+    assert said["usage"] == "zoo.create('hf-hub:org/secret-qt')"
+    assert main(["publish", str(run), "--repo", "org/open-qt", "--out", str(tmp_path / "b")]) == 0
+    # huggingface_hub sends "visibility" (older clients: "private"); the Hub reads either.
+    made = {
+        f"{c.get('organization')}/{c['name']}": c.get("visibility") == "private" or c.get("private") is True
+        for c in hub.state.created
+    }
+    assert made == {"org/secret-qt": True, "org/open-qt": False}
+
+
+def test_a_published_tags_card_shows_its_own_hub_id_as_usage():
+    from zoo.cards import render_card
+
+    published = render_card("qtunet-t", hub_tag="ct-ssl", hub_id="org/qt-ct")
+    assert 'model = zoo.create("hf-hub:org/qt-ct")' in published
+    assert 'zoo.create("qtunet-t.ct-ssl"' not in published
+    assert 'zoo.create("qtunet-t", pretrained=True)' in render_card("qtunet-t")  # the registry's own card
+
+
+def test_derived_buffers_may_be_absent_from_a_file_and_are_rebuilt(tmp_path):
+    from zoo.layers.derived import derived_buffer_keys, without_derived
+
+    args = dict(img_size=32, embed_dim=12)
+    torch.manual_seed(0)
+    model = zoo.create("qtunet-t", **args)
+    derived = derived_buffer_keys(model)
+    assert derived and all(k.endswith("relative_position_index") for k in derived)
+    state = model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "old.safetensors"))
+    lean = without_derived(state, model)
+    assert set(state) - set(lean) == derived and not any(v.dtype == torch.int64 for v in lean.values())
+    save_file({k: v.contiguous() for k, v in lean.items()}, str(tmp_path / "lean.safetensors"))
+    x = torch.randn(1, 1, 32, 32, 32)
+    outs = []
+    for name in ("old", "lean"):  # a file that stores them (older caches, the authors') and one that does not
+        loaded = zoo.create("qtunet-t", checkpoint_path=tmp_path / f"{name}.safetensors", **args)
+        assert all(torch.equal(loaded.state_dict()[k], state[k]) for k in derived)
+        with torch.no_grad():
+            outs.append(loaded(x))
+    assert torch.equal(outs[0], outs[1])
+    del lean[next(k for k in lean if k.endswith("qkv.weight"))]  # a learned tensor may not be absent
+    save_file({k: v.contiguous() for k, v in lean.items()}, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(zoo.CheckpointMismatchError, match="lacks 1 key"):
+        zoo.create("qtunet-t", checkpoint_path=tmp_path / "broken.safetensors", **args)
 
 
 def test_hub_id_as_checkpoint_path_revision_and_wrong_model(tmp_path, hub):
@@ -492,6 +545,10 @@ def test_publish_a_registered_tag_then_load_it_by_hub_id(tmp_path, hub, capsys):
     assert hub.state.requests == []
     assert main([*argv, str(src), "--permission-obtained"]) == 0
     assert hub.state.committed == [FILES]
+    published = load_file(str(tmp_path / "o" / "model.safetensors"))
+    assert published and not [k for k in published if k.endswith("relative_position_index")]
+    card = (tmp_path / "o" / "README.md").read_text()
+    assert 'zoo.create("hf-hub:org/qt-ct")' in card and 'zoo.create("qtunet-t.ct-ssl"' not in card
     model = zoo.create("hf-hub:org/qt-ct")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in encoder.items())

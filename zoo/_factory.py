@@ -14,6 +14,7 @@ from torch import nn
 from zoo._registry import ModelSpec, WeightSpec
 from zoo.adapt import adapt_input_conv
 from zoo.convert import convert_checkpoint, read_checkpoint
+from zoo.layers.derived import derived_buffer_keys
 from zoo.plan import ModelPlan, NoPretrainedWeightsError
 
 log = logging.getLogger("zoo")
@@ -131,7 +132,10 @@ def load_weights(
     if report.reinitialised_head:
         log.info("output head newly initialised (new num_classes): %s", _listing(report.reinitialised_head))
 
-    missing = sorted(k for k in own if k not in sd and k not in report.reinitialised_head)
+    # Buffers the model computes from its configuration may be absent (published files omit them).
+    derived = derived_buffer_keys(model)
+    skip = derived | set(report.reinitialised_head)
+    missing = sorted(k for k in own if k not in sd and k not in skip)
     if covers is None:
         covers = "full"
         if missing and sd:

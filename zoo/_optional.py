@@ -26,6 +26,9 @@ EXTRAS: dict[str, str] = {
     "itk": "io",
     "fire": "bundle",
     "ignite": "bundle",
+    "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "accelerate": "examples",
 }
 # onnxruntime execution provider → the extra whose onnxruntime build has it (onnxruntime-gpu).
 PROVIDER_EXTRAS: dict[str, str] = {

@@ -285,13 +285,17 @@ def _bench_section(spec: ModelSpec, bench_dir: str | Path | None) -> str:
 
 
 def render_card(
-    spec: ModelSpec | str, hub_tag: str | None = None, bench_dir: str | Path | None = BENCH_DIR
+    spec: ModelSpec | str,
+    hub_tag: str | None = None,
+    bench_dir: str | Path | None = BENCH_DIR,
+    hub_id: str | None = None,
 ) -> str:
     """The Markdown model card (with Hugging Face front matter) of one model.
 
     Args:
         spec: a ModelSpec or a model name.
         hub_tag: when writing the card of one published checkpoint, its tag.
+        hub_id: the Hub repository (``ORG/NAME``) the card is published in: its usage loads that.
         bench_dir: folder of the benchmark CSVs whose rows the card quotes (None: none).
     """
     if isinstance(spec, str):
@@ -318,7 +322,9 @@ def render_card(
         "",
         "```python",
         "import zoo",
-        f'model = zoo.create("{usage_name}", {pretrained})',
+        f'model = zoo.create("hf-hub:{hub_id}")  # this repository'
+        if hub_id
+        else f'model = zoo.create("{usage_name}", {pretrained})',
         "```",
         "",
         f'`torch.hub.load(REPO, "{spec.hub_entrypoint}", {pretrained})` builds the same model.',

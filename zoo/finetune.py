@@ -465,10 +465,12 @@ def build_model(
     return model, deep
 
 
-def adapt_model(model: nn.Module, settings: FinetuneSettings) -> nn.Module:
-    """Freeze a part and/or add LoRA, as ``settings.adapters`` says."""
-    from zoo.adapt import add_lora, freeze
+def adapt_model(model: nn.Module, settings: FinetuneSettings, grad_checkpointing: bool = False) -> nn.Module:
+    """Freeze a part and/or add LoRA, as ``settings.adapters`` says; checkpoint the encoder's blocks."""
+    from zoo.adapt import add_lora, freeze, set_grad_checkpointing
 
+    if grad_checkpointing:  # the same maths for less memory, so a resumed run may change it
+        set_grad_checkpointing(model)
     if settings.adapters.get("freeze"):
         freeze(model, settings.adapters["freeze"])
     if settings.adapters.get("lora_rank"):
@@ -553,6 +555,8 @@ class FinetuneOptions:
         freeze: a part to freeze (``encoder``, ``encoder.1`` …), see :func:`zoo.adapt.freeze`.
         lora_rank: add LoRA of this rank to the encoder (decoder and head train in full).
         layer_decay: layer-wise LR decay over the model's parts.
+        grad_checkpointing: recompute the encoder's blocks in the backward pass (less memory).
+        loggers: trackers that get ``log.jsonl``'s scalars too: ``tensorboard``, ``mlflow``.
         val_every: validation period in steps (default: the preset's fraction of the run).
         num_workers: data-loading processes.
         cache: cache the deterministic part of the transforms in memory.
@@ -580,6 +584,8 @@ class FinetuneOptions:
     freeze: str | None = None
     lora_rank: int | None = None
     layer_decay: float | None = None
+    grad_checkpointing: bool = False
+    loggers: Sequence[str] = ()
     val_every: int | None = None
     num_workers: int = 0
     cache: bool = True
@@ -683,7 +689,9 @@ def finetune(
     model, deep = build_model(settings, start, p, o.model_kwargs)
     record = model.pretrained_cfg.get("weights")
     say(describe_load(record))
-    adapt_model(model, settings)
+    adapt_model(model, settings, o.grad_checkpointing)
+    if o.grad_checkpointing:
+        say("gradient checkpointing: the encoder's blocks are recomputed in the backward pass")
 
     # 3. data and objective
     train_ds, val_ds = build_datasets(settings, p, dl, o.cache)
@@ -716,6 +724,7 @@ def finetune(
         resume=o.resume,
         progress=o.progress,
         device=info.device,
+        loggers=tuple(o.loggers),
     )
     res = train(
         model, loss_fn, loader, out_dir, optim, settings.total_steps, loop, val_fn=val_fn, config=config,

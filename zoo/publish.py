@@ -64,8 +64,9 @@ def _staged(out: Path) -> Iterator[Path]:
         raise PublishError(f"could not write {out}: {type(e).__name__}: {e}; nothing was written") from e
 
 
-def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) -> str:
-    """Create ``repo_id`` if needed and upload exactly ``files`` of ``folder``; returns the commit id."""
+def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str], private: bool = False) -> str:
+    """Create ``repo_id`` if needed (``private``: a private one; an existing one keeps its visibility)
+    and upload exactly ``files`` of ``folder``; returns the commit id."""
     from huggingface_hub import HfApi
 
     from zoo._version import __version__
@@ -74,7 +75,7 @@ def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) 
         endpoint=os.environ.get("HF_ENDPOINT") or None, library_name="medzoo", library_version=__version__
     )
     try:
-        api.create_repo(repo_id, exist_ok=True)
+        api.create_repo(repo_id, exist_ok=True, private=private)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
@@ -89,7 +90,12 @@ def _upload(folder: Path, repo_id: str, revision: str | None, files: list[str]) 
 
 
 def _finish(
-    folder: Path, repo_id: str, revision: str | None, dry_run: bool, extra: tuple[str, ...] = ()
+    folder: Path,
+    repo_id: str,
+    revision: str | None,
+    dry_run: bool,
+    extra: tuple[str, ...] = (),
+    private: bool = False,
 ) -> None:
     """Check the folder holds exactly the files to publish, then upload them unless ``dry_run``."""
     files = sorted(p.name for p in folder.iterdir())
@@ -97,7 +103,7 @@ def _finish(
     if files != expected:  # a bug here must never turn into an upload of something else
         raise PublishError(f"the folder to publish holds {files}, expected exactly {expected}")
     if not dry_run:
-        _upload(folder, repo_id, revision, expected)
+        _upload(folder, repo_id, revision, expected, private)
 
 
 # A local path in any spelling, alone or inside a sentence: a file URI; a path from the root, the
@@ -288,6 +294,7 @@ def publish_run(
     permission_obtained: bool = False,
     revision: str | None = None,
     license: str | None = None,
+    private: bool = False,
 ) -> Path:
     """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
 
@@ -385,7 +392,7 @@ def publish_run(
             images=images,
         )
         (tmp / "README.md").write_text(_public(render_run_card(spec, config, facts)))
-        _finish(tmp, repo_id, revision, dry_run, images)
+        _finish(tmp, repo_id, revision, dry_run, images, private=private)
     return out
 
 
@@ -472,6 +479,7 @@ def publish(
     checkpoint_path: str | Path | None = None,
     permission_obtained: bool = False,
     revision: str | None = None,
+    private: bool = False,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``name.tag`` and upload them.
 
@@ -489,10 +497,12 @@ def publish(
     Returns:
         The written folder.
     """
-    from safetensors.torch import save_file
+    import torch
+    from safetensors.torch import load_file, save_file
 
     from zoo.cards import is_hub_repo_id, render_card
     from zoo.convert import convert_checkpoint, read_checkpoint
+    from zoo.layers.derived import without_derived
 
     if not is_hub_repo_id(repo_id):
         raise ValueError(f"--repo must be a Hub repository id ORG/NAME, got {repo_id!r}")
@@ -517,10 +527,17 @@ def publish(
     source = fetch_weights(spec, ws) if sd is None else None
     out = Path(out_dir)
     with _staged(out) as tmp:
-        if sd is not None:
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"))
-        else:
-            shutil.copyfile(source, tmp / "model.safetensors")
+        metadata = None
+        if sd is None:
+            from safetensors import safe_open
+
+            with safe_open(str(source), "pt") as f:
+                metadata = f.metadata()
+            sd = load_file(str(source))
+        with torch.device("meta"):  # the names of the derived buffers, without building weights
+            skeleton = spec.builder(**spec.model_args)
+        kept = {k: v.contiguous() for k, v in without_derived(sd, skeleton).items()}  # loading rebuilds them
+        save_file(kept, str(tmp / "model.safetensors"), metadata=metadata)
         config = {
             "library_name": "medzoo",
             "model_name": spec.name,
@@ -545,6 +562,6 @@ def publish(
             "sha256": file_digest(tmp / "model.safetensors"),
         }
         (tmp / "config.json").write_text(json.dumps(_public(config), indent=2) + "\n")
-        (tmp / "README.md").write_text(_public(render_card(spec, hub_tag=tag)))
-        _finish(tmp, repo_id, revision, dry_run)
+        (tmp / "README.md").write_text(_public(render_card(spec, hub_tag=tag, hub_id=repo_id)))
+        _finish(tmp, repo_id, revision, dry_run, private=private)
     return out

@@ -438,6 +438,8 @@ class LoopSettings:
         amp: bf16 autocast on CUDA.
         find_unused_parameters: passed to DDP (models with parts that do not run, such as
             PCT-Net's other resolution modes, need it).
+        loggers: trackers that receive ``log.jsonl``'s scalars too (``tensorboard``, ``mlflow``:
+            :mod:`zoo.run_loggers`).
     """
 
     val_every: int | None = None
@@ -450,6 +452,7 @@ class LoopSettings:
     device: str | torch.device | None = None
     amp: bool = False
     find_unused_parameters: bool = True
+    loggers: tuple[str, ...] = ()
 
 
 def train(
@@ -615,6 +618,11 @@ def _train(
     resumable = isinstance(sampler, EpochSampler)
     if not resumable and info.distributed:
         log.warning("train_loader does not use zoo.train.make_loader: data are not sharded across processes")
+    trackers = None
+    if info.is_main and loop.loggers:  # log.jsonl's scalars to TensorBoard / MLflow too
+        from zoo.run_loggers import open_loggers
+
+        trackers = open_loggers(loop.loggers, out)
     logf = (out / LOG_FILE).open("a") if info.is_main else None
     bar = None
     if progress and info.is_main:
@@ -626,6 +634,8 @@ def _train(
         if logf is not None:
             logf.write(json.dumps(_jsonable(entry)) + "\n")
             logf.flush()
+        if trackers is not None:
+            trackers.log(_jsonable(entry))
 
     def save(saved_state: dict[str, Any]) -> None:
         if info.is_main:
@@ -750,6 +760,8 @@ def _train(
             bar.close()
         if logf is not None:
             logf.close()
+        if trackers is not None:
+            trackers.close()
     _barrier(info)
     result.step = state["step"]
     result.seconds = time.perf_counter() - started

@@ -47,6 +47,8 @@ __all__ = [
     "InputContract",
     "contract_of",
     "for_model",
+    "LABEL_KEYS",
+    "AsLabeld",
     "ReplaceNonFinited",
     "ZScored",
 ]
@@ -465,17 +467,25 @@ class InputContract:
         """The MONAI dictionary transforms of the contract, in order.
 
         Load → channel first → non-finite voxels to 0 → orientation → spacing → intensity →
-        axis order. ``keys`` are images (bilinear, intensity); ``label_keys`` are resampled
-        nearest and keep their values.
+        axis order. ``keys`` are images (float32, bilinear, intensity); ``label_keys`` are label
+        maps: read in the file's type, resampled nearest, never intensity-transformed, and
+        int64 at the end (:class:`AsLabeld`), so their values survive.
         """
         from monai import transforms as T
 
         images, labels = tuple(keys), tuple(label_keys)
         every = images + labels
+        if not every or set(images) & set(labels):
+            raise ValueError(f"keys {images} and label_keys {labels}: expected disjoint, not both empty")
         steps: list[Any] = []
         if load:
-            steps += [T.LoadImaged(every, image_only=True), T.EnsureChannelFirstd(every)]
-        steps.append(ReplaceNonFinited(images))
+            if images:
+                steps.append(T.LoadImaged(images, image_only=True))
+            if labels:  # the file's integers, not float32
+                steps.append(T.LoadImaged(labels, image_only=True, dtype=None))
+            steps.append(T.EnsureChannelFirstd(every))
+        if images:  # before resampling spreads them
+            steps.append(ReplaceNonFinited(images))
         if self.orientation:
             steps.append(
                 T.Orientationd(every, axcodes=self.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))
@@ -483,6 +493,19 @@ class InputContract:
         if self.spacing_mm:
             modes = ("bilinear",) * len(images) + ("nearest",) * len(labels)
             steps.append(T.Spacingd(every, pixdim=self.spacing_mm, mode=modes))
+        if images:
+            steps += self._intensity_steps(images, every)
+        if self.axis_order == "zyx":
+            steps.append(T.Transposed(every, indices=(0, 3, 2, 1)))
+        if labels:
+            steps.append(AsLabeld(labels))
+        return steps
+
+    def _intensity_steps(self, images: tuple[str, ...], every: tuple[str, ...]) -> list[Any]:
+        """The intensity transform of ``images``, then the foreground crop of ``every`` key."""
+        from monai import transforms as T
+
+        steps: list[Any] = []
         it = self.intensity
         if it["kind"] == "clip_scale":
             steps.append(
@@ -499,8 +522,6 @@ class InputContract:
                     every, source_key=images[0], select_fn=lambda v: v > thr, allow_smaller=True
                 )
             )
-        if self.axis_order == "zyx":
-            steps.append(T.Transposed(every, indices=(0, 3, 2, 1)))
         return steps
 
     def compose(
@@ -535,23 +556,58 @@ def contract_of(model_or_name: Any) -> InputContract:
     return InputContract.from_preprocessing(prep, f"{cfg.get('name', 'model')}: ")
 
 
-def for_model(model_or_name: Any, keys: Sequence[str] = ("image",)) -> Any:
+LABEL_KEYS = ("label", "seg")
+"""The dictionary keys :func:`for_model` treats as label maps unless told otherwise."""
+
+
+def for_model(
+    model_or_name: Any, keys: Sequence[str] = ("image",), label_keys: Sequence[str] | None = None
+) -> Any:
     """The MONAI ``Compose`` that turns file paths into what a model's weights expect.
+
+    Images get the weights' whole contract; label maps are read as integers, oriented and
+    resampled with nearest-neighbour like their image, and never intensity-transformed.
 
     Args:
         model_or_name: a model from ``zoo.create`` (its ``pretrained_cfg``), or a registry name.
-        keys: dictionary keys holding image paths.
+        keys: dictionary keys holding image or label paths.
+        label_keys: which keys hold label maps (added to ``keys`` when missing there); default
+            those of ``keys`` named ``label`` or ``seg`` (:data:`LABEL_KEYS`).
 
     Returns:
         ``Compose`` of LoadImaged → EnsureChannelFirstd → non-finite to 0 → Orientationd →
         Spacingd → intensity → Transposed (axial-first models); ``zoo predict`` runs the same
-        transforms.
+        transforms on images, ``zoo finetune`` on images and labels.
 
     Example:
-        >>> t = zoo.transforms.for_model("pctnet.vf110k")
-        >>> x = t({"image": "ct.nii.gz"})["image"]  # (1, Z, Y, X), HU clipped to [-1, 1]
+        >>> t = zoo.transforms.for_model("pctnet.vf110k", keys=("image", "label"))
+        >>> d = t({"image": "ct.nii.gz", "label": "seg.nii.gz"})
+        >>> d["image"]  # (1, Z, Y, X) float32, HU clipped to [-1, 1]
+        >>> d["label"]  # (1, Z, Y, X) int64, the file's label values on the same grid
     """
-    return contract_of(model_or_name).compose(keys)
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    if label_keys is None:
+        labels = tuple(k for k in keys if k in LABEL_KEYS)
+    else:
+        labels = (label_keys,) if isinstance(label_keys, str) else tuple(label_keys)
+    images = tuple(k for k in keys if k not in labels)
+    return contract_of(model_or_name).compose(images, labels)
+
+
+class AsLabeld(MapTransform):
+    """Label maps as int64, rounded; a map that was not integer-valued is named in a warning."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key])
+            if x.is_floating_point():
+                rounded = x.round()
+                if x.numel() and bool((x - rounded).abs().max() > 1e-3):
+                    log.warning("%s: a label map with non-integer values; rounded to integers", key)
+                x = rounded
+            d[key] = x.to(torch.int64)
+        return d
 
 
 class ReplaceNonFinited(MapTransform):

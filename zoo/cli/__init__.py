@@ -31,11 +31,14 @@ from zoo.cli._base import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    JSON,
     UsageError,
+    add_common_options,
     arg,
     command,
 )
 from zoo.cli.apply import _parse_intensity
+from zoo.cli.completion import SHELLS, completion_script
 
 __all__ = [
     "main",
@@ -45,6 +48,7 @@ __all__ = [
     "arg",
     "UsageError",
     "COMMANDS",
+    "JSON",
     "EXIT_OK",
     "EXIT_FAILURE",
     "EXIT_USAGE",
@@ -58,8 +62,19 @@ log = logging.getLogger("zoo")
 # The order of `zoo --help`: the registry first, then using a model, training, publishing.
 _ORDER = (
     "list", "info", "download", "convert", "publish", "predict", "demo", "export", "bench",
-    "finetune", "pretrain", "bundle", "card",
+    "finetune", "pretrain", "bundle", "card", "completion",
 )  # fmt: skip
+
+
+@command(
+    "completion",
+    help="print the shell completion script (bash, zsh), generated from this parser",
+    args=[arg("shell", choices=SHELLS, help='eval "$(zoo completion bash)" in ~/.bashrc (zsh: ~/.zshrc)')],
+)
+def cmd_completion(a: argparse.Namespace) -> int:
+    """Completion of commands, options and choices; install with ``eval "$(zoo completion bash)"``."""
+    print(completion_script(build_parser(), a.shell), end="")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 success, 1 runtime failure, 2 a request that cannot work as given. "
         "`zoo COMMAND --help` for each.",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    add_common_options(p)
     p.add_argument("--version", action="version", version=f"medzoo {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     names = [n for n in _ORDER if n in COMMANDS] + sorted(set(COMMANDS) - set(_ORDER))
@@ -117,9 +132,8 @@ def _one_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``zoo`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit status."""
     args = build_parser().parse_args(argv)  # usage errors exit 2 here, as argparse does
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     cmd = COMMANDS[args.command]
     try:
         rc = cmd.handler(args)

@@ -1,10 +1,17 @@
-"""What every ``zoo`` command shares: the ``@command`` registry, ``UsageError``, the table printer."""
+"""What every ``zoo`` command shares: the ``@command`` registry, ``UsageError``, the table printer,
+the options every command takes (``-v``/``-q``, before or after its name) and ``--json`` reports."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
@@ -47,6 +54,53 @@ class Command:
         parser = sub.add_parser(self.name, help=self.help)
         for a in self.args:
             parser.add_argument(*a.flags, **a.options)
+        add_common_options(parser, after_command=True)
+
+    @property
+    def reports(self) -> bool:
+        """Whether the command takes ``--json`` (each command that reports a result does)."""
+        return any("--json" in a.flags for a in self.args)
+
+
+def add_common_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
+    """``-v`` / ``-q``, taken before the command's name and after it alike.
+
+    After it they default to "not given" (``SUPPRESS``), so that ``zoo -q list`` keeps the ``-q``.
+    """
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {"default": False}
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level", **default)
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars; log errors only", **default
+    )
+
+
+JSON = Arg(("--json",), {"action": "store_true", "help": "the report as JSON (null: unknown)"})
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def human_output(a: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """With ``--json``, what a task prints for people goes to stderr: stdout holds only the report."""
+    return contextlib.redirect_stdout(sys.stderr) if getattr(a, "json", False) else contextlib.nullcontext()
+
+
+def report(a: argparse.Namespace, text: str, data: Mapping[str, Any]) -> None:
+    """A command's result: ``text`` for people, or ``data`` as one line of JSON with ``--json``."""
+    print(json.dumps(_plain(data)) if getattr(a, "json", False) else text, flush=True)
 
 
 COMMANDS: dict[str, Command] = {}

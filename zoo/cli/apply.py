@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from zoo._registry import list_models
-from zoo.cli._base import UsageError, arg, command, table
+from zoo.cli._base import JSON, UsageError, arg, command, human_output, report, table
 
 
 def _parse_intensity(text: str) -> dict:
@@ -95,7 +95,6 @@ def _device_args(what: str) -> list:
             "model's threads, else 0)",
         ),
         arg("--preview", action="store_true", help="also write a PNG of mid-slices + labels"),
-        arg("-q", "--quiet", action="store_true", help="no progress bar"),
         *_device_args("the model"),
         arg(
             "--stitch-on",
@@ -109,6 +108,7 @@ def _device_args(what: str) -> list:
             action="store_true",
             help="FILE.onnx on a GPU: prefer onnxruntime's TensorRT provider",
         ),
+        JSON,
     ],
     interrupted=lambda a, e: "interrupted; rerun the same command to resume (finished cases are kept)",
 )
@@ -179,12 +179,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     common.update(budget)
     if not study:
         r = predict_nifti(model, a.input, a.output, PredictSettings(**common), progress=not a.quiet)
-        print(_prediction_line(r))
+        report(a, _prediction_line(r), r)
         return 0
 
     def said(path: Path, r: object | None, err: str | None) -> None:
-        if r is not None and not a.quiet:
-            print(_prediction_line(r), flush=True)
+        if r is not None and (a.json or not a.quiet):  # --json: one object per case, then the summary
+            report(a, _prediction_line(r), {"input": path, **vars(r)})
 
     res = S.predict_study(
         model,
@@ -194,9 +194,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         on_case=said,
     )
-    print(
+    summary = {"cases": res.cases, "written": len(res.written), "skipped": res.skipped, "failed": res.failed}
+    report(
+        a,
         f"{res.cases} case(s): {len(res.written)} written, {len(res.skipped)} already there (skipped), "
-        f"{len(res.failed)} failed"
+        f"{len(res.failed)} failed",
+        summary,
     )
     for path, err in res.failed.items():
         print(f"  failed: {path}: {err}", file=sys.stderr)
@@ -350,6 +353,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
             help="fold: constant folding and unused-node removal only (fast, default); exporter: the "
             "dynamo exporter's full optimiser with its rewrite rules",
         ),
+        JSON,
     ],
 )
 def cmd_export(a: argparse.Namespace) -> int:
@@ -373,21 +377,33 @@ def cmd_export(a: argparse.Namespace) -> int:
             f"{p.spec.name}: exporting the architecture with random weights (no tag given)", file=sys.stderr
         )
     shapes = [tuple(s) for s in a.input_shape] if a.input_shape else None
-    r = to_onnx(
-        p,
-        a.output,
-        ExportSettings(
-            input_shapes=shapes,
-            opset=a.opset,
-            exporter=a.exporter,
-            rtol=a.rtol,
-            check=not a.no_check,
-            dynamic_spatial=a.dynamic_spatial,
-            device=a.device,
-            graph_passes=a.graph_passes,
-        ),
-    )
+    with human_output(a):
+        r = to_onnx(
+            p,
+            a.output,
+            ExportSettings(
+                input_shapes=shapes,
+                opset=a.opset,
+                exporter=a.exporter,
+                rtol=a.rtol,
+                check=not a.no_check,
+                dynamic_spatial=a.dynamic_spatial,
+                device=a.device,
+                graph_passes=a.graph_passes,
+            ),
+        )
     axes = "batch and spatial axes dynamic" if r.dynamic_spatial else "batch axis dynamic, spatial axes fixed"
+    if a.json:
+        report(
+            a,
+            "",
+            {
+                **vars(r),
+                "max_abs": r.max_abs if r.parity else None,
+                "max_rel": r.max_rel if r.parity else None,
+            },
+        )
+        return 0
     print(f"wrote {r.path} ({r.exporter} exporter, opset {r.opset}, {axes}; export {r.export_seconds:.1f} s)")
     if r.fallback_reason:
         print(f"  fell back to {r.exporter}: {r.fallback_reason}")
@@ -428,7 +444,6 @@ def cmd_export(a: argparse.Namespace) -> int:
         ),
         arg("--baseline-label", default=None, help="what --baseline-onnx is (e.g. main)"),
         arg("--json", action="store_true", help="one JSON object per model"),
-        arg("-q", "--quiet", action="store_true", help="no progress lines on stderr"),
     ],
 )
 def cmd_bench(a: argparse.Namespace) -> int:

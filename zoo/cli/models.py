@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo._registry import aliases_of, get_spec, list_models, resolve
-from zoo.cli._base import EXIT_FAILURE, EXIT_OK, UsageError, arg, command, table
+from zoo.cli._base import EXIT_FAILURE, EXIT_OK, JSON, UsageError, arg, command, report, table
 
 
 def _list_entry(name: str) -> dict[str, Any]:
@@ -124,12 +124,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     help="fetch, verify, convert and cache weights",
     args=[
         arg("name", help="name.tag (or a name: its default tag)"),
-        arg("-q", "--quiet", action="store_true", help="no progress bar"),
         arg(
             "--print-digest",
             action="store_true",
             help="print the registry fields (sha256 and size) that pin the downloaded file, to paste",
         ),
+        JSON,
     ],
 )
 def cmd_download(a: argparse.Namespace) -> int:
@@ -151,7 +151,9 @@ def cmd_download(a: argparse.Namespace) -> int:
     if a.print_digest:
         print(registry_digest_line(spec, ws, path))
         return EXIT_OK
-    print(f"{spec.name}.{tag}: {path} (sha256 {file_digest(path)})")
+    digest = file_digest(path)
+    data = {"name": spec.name, "tag": tag, "path": path, "sha256": digest, "bytes": path.stat().st_size}
+    report(a, f"{spec.name}.{tag}: {path} (sha256 {digest})", data)
     return EXIT_OK
 
 
@@ -162,6 +164,7 @@ def cmd_download(a: argparse.Namespace) -> int:
         arg("checkpoint", help="the authors' checkpoint file (.pt/.pth/.safetensors)"),
         arg("--model", required=True, help="the model it belongs to (name or name.tag)"),
         arg("-o", "--output", required=True, help="the .safetensors file to write (not the input)"),
+        JSON,
     ],
 )
 def cmd_convert(a: argparse.Namespace) -> int:
@@ -186,11 +189,13 @@ def cmd_convert(a: argparse.Namespace) -> int:
         w = sd.get(f"{conv}.weight")
         if w is not None and "in_chans" in args:
             args["in_chans"] = w.shape[1]
-    report = load_weights(spec.builder(**args), sd, spec)
+    loaded = load_weights(spec.builder(**args), sd, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(sd, out, metadata={"model": spec.name})  # a unique temporary name per writer
-    extra = f"; not in checkpoint: {len(report.newly_initialised)} (covers {report.covers})"
-    print(f"wrote {out}: {len(sd)} tensors for {spec.name}{extra if report.newly_initialised else ''}")
+    extra = f"; not in checkpoint: {len(loaded.newly_initialised)} (covers {loaded.covers})"
+    text = f"wrote {out}: {len(sd)} tensors for {spec.name}{extra if loaded.newly_initialised else ''}"
+    data = {"output": out, "model": spec.name, "tensors": len(sd), "covers": loaded.covers}
+    report(a, text, {**data, "newly_initialised": list(loaded.newly_initialised)})
     return EXIT_OK
 
 

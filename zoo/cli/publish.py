@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo.cli._base import arg, command
+from zoo.cli._base import JSON, arg, command, report
 
 
 @command(
@@ -19,6 +19,11 @@ from zoo.cli._base import arg, command
         arg("--dry-run", action="store_true", help="write the folder only"),
         arg("--revision", default=None, help="Hub branch to commit to (default: the default branch)"),
         arg(
+            "--private",
+            action="store_true",
+            help="create the repository private (an existing one keeps its visibility)",
+        ),
+        arg(
             "--license",
             default=None,
             help="licence of a run's weights (default: its chain's; a run from random weights needs one)",
@@ -28,6 +33,7 @@ from zoo.cli._base import arg, command
             action="store_true",
             help="the rights holder allowed redistribution of weights whose licence does not",
         ),
+        JSON,
     ],
 )
 def cmd_publish(a: argparse.Namespace) -> int:
@@ -47,6 +53,7 @@ def cmd_publish(a: argparse.Namespace) -> int:
             permission_obtained=a.permission_obtained,
             revision=a.revision,
             license=a.license,
+            private=a.private,
         )
     else:
         if a.license:
@@ -59,10 +66,13 @@ def cmd_publish(a: argparse.Namespace) -> int:
             checkpoint_path=a.checkpoint,
             permission_obtained=a.permission_obtained,
             revision=a.revision,
+            private=a.private,
         )
-    files = ", ".join(sorted(p.name for p in Path(path).iterdir()))
+    names = sorted(p.name for p in Path(path).iterdir())
+    files, usage = ", ".join(names), f"zoo.create('hf-hub:{a.repo}')"
+    data = {"repo": a.repo, "folder": path, "files": names, "uploaded": not a.dry_run, "usage": usage}
     if a.dry_run:
-        print(f"wrote {path}: {files}")
+        report(a, f"wrote {path}: {files}", data)
     else:
-        print(f"uploaded {files} to {a.repo} (copy in {path}); load with zoo.create('hf-hub:{a.repo}')")
+        report(a, f"uploaded {files} to {a.repo} (copy in {path}); load with {usage}", data)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from zoo.cli._base import UsageError, arg, command
+from zoo.cli._base import JSON, UsageError, arg, command, human_output, report
 
 
 @command(
@@ -36,13 +36,26 @@ from zoo.cli._base import UsageError, arg, command
         arg("--lora", type=int, default=None, metavar="RANK", help="LoRA of this rank on the encoder"),
         arg("--layer-decay", type=float, default=None, help="layer-wise LR decay (e.g. 0.75)"),
         arg("--val-every", type=int, default=None, help="validation period in steps"),
+        arg(
+            "--grad-checkpointing",
+            action="store_true",
+            help="recompute the encoder's blocks in backward: less memory, about one more encoder forward",
+        ),
+        arg(
+            "--logger",
+            action="append",
+            choices=["tensorboard", "mlflow"],
+            default=[],
+            help="also log the scalars of log.jsonl to TensorBoard (RUN/tensorboard) or MLflow "
+            "(MLFLOW_TRACKING_URI); repeatable",
+        ),
         arg("--workers", type=int, default=0, help="data-loading processes"),
         arg("--no-cache", action="store_true", help="do not cache preprocessed volumes in memory"),
         arg("--restart", action="store_true", help="ignore a run already in --out"),
         arg("--seed", type=int, default=0, help="random seed (data order, crops, initialisation)"),
         arg("--model-kwargs", default=None, help="JSON of further architecture arguments"),
         arg("--device", default=None, help="cpu or cuda (default: cuda if available)"),
-        arg("-q", "--quiet", action="store_true", help="no progress bar"),
+        JSON,
     ],
     interrupted=lambda a, e: f"interrupted by {e or 'SIGINT'}; rerun the same command to resume {a.out}",
 )
@@ -75,6 +88,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         freeze=a.freeze,
         lora_rank=a.lora,
         layer_decay=a.layer_decay,
+        grad_checkpointing=a.grad_checkpointing,
+        loggers=tuple(a.logger),
         val_every=a.val_every,
         num_workers=a.workers,
         cache=not a.no_cache,
@@ -84,7 +99,11 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         model_kwargs=json.loads(a.model_kwargs) if a.model_kwargs else None,
     )
-    finetune(a.name, a.data, a.out, options)
+    with human_output(a):  # --json: stdout is the report
+        r = finetune(a.name, a.data, a.out, options)
+    if a.json:
+        keep = ("out_dir", "steps", "metrics", "best", "seconds", "already_complete")
+        report(a, "", {k: getattr(r, k) for k in keep})
     return 0
 
 
@@ -116,7 +135,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         arg("--restart", action="store_true", help="ignore a run already in --out"),
         arg("--seed", type=int, default=0, help="random seed (data order, crops, initialisation)"),
         arg("--device", default=None, help="cpu or cuda (default: cuda if available)"),
-        arg("-q", "--quiet", action="store_true", help="no progress bar"),
+        JSON,
     ],
     interrupted=lambda a, e: f"interrupted by {e or 'SIGINT'}; rerun the same command to resume {a.out}",
 )
@@ -157,11 +176,14 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
             progress=not a.quiet,
         ),
     )
-    r = pretrain(a.method, a.model, a.data, a.out, steps, options)
+    with human_output(a):
+        r = pretrain(a.method, a.model, a.data, a.out, steps, options)
     cfg = json.loads(r.config.read_text())
-    print(describe_load((cfg.get("pretraining") or {}).get("init")))
-    print(
-        f"wrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
+    init = describe_load((cfg.get("pretraining") or {}).get("init"))
+    text = (
+        f"{init}\nwrote {r.checkpoint} ({cfg['model_name']}, covers {cfg['covers']}) after {r.steps} steps; "
         f"load with zoo.create({str(r.out)!r}) (model and arguments from its {r.config.name})"
     )
+    data = {"out": r.out, "checkpoint": r.checkpoint, "model": cfg["model_name"], "covers": cfg["covers"]}
+    report(a, text, {**data, "steps": r.steps})
     return 0

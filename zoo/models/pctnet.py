@@ -228,6 +228,8 @@ class WindowAttention3D(nn.Module):
         proj_drop: dropout after the output projection.
     """
 
+    derived_buffers = ("relative_position_index",)  # rebuilt from the window size at construction
+
     def __init__(self, dim: int, window: int, num_heads: int, attn_drop: float, proj_drop: float) -> None:
         super().__init__()
         self.num_heads = num_heads

@@ -111,6 +111,8 @@ class WindowAttention3D(nn.Module):
     :class:`~zoo.layers.window_attention_3d.WindowPlan` (``gather_windows``).
     """
 
+    derived_buffers = ("relative_position_index",)  # rebuilt from the window size at construction
+
     def __init__(
         self,
         dim: int,

@@ -238,7 +238,7 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        for var in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+        for var in ("HF_HUB_OFFLINE", "MEDZOO_OFFLINE", "HF_TOKEN"):
             monkeypatch.delenv(var, raising=False)
         yield srv
 

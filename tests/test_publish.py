@@ -150,12 +150,15 @@ def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, caps
 def test_publish_private_creates_a_private_repository_and_reports_json(tmp_path, hub, capsys):
     run = _run(tmp_path)
     argv = ["publish", str(run), "--repo", "org/secret-qt", "--out", str(tmp_path / "a"), "--private"]
-    argv.append("--json")
+    argv += ["--json", "--license", "apache-2.0"]  # a run from random weights names its licence
     assert main(argv) == 0
     said = json.loads(capsys.readouterr().out)
     assert (said["repo"], said["uploaded"], said["files"]) == ("org/secret-qt", True, FILES)
     assert said["usage"] == "zoo.create('hf-hub:org/secret-qt')"
-    assert main(["publish", str(run), "--repo", "org/open-qt", "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(["publish", str(run), "--repo", "org/open-qt", "--out", str(tmp_path / "b"), "--license", "mit"])
+        == 0
+    )
     # huggingface_hub sends "visibility" (older clients: "private"); the Hub reads either.
     made = {
         f"{c.get('organization')}/{c['name']}": c.get("visibility") == "private" or c.get("private") is True

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from zoo._registry import list_models
 from zoo.cli._base import JSON, UsageError, arg, command, human_output, report, table
@@ -232,20 +233,34 @@ def _prediction_line(r: object) -> str:
 def cmd_demo(a: argparse.Namespace) -> int:
     """Build a model, run it on a real volume an installed package ships, say what it found."""
     import os
+
+    from zoo.inference import resolve_device, resolve_precision
+
+    device = resolve_device(a.device)  # refused in one line before anything is built
+    resolve_precision(a.precision, device)
+    # The demo never touches the network: cached weights or none (restored after: `main` may run in-process).
+    offline = os.environ.get("MEDZOO_OFFLINE")
+    os.environ["MEDZOO_OFFLINE"] = "1"
+    try:
+        return _demo(a, device)
+    finally:
+        if offline is None:
+            os.environ.pop("MEDZOO_OFFLINE", None)
+        else:
+            os.environ["MEDZOO_OFFLINE"] = offline
+
+
+def _demo(a: argparse.Namespace, device: Any) -> int:
     import tempfile
 
     import torch
 
     from zoo._factory import create_from_plan
     from zoo.hub import WeightsUnavailableError
-    from zoo.inference import resolve_device, resolve_precision
     from zoo.plan import NoPretrainedWeightsError, plan
     from zoo.predict import PredictSettings, predict_nifti, sample_volume_path
     from zoo.predict_checks import check_weights_trained
 
-    device = resolve_device(a.device)  # refused in one line before anything is built
-    resolve_precision(a.precision, device)
-    os.environ["MEDZOO_OFFLINE"] = "1"  # the demo never touches the network: cached weights or none
     try:  # resolved once: the named (or default) weights when the model has any
         wanted = plan(a.name, pretrained=True)
     except NoPretrainedWeightsError:

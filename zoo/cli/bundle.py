@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoo.cli._base import arg, command
+from zoo.cli._base import JSON, arg, command, human_output, report
 
 
 @command(
@@ -21,6 +21,7 @@ from zoo.cli._base import arg, command
             action="store_true",
             help="the rights holder of non-redistributable weights agreed to their redistribution",
         ),
+        JSON,
     ],
 )
 def cmd_bundle(a: argparse.Namespace) -> int:
@@ -31,12 +32,23 @@ def cmd_bundle(a: argparse.Namespace) -> int:
     settings = BundleSettings(
         version=a.bundle_version, permission_obtained=a.permission_obtained, sw_batch_size=a.sw_batch_size
     )
-    out = write_bundle(p, a.output, settings)
-    print(
-        f"wrote {out}: configs/inference.json, configs/metadata.json, models/model.pt, docs/README.md, "
-        "LICENSE; "
-        f"run it with python -m monai.bundle run --config_file {out}/configs/inference.json "
-        f"--meta_file {out}/configs/metadata.json --bundle_root {out} --dataset_dir SCANS_FOLDER "
-        "(MONAI's runner needs pip install 'medzoo[bundle]')"
+    with human_output(a):
+        out = write_bundle(p, a.output, settings)
+    files = [
+        "LICENSE",
+        "configs/inference.json",
+        "configs/metadata.json",
+        "docs/README.md",
+        "models/model.pt",
+    ]
+    run = (
+        f"python -m monai.bundle run --config_file {out}/configs/inference.json "
+        f"--meta_file {out}/configs/metadata.json --bundle_root {out} --dataset_dir SCANS_FOLDER"
+    )
+    report(
+        a,
+        f"wrote {out}: {', '.join(files)}; run it with {run} "
+        "(MONAI's runner needs pip install 'medzoo[bundle]')",
+        {"bundle": str(out), "files": files, "weights": p.id, "run": run},
     )
     return 0

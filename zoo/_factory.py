@@ -296,20 +296,13 @@ def load(p: ModelPlan, model: nn.Module, path: Path | None = None) -> dict[str, 
 
 
 def pretrained_cfg(p: ModelPlan, record: dict[str, Any] | None) -> dict[str, Any]:
-    """``model.pretrained_cfg``: the plan's name, arguments, preprocessing, window, and what was loaded."""
-    cfg = {
-        "name": p.spec.name,
-        "tag": p.tag if p.loads_weights else None,
-        "family": p.spec.family,
-        "model_args": dict(p.model_args),
-        "input_size": p.spec.input_size,
-        "preprocessing": dict(p.preprocessing),
-        "sliding_window": dict(p.window),
-        # What was actually loaded (zoo.provenance): tag, sha256 of the file, covered part; None if random.
-        "weights": record,
-    }
-    if p.labels:
-        cfg["labels"] = dict(p.labels)
+    """``model.pretrained_cfg``: the plan's view (:meth:`ModelPlan.planned_cfg`) with what was loaded.
+
+    ``preprocessing`` is the weights' own (empty for random weights, as before a plan existed);
+    ``weights`` the load record (zoo.provenance: tag, sha256, covered part, lineage; None if random).
+    """
+    cfg = p.planned_cfg()
+    cfg.update(tag=p.tag if p.loads_weights else None, preprocessing=dict(p.preprocessing), weights=record)
     if p.run is not None:
         cfg["run"] = str(p.run)
     if p.hub is not None:

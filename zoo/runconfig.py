@@ -145,6 +145,11 @@ class RunConfig:
         return out
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON takes it: string keys, lists for tuples, text for paths, ``repr`` for the rest."""
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}

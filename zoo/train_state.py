@@ -118,15 +118,9 @@ def _save_checkpoint(
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float | int | str | bool) or obj is None:
-        return obj
-    return repr(obj)
+    from zoo.runconfig import jsonable
+
+    return jsonable(obj)
 
 
 def read_trainer_state(out: Path) -> dict[str, Any]:

@@ -142,13 +142,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    from zoo.runconfig import jsonable
+
+    return jsonable(value)
 
 
 def write_checkpoint(

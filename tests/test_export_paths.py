@@ -19,6 +19,7 @@ _PREP = {
 }
 
 
+@pytest.mark.slow  # ~35 s: an export checked at two sizes, then two whole-volume predictions
 def test_a_dynamic_spatial_export_predicts_another_window_size_with_the_labels_of_pytorch(tmp_path, capsys):
     import nibabel as nib
 

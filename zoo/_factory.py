@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,18 +197,6 @@ def _load_into(
     return report
 
 
-def _validate_args(spec: ModelSpec, args: Mapping[str, Any]) -> None:
-    """Refuse model arguments of the wrong type or range before anything is built.
-
-    Ints given as strings or floats (``in_chans="1"``, ``num_classes=2.0``), zero or negative
-    widths, depths, heads and sizes, dropouts outside [0, 1]: one ``ValueError`` naming the
-    argument, what was expected and what was found (``zoo.layers.checks.check_args``).
-    """
-    from zoo.layers.checks import check_args
-
-    check_args(args, spec.model_args, spec.name)
-
-
 def build(p: ModelPlan) -> nn.Module:
     """The architecture of a plan, with random weights, in train mode (nothing loaded)."""
     spec = p.spec
@@ -249,7 +237,7 @@ def load(p: ModelPlan, model: nn.Module, path: Path | None = None) -> dict[str, 
     The record (:func:`zoo.provenance.load_record`) carries the lineage: the chain the source
     descends from, then the loaded file itself, identified by content.
     """
-    from zoo.provenance import chain_licence, file_link, load_record
+    from zoo.provenance import chain_licence, file_link, identify_file, load_record
     from zoo.runconfig import Link
 
     if not p.loads_weights:
@@ -260,27 +248,30 @@ def load(p: ModelPlan, model: nn.Module, path: Path | None = None) -> dict[str, 
     report = _load_into(
         model, p.spec, p.weights, path, converted=converted, new_head=p.new_head, covers=p.covers
     )
-    ident = {"registry": p.id, "run": p.id, "hf-hub": p.id}.get(p.source, path.name)
+    ident = p.id  # names only (a tag, a run folder's or a file's name, a Hub id): records are published
+    sha, origin = identify_file(path)  # one read of the file for the record and its link
     record = load_record(
         source=p.source,
-        ident=ident,  # names only: records are published
+        ident=ident,
         tag=p.tag if p.source in ("registry", "hf-hub") else None,
         path=path,
         covers=report.covers,
         newly_initialised=report.newly_initialised + report.reinitialised_head,
+        sha256=sha,
+        origin=origin,
     )
     if p.source == "registry":
         ws = p.weights
-        link = Link(p.id, record["sha256"], ws.license, ws.redistributable, report.covers, "registry")
+        link = Link(p.id, sha, ws.license, ws.redistributable, report.covers, "registry")
     else:
-        link = file_link(path, ident=ident, source=p.source, covers=report.covers, spec=p.spec)
+        link = file_link(
+            path, ident=ident, source=p.source, covers=report.covers, spec=p.spec, identified=(sha, origin)
+        )
         if link.license is None and p.lineage:  # a run or repository: its chain's licence is its own
             lic, redis, _ = chain_licence(p.lineage)
-            link = Link(link.id, link.sha256, lic, redis, link.covers, link.source)
+            link = replace(link, license=lic, redistributable=redis)
         if link.license is None and p.config is not None and p.config.license is not None:
-            link = Link(
-                link.id, link.sha256, p.config.license, p.config.redistributable, link.covers, link.source
-            )
+            link = replace(link, license=p.config.license, redistributable=p.config.redistributable)
     chain = (*p.lineage, link)
     lic, redis, _ = chain_licence(chain)
     record["lineage"] = [x.as_dict() for x in chain]
@@ -288,8 +279,7 @@ def load(p: ModelPlan, model: nn.Module, path: Path | None = None) -> dict[str, 
         record["license"], record["redistributable"] = lic, redis
     elif redis is False:
         record["redistributable"] = False
-    if p.source == "hf-hub":
-        record.update(source="hf-hub", id=p.hub.id, tag=p.tag)
+    if p.source == "hf-hub":  # what the published weights themselves started from, as recorded
         record["base"] = p.config.init or p.config.derived_from
     log.info("loaded %s from %s", p.spec.name, p.id)
     return record

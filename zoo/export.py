@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -455,17 +454,11 @@ def _check_output_path(path: Path) -> None:
     Raises:
         ValueError: one line naming the path and what was found.
     """
+    from zoo.predict_checks import check_writable_parent
+
     if path.is_dir():
         raise ValueError(f"{path}: expected an .onnx file name, found a folder")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        if parent.is_symlink():
-            raise ValueError(f"{path}: its folder {parent} is a dangling link, expected a directory")
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{path}: its parent {parent} is a file, expected a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{path}: expected a writable folder, found {parent} not writable")
+    check_writable_parent(path)
 
 
 def to_onnx(

@@ -248,6 +248,17 @@ def check_output(input_path: str | Path, out_path: str | Path) -> Path:
                 f"{out} is the input scan {input_path} (the same file through a link): refusing to "
                 "overwrite the input; choose another output"
             )
+    check_writable_parent(out)
+    return out
+
+
+def check_writable_parent(out: Path) -> None:
+    """Refuse an output whose folder cannot be made or written: the first existing folder above
+    it must be a writable directory, and no folder on the way a dangling link.
+
+    Raises:
+        ValueError: one line naming the output and the folder.
+    """
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         if parent.is_symlink():
@@ -257,7 +268,6 @@ def check_output(input_path: str | Path, out_path: str | Path) -> Path:
         raise ValueError(f"{out}: its parent {parent} is a file, expected a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{out}: expected a writable folder, found {parent} not writable")
-    return out
 
 
 def _no_content(e: BaseException) -> str:
@@ -420,9 +430,10 @@ def _budget(max_memory_gb: float | None, max_windows: int | None) -> tuple[float
         max_windows = int(os.environ[ENV_MAX_WINDOWS])
     how = "set by --max-memory-gb or " + ENV_MAX_GB
     if max_memory_gb is None:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        from zoo.runconfig import machine_memory_bytes
+
         max_memory_gb, how = (
-            ram / 2**30 / 2,
+            machine_memory_bytes() / 2**30 / 2,
             f"half this machine's RAM; raise it with --max-memory-gb or {ENV_MAX_GB}",
         )
     return float(max_memory_gb), int(max_windows if max_windows is not None else DEFAULT_MAX_WINDOWS), how

@@ -215,16 +215,26 @@ def identify_parts(path: str | Path, spec: Any) -> WeightsOrigin | None:
     return None
 
 
-def file_link(path: str | Path, *, ident: str, source: str, covers: str, spec: Any = None) -> Any:
+def file_link(
+    path: str | Path,
+    *,
+    ident: str,
+    source: str,
+    covers: str,
+    spec: Any = None,
+    identified: tuple[str, WeightsOrigin | None] | None = None,
+) -> Any:
     """The :class:`zoo.runconfig.Link` of one loaded file, identified by content.
 
     Its whole-file digest is looked up among registered weights (pins, upstream digests,
     cached conversions), then its tensors part by part (:func:`identify_parts`); registered
     weights carry their licence, anything else is the user's own (licence unknown).
+    ``identified`` is :func:`identify_file`'s ``(sha256, origin)`` when the caller has it
+    already (the file is not read twice).
     """
     from zoo.runconfig import Link
 
-    sha, origin = identify_file(path)
+    sha, origin = identified if identified is not None else identify_file(path)
     if origin is None and spec is not None:
         origin = identify_parts(path, spec)
     if origin is not None:

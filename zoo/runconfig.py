@@ -25,8 +25,8 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +179,15 @@ def memory_budget_bytes() -> int:
             return int(float(env) * 2**30)
         except ValueError:
             raise ConfigError(f"MEDZOO_MAX_MODEL_GB: expected a number of GB, found {env!r}") from None
+    return machine_memory_bytes() // 2
+
+
+def machine_memory_bytes() -> int:
+    """This machine's memory (16 GiB where the system does not say)."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        return 16 << 30
 
 
 _WIDTH_WORDS = ("dim", "chns", "feature", "hidden", "width", "ffn", "embed", "channels")
@@ -604,16 +609,6 @@ def write_config(path: str | Path, config: RunConfig) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def updated(config: RunConfig, **changes: Any) -> RunConfig:
-    """``config`` with ``changes`` (a new frozen value)."""
-    return replace(config, **changes)
-
-
-def describe_types() -> Sequence[str]:
-    """The keys of the schema, for documentation."""
-    return sorted(_TYPES)
 
 
 def check_onnx_metadata(meta: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -244,8 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
         if commit is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}", head=head)
         files = repo.commits[commit]
-        if filename not in files:
-            return self._error(404, "EntryNotFound", f"{filename} does not exist at {rev}", head=head)
+        if filename not in files:  # the Hub names the commit it looked in
+            headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
+            message = json.dumps({"error": f"{filename} does not exist at {rev}"}).encode()
+            return self._send(404, message, headers, head=head)
         data = files[filename]
         headers = {
             "X-Repo-Commit": commit,

@@ -52,6 +52,7 @@ class _Routes:
         default_factory=dict
     )  # id -> (title, name->id)
     hits: Counter = field(default_factory=Counter)
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, user agent)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,8 +72,11 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
-    def _not_found(self, code: str, send_body: bool):
-        self._send(404, b"not found", {"X-Error-Code": code, "X-Error-Message": code}, send_body)
+    def _not_found(self, code: str, send_body: bool, commit: str | None = None):
+        headers = {"X-Error-Code": code, "X-Error-Message": code}
+        if commit is not None:  # as the Hub does for a file missing from an existing revision
+            headers["X-Repo-Commit"] = commit
+        self._send(404, b"not found", headers, send_body)
 
     def _stream(self, spec: dict, send_body: bool) -> None:
         self.send_response(200)
@@ -139,6 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, send_body: bool) -> None:
         path, _, query = self.path.partition("?")
         self.routes.hits[path] += 1
+        method = "GET" if send_body else "HEAD"
+        self.routes.requests.append((method, path, self.headers.get("User-Agent", "")))
         if self._drive(path, urllib.parse.parse_qs(query), send_body):
             return None
         if path in self.routes.streams:
@@ -154,16 +160,19 @@ class _Handler(BaseHTTPRequestHandler):
                     code, b"unauthorised", {"X-Error-Message": "Invalid credentials"}, send_body
                 )
             rev, _, filename = rest.partition("/")
-            files = self.routes.hub.get((repo, rev))
+            rev = urllib.parse.unquote(rev)
+            by_commit = {c: key for key, c in self.routes.commits.items() if key[0] == repo}
+            key = by_commit.get(rev, (repo, rev))  # a revision is a branch or tag, or a commit id
+            files = self.routes.hub.get(key)
             if files is None:
                 if any(r == repo for r, _ in self.routes.hub):
                     return self._not_found("RevisionNotFound", send_body)
                 return self._not_found("RepoNotFound", send_body)
             if filename not in files:
-                return self._not_found("EntryNotFound", send_body)
+                return self._not_found("EntryNotFound", send_body, self.routes.commits[key])
             data = files[filename]
             headers = {
-                "X-Repo-Commit": self.routes.commits[(repo, rev)],
+                "X-Repo-Commit": self.routes.commits[key],
                 "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                 "Content-Type": "application/octet-stream",
             }

@@ -126,7 +126,9 @@ def test_hub_404_falls_back_to_upstream(hub_env, encoder_checkpoint, encoder_byt
         override_weights(NAME, TAG, hf_hub_id="medzoo/qtunet-t.ct-ssl", upstream_digest=ws.upstream_digest),
     ):
         model = zoo.create(NAME, pretrained=True)
-    assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/main/model.safetensors") >= 1
+    # The Hub is asked once, for config.json; a repository it does not have is not asked for weights.
+    assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/main/config.json") == 1
+    assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/main/model.safetensors") == 0
     assert hub_env.hits(url_path(ws.url)) == 1
     assert_encoder_loaded(model, encoder_checkpoint)
 
@@ -151,7 +153,35 @@ def test_hub_download_pinned_revision_and_offline_cache_hit(
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         again = zoo.create(NAME, pretrained=True)
     assert_encoder_loaded(again, encoder_checkpoint)
-    assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/v1/model.safetensors") >= 1
+    # Online: config.json at the pinned revision (the repository has none: the 404 names the commit),
+    # then the weights at that commit. Offline: no request at all.
+    commit = hub_env.routes.commits[("medzoo/qtunet-t.ct-ssl", "v1")]
+    assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/v1/config.json") == 1
+    assert hub_env.hits(f"/medzoo/qtunet-t.ct-ssl/resolve/{commit}/model.safetensors") >= 1
+    assert hub_env.hits("/medzoo/qtunet-t.ct-ssl/resolve/v1/model.safetensors") == 0
+
+
+def test_each_load_of_a_registry_tag_on_the_hub_is_one_counted_request(hub_env, tmp_path, encoder_checkpoint):
+    data, sha = _publish_on_hub(hub_env, tmp_path, encoder_checkpoint)
+    hub_env.add_hub_file(HUB_REPO, "config.json", b'{"library_name": "medzoo"}', revision="v1")
+    commit = hub_env.routes.commits[(HUB_REPO, "v1")]
+    weights = f"/{HUB_REPO}/resolve/{commit}/model.safetensors"
+
+    def counted():  # the Hub counts every request (GET or HEAD) for config.json, the default query file
+        return [(m, p) for m, p, _ in hub_env.routes.requests if p.endswith("/config.json")]
+
+    with override_weights(NAME, TAG, hf_hub_id=HUB_REPO, hf_revision="v1", sha256=sha, url=None):
+        zoo.create(NAME, pretrained=True)
+        assert counted() == [("GET", f"/{HUB_REPO}/resolve/v1/config.json")]
+        assert hub_env.routes.requests[0][1].endswith("/config.json")  # asked first
+        assert [m for m, p, _ in hub_env.routes.requests if p == weights].count("GET") == 1
+        asked_for_weights = hub_env.hits(weights)
+        model = zoo.create(NAME, pretrained=True)
+        assert zoo_main(["download", f"{NAME}.{TAG}", "-q"]) == 0
+    assert counted() == [("GET", f"/{HUB_REPO}/resolve/v1/config.json")] * 3
+    assert hub_env.hits(weights) == asked_for_weights  # the commit's file, cached: not asked again
+    assert all(f"medzoo/{zoo.__version__}" in ua for _, _, ua in hub_env.routes.requests)
+    assert_encoder_loaded(model, encoder_checkpoint)
 
 
 def test_hub_file_with_wrong_digest_is_removed_and_refused(hub_env, tmp_path, encoder_checkpoint):
@@ -639,3 +669,73 @@ def test_two_concurrent_converts_to_one_output_both_succeed(tmp_path, encoder_ch
     assert [p.returncode for p in procs] == [0, 0], errs
     assert set(load_file(str(out))) == set(encoder_checkpoint)
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_redirects_drop_the_token_on_another_host_and_their_bodies_are_not_read(hub_env, monkeypatch):
+    """The token goes to HF_ENDPOINT only: a redirect elsewhere drops it (a same-host one keeps it)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from zoo.hub_repo import request_config
+
+    seen: dict[str, str | None] = {}
+    commit = "c" * 40
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            seen[self.path] = self.headers.get("Authorization")
+            if self.path.startswith("/org/moved/"):  # the Hub: a renamed repository, then another host
+                self.send_response(307)
+                self.send_header("Location", "/org/renamed/resolve/main/config.json")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path.startswith("/org/dripping/"):  # a redirect whose body never ends
+                self.send_response(302)
+                self.send_header("Location", "/org/renamed/resolve/main/config.json")
+                self.end_headers()
+                for _ in range(3000):
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:  # the client closed the connection: what it should do
+                        return
+                    time.sleep(0.1)
+                return
+            if self.path.startswith("/org/renamed/"):
+                self.send_response(302)
+                self.send_header("Location", f"{other_url}/cdn/config.json")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b'{"model_name": "qtunet-t"}'
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", commit)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere) for _ in range(2)]
+    hub_url, other_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub_url)
+        monkeypatch.setenv("HF_TOKEN", "hf_not_for_others")
+        cfg = request_config("org/moved", None, refetch="")
+        start = time.monotonic()
+        dripped = request_config("org/dripping", None, refetch="")
+        followed_in = time.monotonic() - start
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+    assert cfg.commit == commit and cfg.path.read_bytes() == b'{"model_name": "qtunet-t"}'
+    assert seen["/org/moved/resolve/main/config.json"] == "Bearer hf_not_for_others"
+    assert seen["/org/renamed/resolve/main/config.json"] == "Bearer hf_not_for_others"  # same host
+    assert seen["/cdn/config.json"] is None  # another host
+    # A redirect is followed without reading its body (urllib would read it whole, bounded by nothing).
+    assert dripped.commit == commit and followed_in < 10

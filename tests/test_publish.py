@@ -252,6 +252,57 @@ def test_model_arguments_that_would_allocate_far_more_than_the_weights_are_refus
         zoo.create("hf-hub:org/bomb")
 
 
+def _counted(requests, repo: str) -> list[tuple[str, str, str]]:
+    """The requests the Hub counts as downloads of ``repo``: any request (GET or HEAD) for its
+    config.json, the default query file of a library with no filter of its own."""
+    return [r for r in requests if r[1].startswith(f"/{repo}/resolve/") and r[1].endswith("/config.json")]
+
+
+def test_each_load_by_hub_id_is_one_counted_request_cold_or_warm(tmp_path, hub, capsys):
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
+    commit = hub.head("org/tiny-qt")
+    weights = f"/org/tiny-qt/resolve/{commit}/model.safetensors"
+    hub.state.requests.clear()
+    cold = zoo.create("hf-hub:org/tiny-qt")
+    assert [(m, p) for m, p, _ in _counted(hub.state.requests, "org/tiny-qt")] == [
+        ("GET", "/org/tiny-qt/resolve/main/config.json")
+    ]
+    assert [m for m, p, _ in hub.state.requests if p == weights].count("GET") == 1
+    asked_for_weights = [p for _, p, _ in hub.state.requests].count(weights)  # HEADs (uncounted), the GET
+    # Every request announces the library and its version, the config's first.
+    assert hub.state.requests[0][1].endswith("/config.json")
+    assert all(f"medzoo/{zoo.__version__}" in ua for _, _, ua in hub.state.requests)
+    # Warm: the config is asked again (the load is counted, a moved branch is seen); the commit's
+    # weights are in the cache and not asked for. The command line and torch.hub behave the same.
+    warm = zoo.create("hf-hub:org/tiny-qt")
+    assert main(["download", "hf-hub:org/tiny-qt", "-q"]) == 0
+    repo = str(Path(zoo.__file__).parents[1])  # the folder of hubconf.py
+    hub_model = torch.hub.load(repo, "qtunet_t", checkpoint_path="hf-hub:org/tiny-qt", source="local")
+    assert len(_counted(hub.state.requests, "org/tiny-qt")) == 4
+    assert all(m == "GET" for m, _, _ in _counted(hub.state.requests, "org/tiny-qt"))
+    assert [p for _, p, _ in hub.state.requests].count(weights) == asked_for_weights
+    for model in (warm, hub_model):
+        for k, v in cold.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_an_unreachable_hub_loads_the_cached_commit_with_a_warning(tmp_path, hub, monkeypatch, caplog):
+    from tests.hub_upload_server import HubUploadServer as _Closed  # a port that no longer answers
+
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
+    online = zoo.create("hf-hub:org/tiny-qt")
+    with _Closed() as gone:
+        url = gone.url
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    with caplog.at_level("WARNING", logger="zoo.hub"):
+        again = zoo.create("hf-hub:org/tiny-qt")
+    assert again.pretrained_cfg["hub"]["commit"] == online.pretrained_cfg["hub"]["commit"]
+    warned = [r.getMessage() for r in caplog.records if "cached for commit" in r.getMessage()]
+    assert len(warned) == 1 and "connection refused" in warned[0]
+    with pytest.raises(WeightsUnavailableError, match="connection refused"):
+        zoo.create("hf-hub:org/never-loaded")
+
+
 def test_offline_loads_from_the_cache_and_says_offline_otherwise(tmp_path, hub, monkeypatch):
     publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
     online = zoo.create("hf-hub:org/tiny-qt")

@@ -24,7 +24,6 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,6 +34,7 @@ from zoo.transfer import (
     _page_error,
     _Transfer,
     network_failure,
+    open_url,
     read_page,
 )
 
@@ -89,9 +89,8 @@ def is_drive_url(url: str) -> bool:
 def _download(url: str, dest: Path, limits: DownloadLimits, progress: bool, what: str) -> Path:
     """Stream ``url`` to ``dest`` within ``limits``; a short read, a crossed bound or a web page fails."""
     transfer = _Transfer(f"{what} from {url}", limits, DownloadError)
-    req = urllib.request.Request(url, headers={"User-Agent": "medzoo"})
     try:
-        resp = urllib.request.urlopen(req, timeout=limits.stall_s)
+        resp = open_url(url, {"User-Agent": "medzoo"}, limits.stall_s)
     except urllib.error.HTTPError as e:
         raise DownloadError(f"{what}: upstream {url} answered HTTP {e.code} {e.reason}") from e
     except urllib.error.URLError as e:

@@ -5,10 +5,11 @@ hands upstream checkpoints to the family converter named by the :class:`ModelSpe
 
 Resolution for a weights tag (``zoo.create`` handles ``checkpoint_path`` before this):
 
-1. The Hugging Face Hub, when the tag names a repository: ``hf_hub_download`` at the
-   pinned revision, through its own cache; ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and
-   ``HF_HUB_OFFLINE`` are read at call time. The sha256 of the file is checked on
-   every load when the registry pins it. A 404 falls back to upstream.
+1. The Hugging Face Hub, when the tag names a repository (:mod:`zoo.hub_repo`): its
+   ``config.json`` in one request (the one the Hub counts), then the file at the commit that
+   request gave, through ``hf_hub_download`` and its cache; ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and
+   ``HF_HUB_OFFLINE`` are read at call time. The sha256 of the file is checked on every load
+   when the registry pins it. A repository or revision the Hub does not have falls back to upstream.
 2. The upstream URL: downloaded once under a lock, checked against the published digest
    (git blob SHA-1 or sha256), converted to safetensors and cached under
    ``$MEDZOO_CACHE`` (default ``~/.cache/medzoo``) with a sidecar JSON (``name``, ``tag``,
@@ -65,9 +66,9 @@ from zoo.transfer import (
     HubError,
     WeightsUnavailableError,
     _page_error,
-    _Transfer,
+    cache_dir,
+    is_offline,
     limits_for,
-    network_failure,
 )
 
 log = logging.getLogger("zoo.hub")
@@ -92,28 +93,6 @@ __all__ = [
 
 class DigestMismatchError(ValueError):
     """A file whose digest differs from the one the registry pins."""
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def is_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``MEDZOO_OFFLINE``) set: use caches only."""
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("MEDZOO_OFFLINE"))
-
-
-def cache_dir() -> Path:
-    """Root of medzoo's own cache (converted upstream checkpoints).
-
-    ``$MEDZOO_CACHE``, else ``$XDG_CACHE_HOME/medzoo``, else ``~/.cache/medzoo`` (the XDG default).
-    """
-    if os.environ.get("MEDZOO_CACHE"):
-        return Path(os.environ["MEDZOO_CACHE"])
-    # XDG says a relative XDG_CACHE_HOME is invalid and must be ignored.
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "medzoo"
 
 
 def file_digests(path: str | Path, algos: tuple[str, ...] = ("sha256", "gitsha1")) -> dict[str, str]:
@@ -188,210 +167,43 @@ def download_limits(spec: ModelSpec, ws: WeightSpec, hub: bool = False) -> Downl
     return limits_for(size_bound(spec, ws, hub)[0])
 
 
-def _hub_label(repo_id: str, filename: str, revision: str | None) -> str:
-    return f"Hub {repo_id}/{filename}@{revision or 'main'}"
+def _registry_hub_download(spec: ModelSpec, ws: WeightSpec, commit: str | None, **extra: Any) -> Path:
+    """The Hub file of a registered weights tag at ``commit`` (else its pinned revision), bounded
+    by its recorded size."""
+    from zoo.hub_repo import hub_download, hub_label
 
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Timeouts and connection failures of whichever HTTP library this huggingface_hub uses."""
-    errors: list[type[BaseException]] = [TimeoutError, ConnectionError]
-    for module, names in (
-        ("httpx2", ("TimeoutException", "NetworkError")),
-        ("httpx", ("TimeoutException", "NetworkError")),
-        ("requests", ("Timeout", "ConnectionError")),
-    ):
-        try:
-            mod = __import__(module)
-        except ImportError:
-            continue
-        errors += [getattr(mod, n) for n in names if hasattr(mod, n)]
-    return tuple(errors)
-
-
-def _hub_error(e: BaseException, where: str, stall: float, refetch: str) -> HubError | None:
-    """One clear :class:`HubError` for a failure of the Hub client, or None if ``e`` is not one.
-
-    Args:
-        e: what the client raised.
-        where: the file, as messages name it (``Hub ORG/NAME/FILE@REV``).
-        stall: the timeout that applied, for the message.
-        refetch: how to get the file into the cache, for the offline message.
-    """
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if isinstance(e, GatedRepoError) or (isinstance(e, HfHubHTTPError) and status in (401, 403)):
-        return HubError(
-            "unauthorised",
-            f"{where}: access refused (HTTP {status}); log in with `hf auth login` or set HF_TOKEN to a "
-            "token that may read this repository",
-        )
-    if isinstance(e, OfflineModeIsEnabled) or (isinstance(e, LocalEntryNotFoundError) and is_offline()):
-        return HubError(
-            "offline",
-            f"{where}: not in the local Hub cache and offline mode is on "
-            f"(HF_HUB_OFFLINE/MEDZOO_OFFLINE); {refetch}",
-        )
-    # LocalEntryNotFoundError is an EntryNotFoundError too: a cache miss, not a 404.
-    if isinstance(e, RepositoryNotFoundError | RevisionNotFoundError | EntryNotFoundError) and not isinstance(
-        e, LocalEntryNotFoundError
-    ):
-        return HubError(
-            "not-found",
-            f"{where}: not found (HTTP 404, {type(e).__name__}) on {endpoint}; check the repository, "
-            "file and revision in the registry",
-        )
-    cause = e.__cause__ if isinstance(e, LocalEntryNotFoundError) and e.__cause__ is not None else e
-    if isinstance(cause, _network_errors()):
-        return HubError(
-            "unreachable",
-            f"{where}: {endpoint}: {network_failure(cause, stall)}; check the network and HF_ENDPOINT, "
-            "or set HF_HUB_OFFLINE=1 to use what is cached",
-        )
-    if isinstance(e, LocalEntryNotFoundError):
-        return HubError("unreachable", f"{where}: {endpoint} could not be queried ({e}); check the network")
-    if isinstance(e, HfHubHTTPError):
-        return HubError("http", f"{where}: HTTP {status} from {endpoint}; retry later")
-    return None
-
-
-def _remove_hub_file(path: Path) -> None:
-    """Delete a cached Hub file: the snapshot link and the blob it points at."""
-    blob = path.resolve()
-    for p in {path, blob}:
-        p.unlink(missing_ok=True)
-
-
-def _remove_hub_incomplete(repo_id: str) -> None:
-    """Delete the Hub client's partial blobs of a repository (an aborted transfer)."""
-    from huggingface_hub import constants
-
-    root = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-    folder = root / ("models--" + repo_id.replace("/", "--")) / "blobs"
-    for p in folder.glob("*.incomplete"):
-        p.unlink(missing_ok=True)
-
-
-def _hub_download(
-    repo_id: str,
-    filename: str,
-    revision: str | None,
-    limits: DownloadLimits,
-    *,
-    refetch: str,
-    where: str | None = None,
-    **extra: Any,
-) -> Path:
-    """``hf_hub_download`` of one file within ``limits``, its failures as one :class:`HubError`.
-
-    Args:
-        repo_id / filename / revision: the file (revision None: the default branch).
-        limits: byte bound, stall timeout and deadline (:func:`limits_for`).
-        refetch: how to get the file into the cache, for the offline message.
-        where: how messages name the file (default ``Hub ORG/NAME/FILE@REV``).
-        **extra: further ``hf_hub_download`` arguments (``force_download``, ``library_name`` …).
-
-    Returns:
-        The path of the file in the Hub cache.
-
-    Raises:
-        HubError: ``kind`` offline, unreachable, not-found, unauthorised, too-large or http;
-            the client's own exception is its ``__cause__``. Partial blobs are removed.
-    """
-    from huggingface_hub import constants
-
-    offline = is_offline()
-    # The client reads HF_HUB_OFFLINE once, at import, and its read timeout from a module constant at
-    # each download: both are set for this call and put back after it, so that a later upload (or
-    # any other client call in this process) does not inherit an offline mode that has been lifted.
-    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT
-    constants.HF_HUB_OFFLINE = offline
-    if "HF_HUB_DOWNLOAD_TIMEOUT" not in os.environ:
-        constants.HF_HUB_DOWNLOAD_TIMEOUT = limits.stall_s
-    try:
-        return _bounded_hub_download(repo_id, filename, revision, limits, refetch, where, offline, **extra)
-    finally:
-        constants.HF_HUB_OFFLINE, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved
-
-
-def _bounded_hub_download(
-    repo_id: str,
-    filename: str,
-    revision: str | None,
-    limits: DownloadLimits,
-    refetch: str,
-    where: str | None,
-    offline: bool,
-    **extra: Any,
-) -> Path:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.utils import tqdm as hf_tqdm
-
-    endpoint = os.environ.get("HF_ENDPOINT") or None
-    etag_timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or limits.stall_s)
-    where = where or _hub_label(repo_id, filename, revision)
-    transfer = _Transfer(where, limits, HubError)
-    try:
-        if not offline and not extra.get("force_download"):
-            # One HEAD without retries first: the client alone retries an endpoint that does not
-            # answer for minutes (a 60 s timeout, 5 times), then reports it as "not cached".
-            url = hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
-            agent = {k: extra[k] for k in ("library_name", "library_version", "user_agent") if k in extra}
-            meta = get_hf_file_metadata(url, timeout=etag_timeout, endpoint=endpoint, **agent)
-            transfer.announce(meta.size)
-
-        class _Bounded(hf_tqdm):  # the client reports every chunk here: the byte bound and deadline
-            def update(self, n: float | None = 1) -> bool | None:
-                transfer.seen(transfer.received + int(n or 0))
-                return super().update(n)
-
-        path = hf_hub_download(
-            repo_id=repo_id,
-            filename=filename,
-            revision=revision,
-            endpoint=endpoint,
-            cache_dir=os.environ.get("HF_HUB_CACHE") or None,
-            local_files_only=offline,
-            etag_timeout=etag_timeout,
-            tqdm_class=_Bounded,
-            **extra,
-        )
-        return Path(path)
-    except HubError:
-        _remove_hub_incomplete(repo_id)
-        raise
-    except Exception as e:
-        err = _hub_error(e, where, limits.stall_s, refetch)
-        if err is None:
-            raise
-        _remove_hub_incomplete(repo_id)
-        raise err from e
-
-
-def _registry_hub_download(spec: ModelSpec, ws: WeightSpec, **extra: Any) -> Path:
-    """The Hub file of a registered weights tag, bounded by its recorded size."""
-    return _hub_download(
+    return hub_download(
         str(ws.hf_hub_id),
         ws.hf_filename,
-        ws.hf_revision,
+        commit or ws.hf_revision,
         download_limits(spec, ws, hub=True),
         refetch=f"run `zoo download {spec.name}.{ws.tag}` once while online",
+        where=hub_label(str(ws.hf_hub_id), ws.hf_filename, ws.hf_revision),
         **extra,
     )
 
 
+def _hub_commit(spec: ModelSpec, ws: WeightSpec) -> str | None:
+    """The commit of the tag's revision, from the load's one ``config.json`` request (the one the
+    Hub counts); None when the repository has none and did not say, or offline with nothing cached
+    by this version (the client's cache of the revision is used then)."""
+    from zoo.hub_repo import request_config
+
+    refetch = f"run `zoo download {spec.name}.{ws.tag}` once while online"
+    try:
+        return request_config(str(ws.hf_hub_id), ws.hf_revision, refetch).commit
+    except HubError as e:
+        if e.kind == "offline":
+            return None
+        raise
+
+
 def _from_hub(spec: ModelSpec, ws: WeightSpec) -> Path:
-    path = _registry_hub_download(spec, ws)
-    where = _hub_label(str(ws.hf_hub_id), ws.hf_filename, ws.hf_revision)
+    from zoo.hub_repo import hub_label, remove_hub_file
+
+    commit = _hub_commit(spec, ws)
+    path = _registry_hub_download(spec, ws, commit)
+    where = hub_label(str(ws.hf_hub_id), ws.hf_filename, ws.hf_revision)
     if ws.sha256 is None:
         sha = file_digest(path)
         _warn_unpinned(f"{spec.name}.{ws.tag} ({where})", sha, f"sha256={sha!r}")
@@ -404,17 +216,17 @@ def _from_hub(spec: ModelSpec, ws: WeightSpec) -> Path:
         _check_digest(path, f"sha256:{ws.sha256}", where)
         return path
     except DigestMismatchError as e:
-        _remove_hub_file(path)
+        remove_hub_file(path)
         if is_offline():
             raise DigestMismatchError(
                 f"{e}; the cached copy was removed and offline mode forbids a new download"
             ) from e
         log.warning("%s; removed it, downloading again", e)
-    path = _registry_hub_download(spec, ws, force_download=True)
+    path = _registry_hub_download(spec, ws, commit, force_download=True)
     try:
         _check_digest(path, f"sha256:{ws.sha256}", where)
     except DigestMismatchError as e:
-        _remove_hub_file(path)
+        remove_hub_file(path)
         raise DigestMismatchError(f"{e}{advice}") from e
     return path
 

@@ -9,10 +9,22 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["WeightsUnavailableError", "DownloadError", "HubError", "DownloadLimits", "limits_for"]
+__all__ = [
+    "WeightsUnavailableError",
+    "DownloadError",
+    "HubError",
+    "DownloadLimits",
+    "limits_for",
+    "is_offline",
+    "cache_dir",
+    "open_url",
+]
 
 _CHUNK = 1 << 20
 _MIB = 1 << 20
@@ -29,11 +41,35 @@ class DownloadError(WeightsUnavailableError):
 
 class HubError(WeightsUnavailableError):
     """The Hugging Face Hub could not provide a file; ``kind`` is ``offline``, ``unreachable``,
-    ``not-found``, ``unauthorised``, ``too-large`` or ``http``."""
+    ``not-found``, ``unauthorised``, ``too-large`` or ``http``; for ``not-found``, ``missing`` may
+    say what the Hub does not have (``repository`` or ``revision``)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, missing: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.missing = missing
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``MEDZOO_OFFLINE``) set: use caches only."""
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("MEDZOO_OFFLINE"))
+
+
+def cache_dir() -> Path:
+    """Root of medzoo's own cache (converted upstream checkpoints, the Hub configs it fetched).
+
+    ``$MEDZOO_CACHE``, else ``$XDG_CACHE_HOME/medzoo``, else ``~/.cache/medzoo`` (the XDG default).
+    """
+    if os.environ.get("MEDZOO_CACHE"):
+        return Path(os.environ["MEDZOO_CACHE"])
+    # XDG says a relative XDG_CACHE_HOME is invalid and must be ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "medzoo"
 
 
 @dataclass(frozen=True)
@@ -124,6 +160,33 @@ class _Transfer:
             f"{self.what}: no byte from the server for {self.limits.stall_s:g} s ({self.received:,} bytes "
             "received); aborted (MEDZOO_DOWNLOAD_STALL_TIMEOUT sets the timeout)"
         )
+
+
+# ------------------------------------------------------------------- HTTP requests
+
+
+class _BoundedRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects followed without reading their bodies, and without the token on another host.
+
+    urllib reads a redirect's whole body before it follows it: a body without end would be read
+    within the stall timeout but past any bound or deadline. The response is closed instead (a
+    closed response reads as empty). The ``Authorization`` header is meant for the host it was
+    sent to; a redirect elsewhere (a CDN, a hostile mirror) goes without it.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            fp.close()
+            if urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+                new.remove_header("Authorization")
+        return new
+
+
+def open_url(url: str, headers: dict[str, str], timeout: float) -> Any:
+    """``urlopen`` of a ``GET`` with :class:`_BoundedRedirects`; ``timeout`` bounds each socket wait."""
+    opener = urllib.request.build_opener(_BoundedRedirects)
+    return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
 # ------------------------------------------------------------------- web pages

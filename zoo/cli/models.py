@@ -123,7 +123,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     "download",
     help="fetch, verify, convert and cache weights",
     args=[
-        arg("name", help="name.tag (or a name: its default tag)"),
+        arg("name", help="name.tag (or a name: its default tag), or hf-hub:ORG/NAME[@REV]"),
         arg(
             "--print-digest",
             action="store_true",
@@ -135,7 +135,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_download(a: argparse.Namespace) -> int:
     from zoo.convert import CheckpointFormatError
     from zoo.hub import WeightsUnavailableError, fetch_weights, file_digest, registry_digest_line
+    from zoo.hub_repo import is_hub_id
 
+    if is_hub_id(a.name):
+        return _download_hub_id(a)
     spec, tag = resolve(a.name)
     tag = tag or spec.default_tag
     if tag is None:
@@ -154,6 +157,24 @@ def cmd_download(a: argparse.Namespace) -> int:
     digest = file_digest(path)
     data = {"name": spec.name, "tag": tag, "path": path, "sha256": digest, "bytes": path.stat().st_size}
     report(a, f"{spec.name}.{tag}: {path} (sha256 {digest})", data)
+    return EXIT_OK
+
+
+def _download_hub_id(a: argparse.Namespace) -> int:
+    """A published model into the caches (its config, its weights at the config's commit), as a load
+    would fetch it: ``zoo download hf-hub:ORG/NAME`` once, then loads work offline."""
+    from zoo._factory import weights_file
+    from zoo.hub import file_digest
+    from zoo.plan import plan
+
+    if a.print_digest:
+        raise UsageError("--print-digest prints registry fields, for a registered NAME.TAG, not a Hub id")
+    p = plan(a.name)
+    path = weights_file(p)
+    assert path is not None and p.hub is not None  # a Hub id's plan always names its weights
+    digest = file_digest(path)
+    data = {"name": p.spec.name, "tag": p.tag, "hub": p.hub.id, "path": path, "sha256": digest}
+    report(a, f"{p.hub.id}: {path} (sha256 {digest})", {**data, "bytes": path.stat().st_size})
     return EXIT_OK
 
 

@@ -79,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, b"not found", headers, send_body)
 
     def _stream(self, spec: dict, send_body: bool) -> None:
-        self.send_response(200)
+        self.send_response(spec.get("status", 200))
         if "Content-Type" not in spec["headers"]:
             self.send_header("Content-Type", "application/octet-stream")
         for k, v in spec["headers"].items():
@@ -248,9 +248,12 @@ class LoopbackServer:
         byte: bytes = b"\0",
         delay: float = 0.0,
         headers: dict[str, str] | None = None,
+        status: int = 200,
     ) -> str:
-        """Serve ``count`` writes of ``byte`` at ``path``, ``delay`` s apart; announce ``announce`` bytes."""
+        """Serve ``count`` writes of ``byte`` at ``path``, ``delay`` s apart; announce ``announce`` bytes.
+        With ``status`` 302 and a ``Location`` header, a redirect whose body drips."""
         spec = dict(announce=announce, byte=byte, count=count, delay=delay, headers=dict(headers or {}))
+        spec["status"] = status
         self.routes.streams[path] = spec
         return self.url + path
 

@@ -181,6 +181,29 @@ def test_dripping_drive_download_is_aborted_at_the_deadline(hub_env, monkeypatch
     assert not _partial(Path(os.environ["MEDZOO_CACHE"]))
 
 
+def test_a_redirect_whose_body_never_ends_is_followed_without_reading_it(hub_env, monkeypatch):
+    """requests reads a redirect's body whole before following it; the Drive path must not."""
+    monkeypatch.setenv("MEDZOO_DOWNLOAD_DEADLINE", "60")
+    weights = _small_weights("fmunet", seed=4)
+    data = _pymic(weights)
+    hub_env.add_drive_folder(FOLDER_ID, "MIS-FM weights", {"fmunet_abd1k_volf.pt": _drive_id("moved")})
+    hub_env.add_drive_file(_drive_id("elsewhere"), "fmunet_abd1k_volf.pt", data, confirm=True)
+    target = (
+        f"https://drive.usercontent.google.com/download?id={_drive_id('elsewhere')}"
+        "&export=download&confirm=t&uuid=0b9c-loopback"
+    )
+    # /uc?id=<moved> answers 302 and then drips its body for 300 s.
+    hub_env.add_stream(
+        "/uc", announce=None, count=3000, byte=b"x", delay=0.1, headers={"Location": target}, status=302
+    )
+    start = time.monotonic()
+    with override_weights("fmunet", "vf1k", upstream_digest=f"sha256:{hashlib.sha256(data).hexdigest()}"):
+        model = zoo.create("fmunet-vf1k", pretrained=True, **SMALL["fmunet"])
+    assert time.monotonic() - start < 30
+    assert hub_env.hits("/uc") == 1 and hub_env.hits("/download") == 1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
 def test_local_html_file_is_named_a_web_page_and_pickles_never_suggest_weights_only_false(tmp_path):
     page = tmp_path / "pctnet_pretrain.pt"
     page.write_text(

@@ -146,6 +146,43 @@ _SEAM_LOCK = threading.Lock()
 _LAST_PAGE = threading.local()
 
 
+_MAX_REDIRECTS = 10
+
+
+def _close_redirect(resp: Any, *args: Any, **kwargs: Any) -> Any:
+    """A response hook: a redirect's body is closed unread (requests would read it whole, even
+    when it does not follow it, to prepare the next request)."""
+    if resp.is_redirect:
+        resp.raw.close()
+    return resp
+
+
+def _follow(request: Any, method: str, url: str, args: tuple, kw: dict[str, Any]) -> Any:
+    """``request`` with its redirects followed here, each hop to Drive's hosts through the mirror.
+
+    requests reads a redirect's whole body before it follows it (to release the connection), bounded
+    by nothing: a body without end would fill memory and never reach the deadline. Here a redirect
+    is closed unread (:func:`_close_redirect`). Cookies stay with the session, as requests keeps them.
+    """
+    import requests
+
+    follow = kw.pop("allow_redirects", True)
+    for _ in range(_MAX_REDIRECTS + 1):
+        host = urllib.parse.urlsplit(url).hostname
+        resp = request(
+            method, upstream_url(url) if host in _DRIVE_HOSTS else url, *args, allow_redirects=False, **kw
+        )
+        if not (follow and resp.is_redirect):
+            return resp
+        resp.close()
+        url = urllib.parse.urljoin(url, resp.headers["location"])
+        if resp.status_code in (301, 302, 303) and method != "HEAD":
+            method = "GET"  # as browsers and requests do; a body is not sent again
+            kw.pop("data", None)
+            kw.pop("json", None)
+    raise requests.exceptions.TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects from {url}")
+
+
 def _install_drive_seam() -> None:
     """Route gdown's requests to Drive's hosts through ``MEDZOO_UPSTREAM_ENDPOINT`` when it is set."""
     import importlib
@@ -163,10 +200,9 @@ def _install_drive_seam() -> None:
             request = sess.request
 
             def _request(method: str, url: str, *args: Any, **kw: Any) -> Any:
-                host = urllib.parse.urlsplit(url).hostname
                 streamed = kw.get("stream", False)
                 kw["stream"] = True  # a body is read here, within bounds, never whole by requests
-                resp = request(method, upstream_url(url) if host in _DRIVE_HOSTS else url, *args, **kw)
+                resp = _follow(request, method, url, args, kw)
                 transfer = getattr(_LAST_PAGE, "transfer", None)
                 if transfer is not None and (not streamed or "Content-Disposition" not in resp.headers):
                     # gdown reads a body without Content-Disposition whole (res.text): a page.
@@ -179,6 +215,7 @@ def _install_drive_seam() -> None:
                 return resp
 
             sess.request = _request
+            sess.hooks["response"].append(_close_redirect)
             return sess, cookies_file
 
         _get_session._medzoo_seam = True  # type: ignore[attr-defined]

@@ -591,3 +591,21 @@ def test_a_run_saved_with_derived_buffers_still_resumes_and_saves_without_them(t
     save_file(lean, str(tmp_path / "old" / "model.safetensors"))
     with pytest.raises(zoo.CheckpointMismatchError, match=rf"1 key\(s\) missing \({gone}\)"):
         _qt_run(tmp_path / "old", total=3)
+
+
+def test_zoo_finetune_of_qtunet_writes_lean_model_and_best_files_that_load(mni_task, tmp_path):
+    from zoo.cli import main
+
+    out = tmp_path / "run"
+    kwargs = {"embed_dim": 12, "window_size": 2, "img_size": [32, 32, 32]}
+    argv = ["finetune", "qtunet-t", "--data", str(mni_task), "--out", str(out), "--steps", "2",
+            "--roi", "32", "32", "32", "--batch-size", "1", "--num-samples", "1", "--val-every", "1",
+            "--preset", "default", "--model-kwargs", json.dumps(kwargs), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    for name in ("model.safetensors", "best.safetensors"):
+        assert not [k for k in load_file(str(out / name)) if k.endswith("relative_position_index")], name
+    model = zoo.create(str(out))
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
+    assert main([*argv[:7], "3", *argv[8:]]) == 0  # resumed from the lean file for one more step
+    assert [e["step"] for e in read_log(out) if "loss" in e] == [1, 2, 3]

@@ -301,8 +301,9 @@ def publish_run(
     The run's checkpoint is first loaded strictly into its architecture, so a folder that
     would not load is never written. Its ``model.safetensors`` is uploaded byte for byte; that
     of a run saved before runs left out derived buffers is uploaded without them, and the
-    published ``config.json`` records the uploaded file's sha256. Weights that started from (or are) registered weights
-    whose licence does not allow redistribution are refused unless ``permission_obtained``.
+    published ``config.json`` records the uploaded file's sha256. Weights that started from (or
+    are) registered weights whose licence does not allow redistribution are refused unless
+    ``permission_obtained``.
     Absolute paths in the run's config (its datalist, its volumes) are reduced to file names.
     The card (:func:`zoo.cards.render_run_card`) is about the run; its curves, drawn from the
     run's ``log.jsonl``, are published beside it as ``loss.png`` and ``val_dice.png``: the Hub

@@ -517,10 +517,14 @@ def test_the_licence_a_run_will_carry_is_said_before_it_starts():
 _QT = {"embed_dim": 12, "window_size": 2, "img_size": 32, "in_chans": 1, "num_classes": 3}
 
 
-def _qt_run(out, total, stop_at_call=None):
+def _qt_run(out, total, stop_at_call=None, lora=False):
     """A QT-UNet-T run through the loop (save and validate every step; the best by a score that grows)."""
     torch.manual_seed(0)
     model = zoo.create("qtunet-t", **_QT)
+    if lora:
+        from zoo.adapt import add_lora
+
+        add_lora(model, r=2, alpha=4)
     g = torch.Generator().manual_seed(1)
     data = [
         {
@@ -609,3 +613,18 @@ def test_zoo_finetune_of_qtunet_writes_lean_model_and_best_files_that_load(mni_t
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
     assert main([*argv[:7], "3", *argv[8:]]) == 0  # resumed from the lean file for one more step
     assert [e["step"] for e in read_log(out) if "loss" in e] == [1, 2, 3]
+
+
+def test_a_lora_run_saves_no_derived_buffer_and_resumes_from_its_adapter_file(tmp_path):
+    from zoo.layers.derived import derived_buffer_keys
+
+    out = tmp_path / "lora"
+    with pytest.raises(KeyboardInterrupt):
+        _qt_run(out, total=2, stop_at_call=2, lora=True)
+    model, resumed = _qt_run(out, total=2, lora=True)
+    assert (resumed.start_step, resumed.step) == (1, 2)
+    derived = derived_buffer_keys(model)
+    adapters = load_file(str(out / "lora_state.safetensors"))
+    assert derived and not derived & set(adapters)
+    assert set(adapters) == set(model.state_dict()) - derived and any("lora_" in k for k in adapters)
+    assert not derived & set(load_file(str(out / "model.safetensors")))

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 import zoo
 from zoo.cli import main
+from zoo.layers.derived import derived_buffer_keys, without_derived
 
 ROOT = Path(__file__).resolve().parents[1]
 QT = {"embed_dim": 12, "window_size": 2, "img_size": [32, 32, 32], "in_chans": 1, "num_classes": 3}
@@ -32,7 +33,9 @@ def _run(tmp_path: Path, name: str, args: dict, prep: dict, window: dict) -> Pat
     model = zoo.create(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
     run = tmp_path / f"run-{name}"
     run.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    # As runs save it: without the buffers the model rebuilds, which the bundle's strict load needs back.
+    state = without_derived(model.state_dict(), model)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(run / "model.safetensors"))
     cfg = {
         "model_name": name,
         "model_args": args,
@@ -114,6 +117,10 @@ def test_monai_runs_the_bundle_and_gets_zoo_predicts_labels(tmp_path, name, caps
     got, want = np.asarray(b.dataobj), np.asarray(a.dataobj)
     assert len(np.unique(want)) > 1  # a label map that says something
     assert (got == want).all(), f"{int((got != want).sum())} of {got.size} voxels differ"
+    # MONAI's CheckpointLoader loads strictly: model.pt holds every key, derived buffers included.
+    held = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert set(held) == set(zoo.create(str(run)).state_dict())
+    assert derived_buffer_keys(zoo.create(str(run))) <= set(held)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["optional_packages_version"]["medzoo"] == zoo.__version__
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["1"] == "liver"

@@ -512,3 +512,119 @@ def test_the_licence_a_run_will_carry_is_said_before_it_starts():
     assert licence_line(start_plan("pctnet.vf110k")) == "licence: Apache-2.0, from pctnet.vf110k"
     restricted = licence_line(start_plan("qtunet-t.ct-ssl"))
     assert "publishes no licence" in restricted and "needs the licensor's permission" in restricted
+
+
+_QT = {"embed_dim": 12, "window_size": 2, "img_size": 32, "in_chans": 1, "num_classes": 3}
+
+
+def _qt_run(out, total, stop_at_call=None, lora=False):
+    """A QT-UNet-T run through the loop (save and validate every step; the best by a score that grows)."""
+    torch.manual_seed(0)
+    model = zoo.create("qtunet-t", **_QT)
+    if lora:
+        from zoo.adapt import add_lora
+
+        add_lora(model, r=2, alpha=4)
+    g = torch.Generator().manual_seed(1)
+    data = [
+        {
+            "image": torch.randn(1, 32, 32, 32, generator=g),
+            "label": torch.randint(0, 3, (32, 32, 32), generator=g),
+        }
+        for _ in range(2)
+    ]
+    calls = {"n": 0}
+
+    def loss_fn(net, batch):
+        calls["n"] += 1
+        if calls["n"] == stop_at_call:
+            raise KeyboardInterrupt
+        return torch.nn.functional.cross_entropy(net(batch["image"]), batch["label"])
+
+    loop = LoopSettings(progress=False, save_every=1, val_every=1, monitor="score")
+    optim = OptimConfig(lr=1e-3, warmup_steps=0)
+    val = lambda net: {"score": float(calls["n"])}  # noqa: E731
+    return model, train(model, loss_fn, make_loader(data, 1), out, optim, total, loop, val_fn=val)
+
+
+def test_a_run_saves_no_derived_buffer_loads_like_the_trained_model_and_resumes(tmp_path):
+    from zoo.layers.derived import derived_buffer_keys
+
+    out = tmp_path / "run"
+    model, _ = _qt_run(out, total=2)
+    derived = derived_buffer_keys(model)
+    assert derived and all(k.endswith("relative_position_index") for k in derived)
+    learned = set(model.state_dict()) - derived
+    for name in ("model.safetensors", "best.safetensors"):
+        assert set(load_file(str(out / name))) == learned, name
+    cfg = {"model_name": "qtunet-t", "model_args": {**_QT, "img_size": [32, 32, 32]}, "covers": "full"}
+    (out / "config.json").write_text(json.dumps(cfg))  # what zoo finetune adds around the loop's files
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    loaded = zoo.create(str(out))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model.eval()(x))
+
+    # Interrupted during step 2 and resumed from the lean file: the run an uninterrupted one is.
+    with pytest.raises(KeyboardInterrupt):
+        _qt_run(tmp_path / "resumed", total=2, stop_at_call=2)
+    _, resumed = _qt_run(tmp_path / "resumed", total=2)
+    assert (resumed.start_step, resumed.step) == (1, 2)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("run", "resumed"))
+    assert set(a) == set(b) == learned
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_a_run_saved_with_derived_buffers_still_resumes_and_saves_without_them(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(KeyboardInterrupt):
+        _qt_run(tmp_path / "old", total=2, stop_at_call=2)
+    torch.manual_seed(0)
+    fresh = zoo.create("qtunet-t", **_QT)
+    saved = load_file(str(tmp_path / "old" / "model.safetensors"))
+    old = {**fresh.state_dict(), **saved}  # the file as runs wrote it before: every buffer included
+    assert set(old) - set(saved)
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "old" / "model.safetensors"))
+    _, resumed = _qt_run(tmp_path / "old", total=2)
+    assert (resumed.start_step, resumed.step) == (1, 2)
+    assert set(load_file(str(tmp_path / "old" / "model.safetensors"))) == set(saved)
+    # A learned tensor missing from the file is refused in one line, naming it.
+    lean = load_file(str(tmp_path / "old" / "model.safetensors"))
+    gone = next(k for k in lean if k.endswith("qkv.weight"))
+    del lean[gone]
+    save_file(lean, str(tmp_path / "old" / "model.safetensors"))
+    with pytest.raises(zoo.CheckpointMismatchError, match=rf"1 key\(s\) missing \({gone}\)"):
+        _qt_run(tmp_path / "old", total=3)
+
+
+def test_zoo_finetune_of_qtunet_writes_lean_model_and_best_files_that_load(mni_task, tmp_path):
+    from zoo.cli import main
+
+    out = tmp_path / "run"
+    kwargs = {"embed_dim": 12, "window_size": 2, "img_size": [32, 32, 32]}
+    argv = ["finetune", "qtunet-t", "--data", str(mni_task), "--out", str(out), "--steps", "2",
+            "--roi", "32", "32", "32", "--batch-size", "1", "--num-samples", "1", "--val-every", "1",
+            "--preset", "default", "--model-kwargs", json.dumps(kwargs), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    for name in ("model.safetensors", "best.safetensors"):
+        assert not [k for k in load_file(str(out / name)) if k.endswith("relative_position_index")], name
+    model = zoo.create(str(out))
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
+    assert main([*argv[:7], "3", *argv[8:]]) == 0  # resumed from the lean file for one more step
+    assert [e["step"] for e in read_log(out) if "loss" in e] == [1, 2, 3]
+
+
+def test_a_lora_run_saves_no_derived_buffer_and_resumes_from_its_adapter_file(tmp_path):
+    from zoo.layers.derived import derived_buffer_keys
+
+    out = tmp_path / "lora"
+    with pytest.raises(KeyboardInterrupt):
+        _qt_run(out, total=2, stop_at_call=2, lora=True)
+    model, resumed = _qt_run(out, total=2, lora=True)
+    assert (resumed.start_step, resumed.step) == (1, 2)
+    derived = derived_buffer_keys(model)
+    adapters = load_file(str(out / "lora_state.safetensors"))
+    assert derived and not derived & set(adapters)
+    assert set(adapters) == set(model.state_dict()) - derived and any("lora_" in k for k in adapters)
+    assert not derived & set(load_file(str(out / "model.safetensors")))

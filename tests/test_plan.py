@@ -163,6 +163,19 @@ def test_a_byte_identical_encoder_carries_its_licence_without_any_record(tmp_pat
     assert publish_run(other, "org/x", tmp_path / "o2", dry_run=True, license="apache-2.0").is_dir()
 
 
+def test_a_frozen_encoder_is_identified_in_a_run_file_without_the_derived_buffers_the_cache_holds(
+    tmp_path, ct_ssl
+):
+    from zoo.layers.derived import derived_buffer_keys, without_derived
+
+    model = zoo.create("qtunet-t", **ARGS)
+    lean = without_derived({**_state(4), **ct_ssl}, model)  # as a run saves it now
+    assert derived_buffer_keys(model) & set(ct_ssl)  # the cached conversion holds some of them
+    run = _run(tmp_path, "frozen", lean)
+    with pytest.raises(PermissionError, match=r"qtunet-t\.ct-ssl"):
+        publish_run(run, "org/x", tmp_path / "o", dry_run=True)
+
+
 def test_a_tag_is_published_only_with_its_own_file(tmp_path, ct_ssl):
     unrelated = tmp_path / "other.safetensors"
     save_file({k: v.contiguous() for k, v in _state(5).items()}, str(unrelated))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard, ModelCardData
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 import zoo
 from tests.hub_upload_server import HubUploadServer
@@ -50,18 +50,27 @@ def hub(tmp_path, monkeypatch, request):
         yield srv
 
 
-def _tiny_state(seed: int) -> dict[str, torch.Tensor]:
+def _tiny_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return zoo.create(
-        "qtunet-t", **{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}
-    ).state_dict()
+    return zoo.create("qtunet-t", **{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()})
 
 
-def _run(tmp_path: Path, name: str = "run", *, init=None, finetune: bool = True, seed: int = 3) -> Path:
-    """A run folder as zoo finetune / zoo pretrain writes it."""
+def _tiny_state(seed: int) -> dict[str, torch.Tensor]:
+    return _tiny_model(seed).state_dict()
+
+
+def _run(
+    tmp_path: Path, name: str = "run", *, init=None, finetune: bool = True, seed: int = 3, old: bool = False
+) -> Path:
+    """A run folder as zoo finetune / zoo pretrain writes it (``old``: as they wrote it before
+    derived buffers were left out)."""
+    from zoo.layers.derived import without_derived
+
     run = tmp_path / name
     run.mkdir()
-    save_file({k: v.contiguous() for k, v in _tiny_state(seed).items()}, str(run / "model.safetensors"))
+    model = _tiny_model(seed)
+    state = model.state_dict() if old else without_derived(model.state_dict(), model)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(run / "model.safetensors"))
     cfg = {
         "library_name": "medzoo",
         "model_name": "qtunet-t",
@@ -123,6 +132,8 @@ def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, caps
     assert _leftovers(tmp_path) == []
     weights = (run / "model.safetensors").read_bytes()
     assert hub.files("org/tiny-qt")["model.safetensors"] == weights
+    assert not [k for k in load(weights) if k.endswith("relative_position_index")]
+    assert json.loads((out / "config.json").read_text())["sha256"] == hashlib.sha256(weights).hexdigest()
     if hub.state.use_lfs:  # the large file went through the LFS batch API and a basic PUT, not the commit
         assert hub.state.lfs_uploads == [hashlib.sha256(weights).hexdigest()]
 
@@ -145,6 +156,34 @@ def test_publish_then_load_by_hub_id_gives_identical_outputs(tmp_path, hub, caps
     resolved = [path for method, path, _ in hub.state.requests if method == "GET" and "/resolve/" in path]
     assert resolved[0].endswith("/resolve/main/config.json")
     assert resolved[1].endswith(f"/resolve/{hub.head('org/tiny-qt')}/model.safetensors")
+
+
+def test_an_older_run_holding_derived_buffers_loads_and_is_published_without_them(tmp_path, hub, capsys):
+    from zoo.layers.derived import derived_buffer_keys
+
+    run = _run(tmp_path, old=True)
+    local = (run / "model.safetensors").read_bytes()
+    ours = zoo.create(str(run))  # an older run's file still loads
+    derived = derived_buffer_keys(ours)
+    assert derived and derived <= set(load(local))
+    out = tmp_path / "published"
+    argv = ["publish", str(run), "--repo", "org/tiny-qt", "--out", str(out), "--license", "apache-2.0"]
+    assert main(argv) == 0
+    uploaded = hub.files("org/tiny-qt")["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == uploaded
+    assert (run / "model.safetensors").read_bytes() == local  # the run folder is left as it was
+    published, before = load(uploaded), load(local)
+    assert set(published) == set(before) - derived
+    assert all(torch.equal(v, before[k]) for k, v in published.items())
+    digest = hashlib.sha256(uploaded).hexdigest()
+    assert (
+        json.loads((out / "config.json").read_text())["sha256"] == digest != hashlib.sha256(local).hexdigest()
+    )
+    theirs = zoo.create("hf-hub:org/tiny-qt")
+    assert theirs.pretrained_cfg["weights"]["sha256"] == digest
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
 
 
 def test_publish_private_creates_a_private_repository_and_reports_json(tmp_path, hub, capsys):

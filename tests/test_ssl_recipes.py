@@ -143,14 +143,30 @@ def test_byol_rotation_reconstruction_trains_and_saves_the_encoder_only(tmp_path
     assert cfg["covers"] == meta["covers"] == "encoder"
     from safetensors.torch import load_file
 
+    from zoo.layers.derived import derived_buffer_keys
+
+    derived = derived_buffer_keys(model)  # rebuilt at construction: not saved, neither here nor in trainer/
     keys = load_file(str(run.checkpoint)).keys()
-    assert keys == {k for k in model.state_dict() if k.startswith("encoder.")}
+    assert derived and keys == {k for k in model.state_dict() if k.startswith("encoder.")} - derived
+    trainer = load_file(str(run.checkpoint.parent / "trainer" / "model.safetensors"))
+    assert trainer and not [k for k in trainer if k.endswith("relative_position_index")]
     # The saved encoder is the trained one (not the fresh initialisation).
     fresh = zoo.create("qtunet-t", img_size=32).state_dict()
     trained = model.state_dict()
     assert not torch.equal(
         fresh["encoder.patch_embed.proj.weight"], trained["encoder.patch_embed.proj.weight"]
     )
+    longer = _run(
+        "byol-rot-rec",
+        "qtunet-t",
+        dict(img_size=32),
+        dict(hole_size=(8, 16), hidden_dim=256),
+        tmp_path / "byol",
+        6,
+        dict(batch_size=2, lr=1e-3),
+        _volumes(),
+    )
+    assert longer.resumed_from == 5 and longer.steps == 6  # resumed from the trainer's lean file
 
 
 _ULKA = dict(img_size=32, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), decoder_dims=(16, 16, 16, 8, 8))

@@ -259,3 +259,24 @@ def test_swinvit2d_rejects_bad_inputs_and_accepts_other_sizes():
 def test_segmenter_img_size_must_be_divisible_by_32():
     with pytest.raises(ValueError, match="divisible by 32"):
         _build(SEGMENTER, img_size=(100, 96))
+
+
+def test_monais_window_indices_are_derived_and_a_file_without_them_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    import zoo
+    from zoo.layers.derived import derived_buffer_keys, without_derived
+
+    args = dict(img_size=(64, 64), feature_size=12, num_classes=3)
+    torch.manual_seed(0)
+    model = zoo.create(SEGMENTER, **args).eval()
+    derived = derived_buffer_keys(model)
+    # One per Swin block (2 per stage, 4 stages), all MONAI's indices, all integer.
+    assert len(derived) == 8 and all(k.endswith("attn.relative_position_index") for k in derived)
+    assert all(not model.state_dict()[k].is_floating_point() for k in derived)
+    lean = without_derived(model.state_dict(), model)
+    save_file({k: v.contiguous() for k, v in lean.items()}, str(tmp_path / "lean.safetensors"))
+    loaded = zoo.create(SEGMENTER, checkpoint_path=tmp_path / "lean.safetensors", **args).eval()
+    x = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

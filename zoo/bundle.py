@@ -311,6 +311,8 @@ def write_bundle(request: Any, out_dir: str | Path, settings: BundleSettings | N
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(p, s), indent=2) + "\n")
         meta = _metadata(p, s, record, o.version, licence)
         (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        # Every key, derived buffers too: the run's file may lack them, and MONAI's CheckpointLoader
+        # (strict, as configured above) loads into a network MONAI builds, not through zoo.create.
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save(state, tmp / "models" / "model.pt")
         card = render_card(p.spec)

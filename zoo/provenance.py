@@ -189,6 +189,19 @@ def _registered_files(spec: Any) -> list[tuple[Any, Path]]:
     return out
 
 
+def _derived_keys(spec: Any) -> set[str]:
+    """The derived-buffer keys of ``spec``'s registered configuration (built on the meta device)."""
+    import torch
+
+    from zoo.layers.derived import derived_buffer_keys
+
+    try:
+        with torch.device("meta"):
+            return derived_buffer_keys(spec.builder(**spec.model_args))
+    except Exception:  # a builder that needs real tensors: every registered key is compared, as before
+        return set()
+
+
 def identify_parts(path: str | Path, spec: Any) -> WeightsOrigin | None:
     """Registered weights of ``spec`` whose tensors ``path`` holds byte for byte, in a part or whole.
 
@@ -202,8 +215,13 @@ def identify_parts(path: str | Path, spec: Any) -> WeightsOrigin | None:
         return None
     mine_set = set(mine)
     parts = {"full": ("",), **spec.partial_components}
+    derived: set[str] | None = None
     for ws, reg in _registered_files(spec):
         theirs = _safetensors_keys(reg) or []
+        if derived is None and not mine_set.issuperset(theirs):
+            derived = _derived_keys(spec)
+        # A run's file leaves out the buffers the model rebuilds; a cached conversion may hold them.
+        theirs = [k for k in theirs if k in mine_set or k not in (derived or ())]
         for part, prefixes in parts.items():
             keys = [k for k in theirs if k.startswith(tuple(prefixes))]
             if not keys or not mine_set.issuperset(keys):

@@ -299,8 +299,11 @@ def publish_run(
     """Write (and upload) a Hub folder for a ``zoo finetune`` / ``zoo pretrain`` run.
 
     The run's checkpoint is first loaded strictly into its architecture, so a folder that
-    would not load is never written. Weights that started from (or are) registered weights
-    whose licence does not allow redistribution are refused unless ``permission_obtained``.
+    would not load is never written. Its ``model.safetensors`` is uploaded byte for byte; that
+    of a run saved before runs left out derived buffers is uploaded without them, and the
+    published ``config.json`` records the uploaded file's sha256. Weights that started from (or
+    are) registered weights whose licence does not allow redistribution are refused unless
+    ``permission_obtained``.
     Absolute paths in the run's config (its datalist, its volumes) are reduced to file names.
     The card (:func:`zoo.cards.render_run_card`) is about the run; its curves, drawn from the
     run's ``log.jsonl``, are published beside it as ``loss.png`` and ``val_dice.png``: the Hub
@@ -360,14 +363,12 @@ def publish_run(
     )
     out = Path(out_dir)
     with _staged(out) as tmp:
-        shutil.copyfile(ckpt, tmp / "model.safetensors")
-        if file_digest(tmp / "model.safetensors") != own:
-            raise PublishError(f"{ckpt} changed while it was being published")
+        published = _copy_weights(ckpt, own, model, tmp / "model.safetensors")
         config = _public(
             {
                 **cfg,
                 "library_name": "medzoo",
-                "sha256": own,
+                "sha256": published,
                 "init": start.record,
                 "derived_from": _derived_from(start, mine, spec),
                 "license": licence,
@@ -394,6 +395,39 @@ def publish_run(
         (tmp / "README.md").write_text(_public(render_run_card(spec, config, facts)))
         _finish(tmp, repo_id, revision, dry_run, images, private=private)
     return out
+
+
+def _copy_weights(ckpt: Path, own: str, model: Any, dest: Path) -> str:
+    """Copy a run's weights file (sha256 ``own``) to ``dest``; returns the sha256 of ``dest``.
+
+    A run's file is copied byte for byte. One saved before runs left out derived buffers
+    (:mod:`zoo.layers.derived`) is written again without them.
+    """
+    import hashlib
+
+    from safetensors import safe_open
+
+    from zoo.layers.derived import derived_buffer_keys
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        stored = derived_buffer_keys(model) & set(f.keys())
+    if not stored:
+        shutil.copyfile(ckpt, dest)
+        if file_digest(dest) != own:
+            raise PublishError(f"{ckpt} changed while it was being published")
+        return own
+    from safetensors.torch import load, save
+
+    data = ckpt.read_bytes()
+    if hashlib.sha256(data).hexdigest() != own:
+        raise PublishError(f"{ckpt} changed while it was being published")
+    # Stripped rather than kept: every published file is lean whatever the run's age; config.json
+    # records the sha256 of the uploaded file, the digest by which a download is identified.
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    kept = {k: v for k, v in load(data).items() if k not in stored}
+    lean = save(kept, metadata=header.get("__metadata__"))
+    dest.write_bytes(lean)
+    return hashlib.sha256(lean).hexdigest()
 
 
 def _run_log(run: Path) -> list[dict[str, Any]]:

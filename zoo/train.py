@@ -73,6 +73,7 @@ from zoo.train_state import (  # noqa: F401  (the run folder's names, re-exporte
     check_resume,
     read_log,
     read_trainer_state,
+    run_state_dict,
     settings_changes,
 )
 
@@ -662,7 +663,7 @@ def _train(
                     state["best"] = metrics[monitor]
                     result.best = state["best"]
                     meta = {"step": str(state["step"]), monitor: str(metrics[monitor])}
-                    _save_tensors(out / BEST_FILE, _plain(base), meta)
+                    _save_tensors(out / BEST_FILE, run_state_dict(base), meta)
         _barrier(info)
 
     autocast = (
@@ -766,12 +767,6 @@ def _train(
     result.step = state["step"]
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _plain(model: nn.Module) -> dict[str, torch.Tensor]:
-    from zoo.adapt import plain_state_dict
-
-    return plain_state_dict(model)
 
 
 def seed_everything(seed: int) -> None:

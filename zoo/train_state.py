@@ -1,10 +1,12 @@
 """What a training run keeps on disk, and the check that a rerun may resume it.
 
 The run folder of :func:`zoo.train.train`: ``model.safetensors`` (the plain model, LoRA
-merged), ``lora_state.safetensors`` (with LoRA), ``trainer_state.pt`` (step, optimiser,
-schedule, random states; read back with ``torch.load(weights_only=True)``), ``config.json``
-and ``log.jsonl``; files are replaced atomically. A rerun resumes only with the settings the
-run was started with (:func:`check_resume`); the run's length may change.
+merged), ``lora_state.safetensors`` (with LoRA), both without the buffers a model rebuilds from
+its configuration (:mod:`zoo.layers.derived`), so a run's file is the file ``zoo publish``
+uploads; ``trainer_state.pt`` (step, optimiser, schedule, random states; read back with
+``torch.load(weights_only=True)``), ``config.json`` and ``log.jsonl``; files are replaced
+atomically. A rerun resumes only with the settings the run was started with
+(:func:`check_resume`); the run's length may change.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "RunSettingsChangedError",
     "read_log",
     "read_trainer_state",
+    "run_state_dict",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -57,6 +60,18 @@ def _save_tensors(path: Path, sd: Mapping[str, torch.Tensor], metadata: dict[str
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
     _atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def run_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a run saves of ``model``: its plain state_dict (LoRA merged) less its derived buffers.
+
+    ``zoo.create`` and a resume rebuild those buffers, so they need not be stored; a file that
+    stores them (a run saved before they were left out) loads all the same.
+    """
+    from zoo.adapt import plain_state_dict
+    from zoo.layers.derived import without_derived
+
+    return without_derived(plain_state_dict(model), model)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -95,13 +110,14 @@ def _save_checkpoint(
     progress: dict[str, Any],
     config: Mapping[str, Any],
 ) -> None:
-    from zoo.adapt import has_lora, plain_state_dict
+    from zoo.adapt import has_lora
+    from zoo.layers.derived import without_derived
 
     base = model
     meta = {"step": str(progress["step"])}
-    _save_tensors(out / MODEL_FILE, plain_state_dict(base), meta)
+    _save_tensors(out / MODEL_FILE, run_state_dict(base), meta)
     if has_lora(base):
-        _save_tensors(out / LORA_FILE, base.state_dict(), meta)
+        _save_tensors(out / LORA_FILE, without_derived(base.state_dict(), base), meta)
     state = {
         **progress,
         "optimizer": optimizer.state_dict(),
@@ -151,8 +167,10 @@ def read_trainer_state(out: Path) -> dict[str, Any]:
 def _load_checkpoint(out: Path, model: nn.Module) -> dict[str, Any]:
     from safetensors.torch import load_file
 
+    from zoo._factory import CheckpointMismatchError
     from zoo.adapt import has_lora
     from zoo.convert import CheckpointFormatError
+    from zoo.layers.derived import derived_buffer_keys
 
     base = model
     path = out / (LORA_FILE if has_lora(base) else MODEL_FILE)
@@ -160,7 +178,15 @@ def _load_checkpoint(out: Path, model: nn.Module) -> dict[str, Any]:
         weights = load_file(str(path))
     except Exception as e:  # safetensors' own error types; never the file's content
         raise CheckpointFormatError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
-    base.load_state_dict(weights, strict=True)
+    # Strict but for the derived buffers: newer runs leave them out, older ones hold them.
+    result = base.load_state_dict(weights, strict=False)
+    missing = sorted(set(result.missing_keys) - derived_buffer_keys(base))
+    if missing or result.unexpected_keys:
+        raise CheckpointMismatchError(
+            f"{path} does not fit the model to resume: {len(missing)} key(s) missing "
+            f"({', '.join(missing[:3])}), {len(result.unexpected_keys)} unexpected "
+            f"({', '.join(result.unexpected_keys[:3])}); choose another output folder"
+        )
     return read_trainer_state(out)
 
 

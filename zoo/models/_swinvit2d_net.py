@@ -12,16 +12,20 @@ from contextlib import contextmanager
 
 import torch
 from monai.networks.nets import SwinUNETR
-from monai.networks.nets.swin_unetr import SwinTransformer
+from monai.networks.nets.swin_unetr import SwinTransformer, WindowAttention
 from torch import nn
 
 from zoo.layers import check_input, int_tuple
+from zoo.layers.derived import declare_derived
 from zoo.layers.model_api import ModelApiMixin
 
 # The registration module lists these names for its lazy __getattr__; one list serves both.
 from zoo.models.swinvit2d import _NET_NAMES, _SIMSIAM_HEADS, _UNETR_DECODER, _swin_parts
 
 __all__ = list(_NET_NAMES)
+
+# MONAI computes the index from the window size alone when it builds the attention.
+declare_derived(WindowAttention, "relative_position_index")
 
 
 # Why a Swin-UNETR input side must divide by 32, for the error message.

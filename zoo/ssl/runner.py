@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.layers.derived import without_derived
 from zoo.ssl.catalog import get_recipe
 from zoo.ssl.data import Preprocessing, load_volumes, read_datalist
 from zoo.ssl.recipe import Export, Recipe
@@ -263,7 +264,10 @@ def run_recipe(
 
     def export(base: nn.Module) -> dict[str, float]:
         # Called by the loop on rank 0 at every save point and at the end (its validation hook).
-        write_checkpoint(out, base.export(), model_name, model_args, {**record, "step": base.step})
+        # The export's keys are in the model's naming; its derived buffers are left out, as in finetune.
+        done = base.export()
+        done = replace(done, state_dict=without_derived(done.state_dict, base.model))
+        write_checkpoint(out, done, model_name, model_args, {**record, "step": base.step})
         return {}
 
     loop = LoopSettings(

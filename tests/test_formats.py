@@ -200,3 +200,51 @@ def test_nrrd_scans_and_labels_finetune(tmp_path):
     )  # fmt: skip
     r = finetune("fmunet", datalist, tmp_path / "run", options, print_fn=lambda _m: None)
     assert r.steps == 2 and r.settings.num_classes == 2 and "dice_1" in r.metrics
+
+
+def test_header_shapes_are_the_loaded_shapes_without_reading_a_voxel(tmp_path):
+    from zoo.imageio import header_shape, load_image
+
+    nrrd = _itk_file(tmp_path / "scan.nrrd", _volume())
+    mha = _itk_file(tmp_path / "scan.mha", _volume())
+    series = _dicom_series(tmp_path / "series", _volume()[:6])
+    nii = [_as_nifti(nrrd, tmp_path / f"c{i}.nii") for i in range(2)]
+    for scan in (nrrd, mha, series, nii):
+        assert header_shape(scan) == tuple(load_image(scan).shape), scan
+    assert header_shape(nrrd) == (24, 28, 30)  # ITK's (x, y, z) of a (z, y, x) array
+
+
+def test_a_header_announcing_more_voxels_than_the_budget_is_refused_before_any_read(tmp_path, capsys):
+    import time
+
+    run = _run(tmp_path)
+    (tmp_path / "tiny.raw").write_bytes(b"\0" * 64)
+    huge = tmp_path / "huge.nhdr"  # a detached NRRD header: 4000³ float voxels (238 GB) over 64 bytes
+    huge.write_text(
+        "NRRD0004\ntype: float\ndimension: 3\nsizes: 4000 4000 4000\nencoding: raw\n"
+        "endian: little\nspace dimension: 3\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
+        "space origin: (0,0,0)\ndata file: tiny.raw\n"
+    )
+    out = tmp_path / "labels.nrrd"
+    start = time.monotonic()
+    assert main(["predict", str(run), "-i", str(huge), "-o", str(out)]) != 0
+    assert time.monotonic() - start < 20
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "huge.nhdr: its header announces 64,000,000,000 voxels (238.4 GB as float32)" in err
+    assert "not read" in err and not out.exists()
+
+
+def test_a_case_of_files_over_the_budget_is_refused_before_they_are_stacked(tmp_path, monkeypatch):
+    from zoo.imageio import load_image
+
+    files = [
+        _as_nifti(_itk_file(tmp_path / f"c{i}.nrrd", _volume()), tmp_path / f"c{i}.nii") for i in range(4)
+    ]
+    monkeypatch.setenv("MEDZOO_PREDICT_MAX_GB", str(3.5 * 24 * 28 * 30 * 4 / 2**30))  # 3.5 of the 4 channels
+    with pytest.raises(
+        ValueError, match=r"c0.nii and the rest of the case: their headers announce 80,640 voxels"
+    ):
+        load_image(files)
+    monkeypatch.setenv("MEDZOO_PREDICT_MAX_GB", str(4 * 24 * 28 * 30 * 4 / 2**30))
+    assert load_image(files).shape == (24, 28, 30, 4)

@@ -163,13 +163,13 @@ def image_channels(image: str | Sequence[str]) -> int:
     Raises:
         ValueError: a list whose files are not single 3D volumes (each file is one channel).
     """
-    from zoo.imageio import load_image  # NIfTI, DICOM series, NRRD, MetaImage
+    from zoo.imageio import header_shape  # NIfTI, DICOM series, NRRD, MetaImage: headers only
 
     if isinstance(image, str):
-        shape = load_image(image).shape
+        shape = header_shape(image)
         return shape[3] if len(shape) == 4 else 1
     for f in image:
-        shape = load_image(f).shape
+        shape = header_shape(f)
         if len(shape) > 3 and any(s > 1 for s in shape[3:]):
             raise ValueError(f"{f}: a file of a per-channel image list must be one 3D volume, found {shape}")
     return len(image)

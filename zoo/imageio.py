@@ -10,6 +10,10 @@ NIfTI is what the other tools read).
 
 A case may be several files, one per channel (``t1.nii.gz t1ce.nii.gz t2.nii.gz flair.nii.gz``):
 they are stacked in the order given after checking that their grids match.
+
+Headers are read before voxels: :func:`header_shape` gives what :func:`load_image` would give
+without reading a voxel, and a read into memory is refused past the memory budget before ITK (or
+the stacking of a case's files) allocates anything.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ __all__ = [
     "is_image_path",
     "is_dicom_series",
     "load_image",
+    "header_shape",
+    "check_read_size",
     "write_labels_itk",
     "output_suffix",
 ]
@@ -82,6 +88,99 @@ def output_suffix(path: str | Path, nifti: bool = False) -> str:
     return ".nii.gz"
 
 
+def _itk_io(path: Path) -> tuple[Any, int]:
+    """ITK's reader of ``path`` with the image information read (no voxel), and the slice count:
+    1 for a file, the number of slice files of the first series of a DICOM folder (as MONAI's
+    ITK reader picks it)."""
+    from zoo._optional import require
+
+    require("itk", extra="io", feature=f"reading {path.name} (DICOM, NRRD, MetaImage)")
+    import itk
+
+    files, count = str(path), 1
+    if path.is_dir():
+        names = itk.GDCMSeriesFileNames.New()
+        names.SetUseSeriesDetails(True)
+        names.SetGlobalWarningDisplay(False)
+        names.SetDirectory(str(path))
+        series = names.GetSeriesUIDs()
+        slices = list(names.GetFileNames(series[0])) if series else []
+        if not slices:
+            raise ValueError(f"{path}: expected a DICOM series, found no readable slice")
+        files, count = slices[0], len(slices)
+    try:
+        io = itk.ImageIOFactory.CreateImageIO(files, itk.CommonEnums.IOFileMode_ReadMode)
+        if io is None:
+            raise RuntimeError("no ITK reader for this file")
+        io.SetFileName(files)
+        io.ReadImageInformation()
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path}: not a readable DICOM series, NRRD or MetaImage ({type(e).__name__})"
+        ) from e
+    return io, count
+
+
+def _shape_of(path: Path) -> tuple[int, ...]:
+    import nibabel as nib
+
+    if is_nifti(path) or not (is_itk_file(path) or path.is_dir()):
+        return tuple(int(n) for n in nib.load(str(path)).shape)
+    io, count = _itk_io(path)
+    dims = [int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions())]
+    if path.is_dir():  # one slice per file: the series stacks them
+        dims = [*dims[:2], count]
+    comps = int(io.GetNumberOfComponents())
+    return (*dims, comps) if comps > 1 else tuple(dims)
+
+
+def header_shape(path: str | Path | Sequence[str | Path]) -> tuple[int, ...]:
+    """The shape :func:`load_image` gives for ``path``, from the headers alone (no voxel read)."""
+    if isinstance(path, str | Path):
+        return _shape_of(Path(path))
+    shapes = [_shape_of(Path(p)) for p in path]
+    return (*shapes[0][:3], len(shapes))
+
+
+def _budget_bytes() -> tuple[int, str]:
+    import os
+
+    from zoo.runconfig import machine_memory_bytes
+
+    env = os.environ.get("MEDZOO_PREDICT_MAX_GB")
+    if env:
+        try:
+            return int(float(env) * 2**30), "MEDZOO_PREDICT_MAX_GB"
+        except ValueError:
+            raise ValueError(f"MEDZOO_PREDICT_MAX_GB: expected a number of GB, found {env!r}") from None
+    return machine_memory_bytes() // 2, "half this machine's RAM; MEDZOO_PREDICT_MAX_GB raises it"
+
+
+def check_read_size(path: str | Path | Sequence[str | Path], max_bytes: int | None = None) -> None:
+    """Refuse a scan whose headers announce more voxels than fit the memory budget as float32.
+
+    Args:
+        path: a file, a DICOM folder, or a case's files.
+        max_bytes: the budget (default ``MEDZOO_PREDICT_MAX_GB``, else half the RAM).
+
+    Raises:
+        ValueError: over the budget, naming the voxels and the budget; nothing was read.
+    """
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    budget, how = (max_bytes, "the budget given") if max_bytes is not None else _budget_bytes()
+    voxels = sum(int(np.prod(_shape_of(p), dtype=np.float64)) for p in paths)
+    if 4 * voxels > budget:
+        who = (
+            f"{paths[0]}: its header announces"
+            if len(paths) == 1
+            else f"{paths[0]} and the rest of the case: their headers announce"
+        )
+        raise ValueError(
+            f"{who} {voxels:,} voxels ({4 * voxels / 2**30:.1f} GB as float32), over the memory budget of "
+            f"{budget / 2**30:.1f} GB ({how}); not read"
+        )
+
+
 def _itk_image(path: Path) -> Any:
     """A NRRD / MetaImage file or a DICOM folder as an in-memory ``nib.Nifti1Image`` (RAS affine)."""
     import nibabel as nib
@@ -121,7 +220,10 @@ def load_image(path: str | Path | Sequence[str | Path]) -> Any:
     import nibabel as nib
 
     if isinstance(path, str | Path):
+        if not is_nifti(path):  # read into memory whole: bounded first (a NIfTI is read on demand)
+            check_read_size(path)
         return _one(Path(path))
+    check_read_size(path)
     paths = [Path(p) for p in path]
     images = [_one(p) for p in paths]
     first = images[0]

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom up; a module may import from its own layer or a lower one. Must match ARCHITECTURE.md.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("zoo._version", "zoo._optional", "zoo.layers", "zoo.layers.*")),
+    ("base", ("zoo._version", "zoo._optional", "zoo._files", "zoo.layers", "zoo.layers.*")),
     ("registry", ("zoo._registry",)),
     (
         "architectures",

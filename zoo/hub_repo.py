@@ -26,13 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zoo._files import write_bytes_atomically
 from zoo._version import __version__
 from zoo.transfer import (
     DownloadLimits,
@@ -119,18 +119,6 @@ def _ref_file(repo_id: str, revision: str | None) -> Path:
     return _cache_folder(repo_id) / "refs" / urllib.parse.quote(revision or "main", safe="")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cached_config(repo_id: str, revision: str | None) -> HubConfig | None:
     """The config a revision last gave (medzoo's cache, else the Hub client's), or None."""
     from huggingface_hub import try_to_load_from_cache
@@ -207,7 +195,7 @@ def _get_config(repo_id: str, revision: str | None, where: str) -> HubConfig:
         with e:
             answer = _refusal(e, where, endpoint)
         if answer.commit is not None:
-            _write_atomic(_ref_file(repo_id, revision), answer.commit.encode())
+            write_bytes_atomically(_ref_file(repo_id, revision), answer.commit.encode())
         return answer
     except OSError as e:  # URLError, a timeout, a refused or reset connection
         raise HubError(
@@ -225,9 +213,9 @@ def _get_config(repo_id: str, revision: str | None, where: str) -> HubConfig:
         except OSError as e:
             raise HubError("unreachable", f"{where}: {network_failure(e, limits.stall_s)}") from e
     path = _cache_folder(repo_id) / "configs" / f"{commit}.json"
-    _write_atomic(path, data)
+    write_bytes_atomically(path, data)
     if revision != commit:
-        _write_atomic(_ref_file(repo_id, revision), commit.encode())
+        write_bytes_atomically(_ref_file(repo_id, revision), commit.encode())
     return HubConfig(commit, path)
 
 

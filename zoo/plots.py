@@ -7,8 +7,6 @@ only when a picture is asked for.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,15 +39,9 @@ def require_matplotlib() -> Any:
 
 
 def _save_atomic(fig: Any, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is shared like any file
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from zoo._files import write_atomically
+
+    write_atomically(out, lambda p: fig.savefig(str(p), dpi=80, bbox_inches="tight"), ".png")
 
 
 def preview_png(
@@ -226,9 +218,3 @@ def plot_training_curves(
             plt.close(fig)
         written.append(out_dir / "val_dice.png")
     return written
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -17,7 +17,6 @@ of scans is :func:`zoo.study.predict_study`'s, which runs the same steps per cas
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoo._files import write_atomically
 from zoo.inference import resolve_device, resolve_precision, sliding_window_predict
 from zoo.predict_checks import (
     Settings,
@@ -387,21 +387,6 @@ def _unbind(op: Any, keys: Any) -> Any:
     return op
 
 
-def _write_atomic(out: Path, write: Callable[[str], None], suffix: str) -> None:
-    """Write through a hidden temporary name in the same folder, then rename: never half a file."""
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part" + suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is shared like any file
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _write_labels(labels: np.ndarray, case: Mapping[str, Any], out: Path) -> None:
     import nibabel as nib
 
@@ -409,13 +394,13 @@ def _write_labels(labels: np.ndarray, case: Mapping[str, Any], out: Path) -> Non
         from zoo.imageio import write_labels_itk
 
         suffix = ".nrrd" if out.name.lower().endswith(".nrrd") else ".mha"
-        _write_atomic(out, lambda p: write_labels_itk(labels, case["affine"], p), suffix)
+        write_atomically(out, lambda p: write_labels_itk(labels, case["affine"], str(p)), suffix)
         return
     header = case["header"].copy()
     header.set_data_dtype(labels.dtype)
     cls = nib.Nifti2Image if case["nifti2"] else nib.Nifti1Image
     img = cls(labels, case["affine"], header)
-    _write_atomic(out, lambda p: nib.save(img, p), ".nii.gz" if out.name.endswith(".gz") else ".nii")
+    write_atomically(out, lambda p: nib.save(img, str(p)), ".nii.gz" if out.name.endswith(".gz") else ".nii")
 
 
 def _preview_path(out: Path) -> Path:
@@ -538,9 +523,3 @@ def predict_nifti(
     case = preprocess(image_path, s, asked.volume, keep_original=asked.preview)
     model.eval()
     return _run_case(model, case, s, out, progress, asked.preview, where)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -596,19 +596,9 @@ def read_config(path: str | Path, *, where: str | None = None, weights_bytes: in
 
 def write_config(path: str | Path, config: RunConfig) -> Path:
     """Write ``config`` as ``config.json`` atomically (a temporary sibling renamed into place)."""
-    import tempfile
+    from zoo._files import write_bytes_atomically
 
-    path = Path(path)
-    text = json.dumps(config.to_json(), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomically(path, json.dumps(config.to_json(), indent=2) + "\n")
 
 
 def check_onnx_metadata(meta: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -274,7 +274,7 @@ def _digest(path: Path) -> str:
 
 
 def _write_record(out: Path, case: Any) -> None:
-    from zoo.predict import _write_atomic
+    from zoo._files import write_bytes_atomically
 
     record = {
         "output": out.name,
@@ -282,7 +282,7 @@ def _write_record(out: Path, case: Any) -> None:
         "size": out.stat().st_size,
         "sha256": _digest(out),
     }
-    _write_atomic(_record_path(out), lambda p: Path(p).write_text(json.dumps(record) + "\n"), ".json")
+    write_bytes_atomically(_record_path(out), json.dumps(record) + "\n")
 
 
 def _read_record(out: Path) -> dict[str, Any] | None:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from zoo._files import write_atomically
 
 __all__ = [
     "MODEL_FILE",
@@ -49,17 +50,11 @@ LOG_FILE = "log.jsonl"
 LOCK_FILE = ".train.lock"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _save_tensors(path: Path, sd: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    _atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    write_atomically(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
 def run_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -123,14 +118,14 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
     }
-    _atomic_write(out / STATE_FILE, lambda p: torch.save(state, p))
+    write_atomically(out / STATE_FILE, lambda p: torch.save(state, p))
     from zoo.runconfig import RunConfig, write_config
 
     if isinstance(config, RunConfig):  # zoo's own runs: the one writer of config.json
         write_config(out / CONFIG_FILE, dataclasses.replace(config, step=int(progress["step"])))
         return
     cfg = {**config, "step": progress["step"]}
-    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(_jsonable(cfg), indent=2) + "\n"))
+    write_atomically(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(_jsonable(cfg), indent=2) + "\n"))
 
 
 def _jsonable(obj: Any) -> Any:

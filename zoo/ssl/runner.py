@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo._files import write_atomically
 from zoo.layers.derived import without_derived
 from zoo.ssl.catalog import get_recipe
 from zoo.ssl.data import Preprocessing, load_volumes, read_datalist
@@ -136,12 +137,6 @@ def optim_config(settings: Mapping[str, Any], max_steps: int):
 # --------------------------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    write(tmp)
-    tmp.replace(path)
-
-
 def _jsonable(value: Any) -> Any:
     from zoo.runconfig import jsonable
 
@@ -171,7 +166,7 @@ def write_checkpoint(
         "format": "medzoo",
     }
     ckpt, cfg = out / "model.safetensors", out / "config.json"
-    _atomic_write(ckpt, lambda p: save_file(tensors, str(p), metadata=meta))
+    write_atomically(ckpt, lambda p: save_file(tensors, str(p), metadata=meta))
     from zoo.provenance import chain_licence
     from zoo.runconfig import Link, RunConfig, write_config
 

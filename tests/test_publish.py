@@ -650,3 +650,21 @@ def test_publish_a_registered_tag_then_load_it_by_hub_id(tmp_path, hub, capsys):
     rec = cfg["weights"]
     assert rec["covers"] == "encoder" and "output" in rec["newly_initialised"]
     assert (rec["license"], rec["redistributable"]) == ("none", False)  # from the repository's config.json
+
+
+def test_a_config_an_earlier_version_cached_through_the_client_loads_offline(tmp_path, hub, monkeypatch):
+    """Before medzoo cached Hub configs itself, the client's cache held them: offline loads still work."""
+    from huggingface_hub import hf_hub_download
+
+    publish_run(_run(tmp_path), "org/tiny-qt", tmp_path / "out", license="apache-2.0")
+    commit = hub.head("org/tiny-qt")
+    cache = str(tmp_path / "hf-cache")  # the client read HF_ENDPOINT and HF_HUB_CACHE at its import
+    for name in ("config.json", "model.safetensors"):
+        rev = None if name == "config.json" else commit
+        hf_hub_download("org/tiny-qt", name, revision=rev, endpoint=hub.url, cache_dir=cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = len(hub.state.requests)
+    model = zoo.create("hf-hub:org/tiny-qt")
+    assert len(hub.state.requests) == before
+    assert model.pretrained_cfg["hub"]["commit"] == commit
+    assert model.pretrained_cfg["weights"]["sha256"] == file_digest(tmp_path / "out" / "model.safetensors")

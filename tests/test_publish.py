@@ -615,6 +615,22 @@ def test_cli_and_torch_hub_entrypoints_take_a_hub_id(tmp_path, hub, capsys):
     entry = hubconf.qtunet_t(checkpoint_path="hf-hub:org/tiny-qt")
     assert entry.pretrained_cfg["hub"]["commit"] == commit
     assert entry.pretrained_cfg["weights"]["sha256"] == file_digest(run / "model.safetensors")
+    # Each command asks the Hub once: one counted request for config.json, whatever it does next.
+    import nibabel as nib
+    import numpy as np
+
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).normal(size=(40, 36, 30)).astype(np.float32), np.eye(4)),
+        scan,
+    )
+    for argv in (
+        ["info", "hf-hub:org/tiny-qt"],
+        ["predict", "hf-hub:org/tiny-qt", "-i", str(scan), "-o", str(tmp_path / "labels.nii.gz")],
+    ):
+        before = len(_counted(hub.state.requests, "org/tiny-qt"))
+        assert main(argv) == 0, argv
+        assert len(_counted(hub.state.requests, "org/tiny-qt")) == before + 1, argv
 
 
 @pytest.mark.slow  # the ONNX export takes minutes on a loaded 2-core machine

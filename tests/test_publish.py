@@ -354,6 +354,8 @@ def test_offline_loads_from_the_cache_and_says_offline_otherwise(tmp_path, hub, 
         assert torch.equal(offline.state_dict()[k], v)
     with pytest.raises(WeightsUnavailableError, match="offline mode is on"):
         zoo.create("hf-hub:org/never-loaded")
+    with pytest.raises(WeightsUnavailableError, match="offline mode is on"):  # a commit never fetched
+        zoo.create(f"hf-hub:org/tiny-qt@{'f' * 40}")
 
 
 def test_hub_id_weights_past_the_byte_bound_are_refused_before_the_transfer(tmp_path, hub, monkeypatch):

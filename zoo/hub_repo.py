@@ -119,6 +119,10 @@ def _ref_file(repo_id: str, revision: str | None) -> Path:
     return _cache_folder(repo_id) / "refs" / urllib.parse.quote(revision or "main", safe="")
 
 
+def _config_file(repo_id: str, commit: str) -> Path:
+    return _cache_folder(repo_id) / "configs" / f"{commit}.json"
+
+
 def _cached_config(repo_id: str, revision: str | None) -> HubConfig | None:
     """The config a revision last gave (medzoo's cache, else the Hub client's), or None."""
     from huggingface_hub import try_to_load_from_cache
@@ -129,8 +133,11 @@ def _cached_config(repo_id: str, revision: str | None) -> HubConfig | None:
         text = ref.read_text(encoding="ascii", errors="replace").strip()
         commit = text if _COMMIT_RE.match(text) else None
     if commit is not None:
-        path = _cache_folder(repo_id) / "configs" / f"{commit}.json"
-        return HubConfig(commit, path if path.is_file() else None, cached=True)
+        path = _config_file(repo_id, commit)
+        if path.is_file():
+            return HubConfig(commit, path, cached=True)
+        if path.with_suffix(".none").is_file():  # the Hub said this commit has no config.json
+            return HubConfig(commit, None, cached=True)
     # A config fetched by an earlier medzoo through the client lies in the client's cache.
     found = try_to_load_from_cache(repo_id, CONFIG_FILE, cache_dir=_hf_cache(), revision=revision)
     if isinstance(found, str):
@@ -194,8 +201,10 @@ def _get_config(repo_id: str, revision: str | None, where: str) -> HubConfig:
     except urllib.error.HTTPError as e:
         with e:
             answer = _refusal(e, where, endpoint)
-        if answer.commit is not None:
-            write_bytes_atomically(_ref_file(repo_id, revision), answer.commit.encode())
+        if answer.commit is not None:  # remembered, so that an offline load knows it too
+            write_bytes_atomically(_config_file(repo_id, answer.commit).with_suffix(".none"), b"")
+            if revision != answer.commit:
+                write_bytes_atomically(_ref_file(repo_id, revision), answer.commit.encode())
         return answer
     except OSError as e:  # URLError, a timeout, a refused or reset connection
         raise HubError(
@@ -212,8 +221,7 @@ def _get_config(repo_id: str, revision: str | None, where: str) -> HubConfig:
             data = _read_bounded(resp, transfer)
         except OSError as e:
             raise HubError("unreachable", f"{where}: {network_failure(e, limits.stall_s)}") from e
-    path = _cache_folder(repo_id) / "configs" / f"{commit}.json"
-    write_bytes_atomically(path, data)
+    path = write_bytes_atomically(_config_file(repo_id, commit), data)
     if revision != commit:
         write_bytes_atomically(_ref_file(repo_id, revision), commit.encode())
     return HubConfig(commit, path)

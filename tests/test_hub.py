@@ -654,7 +654,9 @@ def test_convert_writes_through_a_unique_temporary_name(tmp_path, encoder_checkp
     foreign.write_bytes(b"another writer's bytes")
     assert zoo_main(["convert", str(src), "--model", NAME, "-o", str(out)]) == 0
     assert foreign.read_bytes() == b"another writer's bytes"
-    assert set(load_file(str(out))) == set(encoder_checkpoint)
+    assert set(load_file(str(out))) == {
+        k for k in encoder_checkpoint if not k.endswith("relative_position_index")
+    }
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.safetensors", "model.safetensors.part"]
 
 
@@ -667,7 +669,9 @@ def test_two_concurrent_converts_to_one_output_both_succeed(tmp_path, encoder_ch
     procs = [subprocess.Popen(_convert_cmd(src, out), env=env, stderr=subprocess.PIPE) for _ in range(2)]
     errs = [p.communicate(timeout=300)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
-    assert set(load_file(str(out))) == set(encoder_checkpoint)
+    assert set(load_file(str(out))) == {
+        k for k in encoder_checkpoint if not k.endswith("relative_position_index")
+    }
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
 
 

@@ -192,6 +192,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from zoo._factory import load_weights
     from zoo.convert import convert_checkpoint, read_checkpoint
     from zoo.hub import save_safetensors
+    from zoo.layers.derived import without_derived
 
     src, out = Path(a.checkpoint), Path(a.output)
     spec, _ = resolve(a.model)
@@ -210,7 +211,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
         w = sd.get(f"{conv}.weight")
         if w is not None and "in_chans" in args:
             args["in_chans"] = w.shape[1]
-    loaded = load_weights(spec.builder(**args), sd, spec)
+    model = spec.builder(**args)
+    loaded = load_weights(model, sd, spec)
+    sd = without_derived(sd, model)  # rebuilt from the configuration when loaded: not stored
     out.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(sd, out, metadata={"model": spec.name})  # a unique temporary name per writer
     extra = f"; not in checkpoint: {len(loaded.newly_initialised)} (covers {loaded.covers})"

@@ -103,12 +103,10 @@ class HubConfig:
     Attributes:
         commit: the commit the revision pointed at (None: unknown, offline with nothing cached).
         path: the config in medzoo's cache (None: the repository has no ``config.json``).
-        cached: read from the cache, without a request (offline, or the Hub unreachable).
     """
 
     commit: str | None
     path: Path | None
-    cached: bool = False
 
 
 def _cache_folder(repo_id: str) -> Path:
@@ -135,13 +133,13 @@ def _cached_config(repo_id: str, revision: str | None) -> HubConfig | None:
     if commit is not None:
         path = _config_file(repo_id, commit)
         if path.is_file():
-            return HubConfig(commit, path, cached=True)
+            return HubConfig(commit, path)
         if path.with_suffix(".none").is_file():  # the Hub said this commit has no config.json
-            return HubConfig(commit, None, cached=True)
+            return HubConfig(commit, None)
     # A config fetched by an earlier medzoo through the client lies in the client's cache.
     found = try_to_load_from_cache(repo_id, CONFIG_FILE, cache_dir=_hf_cache(), revision=revision)
     if isinstance(found, str):
-        return HubConfig(Path(found).parent.name, Path(found), cached=True)
+        return HubConfig(Path(found).parent.name, Path(found))
     return None
 
 

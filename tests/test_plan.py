@@ -194,6 +194,64 @@ def test_a_tag_is_published_only_with_its_own_file(tmp_path, ct_ssl):
     assert cfg["source_digest"] == zoo.get_spec("qtunet-t").weight("ct-ssl").upstream_digest
 
 
+def test_a_second_plan_of_a_version_1_run_does_not_read_its_init_file_again(tmp_path, ct_ssl, monkeypatch):
+    import zoo.hub
+
+    spec = zoo.get_spec("qtunet-t")
+    start = tmp_path / "start.safetensors"  # zoo pretrain --init FILE, as version 1 recorded it: the path
+    save_file({k: v.contiguous() for k, v in _state(5).items() if k in ct_ssl}, str(start))
+    run = _run(
+        tmp_path, "ssl", _state(6), finetune=None, pretraining={"method": "byol-rot-rec", "init": str(start)}
+    )
+    digest = file_digest(start)
+    reads = []
+    real = zoo.hub.file_digests
+    monkeypatch.setattr(zoo.hub, "file_digests", lambda path, *a: reads.append(Path(path)) or real(path, *a))
+
+    first, second = plan(str(run)).lineage, plan(str(run)).lineage
+    assert reads.count(start) == 1
+    assert first == second and first[-1].sha256 == digest and first[-1].license is None
+
+    # The same file rewritten (the same size) with the registered encoder: read again, and identified.
+    time.sleep(0.02)
+    save_file({k: v.contiguous() for k, v in ct_ssl.items()}, str(start))
+    assert start.stat().st_size == (converted_path(spec, spec.weight("ct-ssl"))).stat().st_size
+    changed = plan(str(run)).lineage
+    assert reads.count(start) == 2
+    assert (changed[-1].id, changed[-1].license, changed[-1].redistributable) == (
+        "qtunet-t.ct-ssl",
+        "none",
+        False,
+    )
+
+
+def test_the_card_and_the_lineage_name_the_same_start_for_every_version_1_init(tmp_path, ct_ssl):
+    from zoo.provenance import lineage_of_config
+    from zoo.publish import run_starting_point
+
+    spec = zoo.get_spec("qtunet-t")
+    registered = converted_path(spec, spec.weight("ct-ssl"))
+    copy = tmp_path / "renamed.safetensors"
+    copy.write_bytes(registered.read_bytes())
+    record = zoo.create("qtunet-t", checkpoint_path=copy, **ARGS).pretrained_cfg["weights"]
+    hub = {"source": "hf-hub", "id": "hf-hub:org/mirror@abc", "sha256": "0" * 64, "covers": "encoder",
+           "identified_as": "qtunet-t.ct-ssl", "license": "none", "redistributable": False}  # fmt: skip
+    inits = {
+        "name": "qtunet-t.ct-ssl",
+        "path": str(copy),
+        "record": {k: v for k, v in record.items() if k != "lineage"},
+        "recorded lineage": record,
+        "hub record identified at load": hub,
+    }
+    for what, init in inits.items():
+        run = _run(tmp_path, what.replace(" ", "-"), _state(2), init=init)
+        start = run_starting_point(json.loads((run / "config.json").read_text()), run)
+        chain = lineage_of_config(read_config(run / "config.json"), run)
+        assert start.registered == chain[-1].id == "qtunet-t.ct-ssl", what
+        assert (start.license, start.redistributable) == ("none", False), what
+        assert (chain[-1].license, chain[-1].redistributable) == ("none", False), what
+
+
 # ------------------------------------------------------------------------------------ hostile configs
 
 

@@ -23,7 +23,15 @@ from typing import Any
 
 log = logging.getLogger("zoo.provenance")
 
-__all__ = ["WeightsOrigin", "identify_digest", "identify_file", "load_record", "random_parts"]
+__all__ = [
+    "InitReading",
+    "WeightsOrigin",
+    "identify_digest",
+    "identify_file",
+    "load_record",
+    "random_parts",
+    "read_init",
+]
 
 
 @dataclass(frozen=True)
@@ -265,49 +273,147 @@ def file_link(
     return Link(ident, sha, None, None, covers, source)
 
 
-def _link_from_record(record: Any, model_name: str | None, run: Path | None) -> list[Any]:
-    """Links of what a version-1 config's ``init`` names (a load record, ``name.tag`` or a path)."""
+# A digest is remembered per file state: planning a version-1 run whose init is a path (every
+# `zoo predict RUN`) would otherwise read a multi-GB checkpoint whole each time.
+_DIGESTS: dict[tuple[Any, ...], dict[str, str]] = {}
+_DIGESTS_KEPT = 64
+
+
+def _remembered_digests(path: Path) -> dict[str, str]:
+    """``file_digests`` of ``path``, read again only when its size, times or inode changed.
+
+    A memo rather than a lazy hash: every plan carries its lineage, identified, so a lazy hash
+    would still be taken on each command. The key holds the ctime, which ``touch`` cannot set
+    back, so a file rewritten in place is read again.
+    """
+    from zoo.hub import file_digests
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    found = _DIGESTS.get(key)
+    if found is None:
+        found = file_digests(path)
+        if len(_DIGESTS) >= _DIGESTS_KEPT:
+            _DIGESTS.pop(next(iter(_DIGESTS)))
+        _DIGESTS[key] = found
+    return dict(found)
+
+
+# How a start was found to be registered weights without a digest match made now.
+_BY_RECORD, _BY_TAG, _BY_NAME = "load record", "registry tag", "name"
+
+
+@dataclass(frozen=True)
+class InitReading:
+    """What a config's ``init`` names (a load record, ``name.tag`` or a path), read once.
+
+    The one reader of that record: :func:`lineage_of_config` takes its ``lineage`` for a
+    config that recorded none, ``zoo.publish`` words the card from the rest.
+
+    Attributes:
+        form: ``none`` (random), ``record``, ``hf-hub`` (a record of a Hub load), ``name``
+            (a registered ``name.tag``), ``file`` (a path) or ``gone`` (a path no longer there).
+        record: the load record; for a path, ``{"source": "file", "id", "sha256"}``.
+        sha256: the digest of the file it started from (None: not recorded, or a name).
+        registered: the registered weights it is: by its digest now, else by what the load
+            identified (the cache may since be gone), else by a registry record's tag or its name.
+        lineage: the chain it descends from, oldest first, it included (recorded, or established here).
+    """
+
+    form: str
+    record: dict[str, Any] | None = None
+    sha256: str | None = None
+    registered: WeightsOrigin | None = None
+    lineage: tuple[Any, ...] = ()
+
+    @property
+    def by_digest(self) -> bool:
+        """Whether the registered weights were found by the digest, now."""
+        return self.registered is not None and self.registered.matched not in (_BY_RECORD, _BY_TAG, _BY_NAME)
+
+    @property
+    def license(self) -> str | None:
+        """The licence of the start itself: registered weights', or what a Hub load recorded.
+
+        A file's or a run's inherited licence is its lineage's (:func:`chain_licence`)."""
+        if self.registered is not None:
+            return self.registered.license
+        return (self.record or {}).get("license") if self.form == "hf-hub" else None
+
+    @property
+    def redistributable(self) -> bool | None:
+        if self.registered is not None:
+            return self.registered.redistributable
+        return (self.record or {}).get("redistributable") if self.form == "hf-hub" else None
+
+
+def _registered_as(name_tag: str | None, matched: str) -> WeightsOrigin | None:
+    """The registered weights ``name_tag`` names (an id with a tag), or None."""
     from zoo._registry import resolve
+
+    if not name_tag:
+        return None
+    try:
+        spec, tag = resolve(name_tag)
+    except ValueError:
+        return None
+    return _origin(spec.name, tag, matched) if tag is not None else None
+
+
+def read_init(init: Any, model_name: str | None, run: Path | None) -> InitReading:
+    """Read a config's ``init``: identity by digest, licence and lineage (see :class:`InitReading`).
+
+    Args:
+        init: the ``init`` as :func:`zoo.runconfig.migrate` leaves it (a dict, a string or None).
+        model_name: the config's model (a registry record's tag is that model's).
+        run: the folder a relative path is looked up from too.
+    """
     from zoo.runconfig import Link
 
-    if record is None:
-        return []
-    if isinstance(record, str):
-        try:
-            spec, tag = resolve(record)
-        except ValueError:
-            spec, tag = None, None
-        if spec is not None and tag is not None:
-            ws = spec.weight(tag)
-            return [Link(f"{spec.name}.{tag}", None, ws.license, ws.redistributable, ws.covers, "registry")]
-        p = Path(record)
+    if isinstance(init, str):
+        named = _registered_as(init, _BY_NAME)
+        if named is not None:
+            covers = _covers_of(named)
+            link = Link(named.id, None, named.license, named.redistributable, covers, "registry")
+            return InitReading("name", None, None, named, (link,))
+        p = Path(init)
         p = p if p.is_absolute() or p.exists() or run is None else run / p
-        if p.is_file():
-            return [file_link(p, ident=p.name, source="file", covers="full")]
-        return [Link(Path(record).name, None, None, None, "full", "missing")]
-    if not isinstance(record, dict):
-        return []
-    links = [Link(**link) for link in record.get("lineage") or [] if isinstance(link, dict) and "id" in link]
-    if links:
-        return links
+        if not p.is_file():
+            gone = Link(Path(init).name, None, None, None, "full", "missing")
+            return InitReading(
+                "gone", {"source": "file", "id": Path(init).name, "sha256": None}, None, None, (gone,)
+            )
+        digests = _remembered_digests(p)
+        origin = identify_digest(**digests)
+        link = file_link(
+            p, ident=p.name, source="file", covers="full", identified=(digests["sha256"], origin)
+        )
+        record = {"source": "file", "id": p.name, "sha256": digests["sha256"]}
+        return InitReading("file", record, digests["sha256"], origin, (link,))
+    if not isinstance(init, dict):
+        return InitReading("none")
+    record = dict(init)
     sha = record.get("sha256")
-    origin = identify_digest(sha256=sha) if sha else None
-    reg_id = origin.id if origin else record.get("identified_as")
-    if reg_id is None and record.get("tag") and model_name and record.get("source") == "registry":
-        reg_id = f"{model_name}.{record['tag']}"
-    covers = str(record.get("covers") or "full")
-    if reg_id:
-        try:
-            spec, tag = resolve(reg_id)
-            ws = spec.weight(tag) if tag else None
-        except ValueError:
-            ws = None
-        if ws is not None:
-            return [Link(reg_id, sha, ws.license, ws.redistributable, covers, "registry")]
     source = str(record.get("source") or "file")
-    known = sha is not None or source == "hf-hub"
-    return [
-        Link(
+    # The digest decides; what the load identified at the time (the cache may since be gone) backs it
+    # up; a registry load that recorded neither is its tag.
+    registered = identify_digest(sha256=sha) if sha else None
+    if registered is None and record.get("identified_as"):
+        registered = _registered_as(str(record["identified_as"]), _BY_RECORD)
+    elif registered is None and record.get("tag") and model_name and source == "registry":
+        registered = _registered_as(f"{model_name}.{record['tag']}", _BY_TAG)
+    form = "hf-hub" if source == "hf-hub" else "record"
+    recorded = tuple(
+        Link(**link) for link in record.get("lineage") or [] if isinstance(link, dict) and "id" in link
+    )
+    if recorded:
+        return InitReading(form, record, sha, registered, recorded)
+    covers = str(record.get("covers") or "full")
+    if registered is not None:
+        link = Link(registered.id, sha, registered.license, registered.redistributable, covers, "registry")
+    else:
+        known = sha is not None or source == "hf-hub"
+        link = Link(
             str(record.get("id") or "a checkpoint"),
             sha,
             record.get("license"),
@@ -315,7 +421,13 @@ def _link_from_record(record: Any, model_name: str | None, run: Path | None) -> 
             covers,
             source if known else "missing",
         )
-    ]
+    return InitReading(form, record, sha, registered, (link,))
+
+
+def _covers_of(origin: WeightsOrigin) -> str:
+    from zoo._registry import get_spec
+
+    return get_spec(origin.name).weight(origin.tag).covers
 
 
 def lineage_of_config(config: Any, folder: Path | None = None) -> tuple[Any, ...]:
@@ -341,7 +453,7 @@ def lineage_of_config(config: Any, folder: Path | None = None) -> tuple[Any, ...
                     "registry",
                 ),
             )
-    return tuple(_link_from_record(config.init, config.model_name, folder))
+    return read_init(config.init, config.model_name, folder).lineage
 
 
 def chain_licence(chain: Any) -> tuple[str | None, bool | None, Any]:

@@ -165,76 +165,52 @@ def _registered(name_tag: str) -> tuple[str, str, bool, str | None, str | None] 
 
 
 def run_starting_point(cfg: dict[str, Any], run: Path) -> StartingPoint:
-    """Establish what a run started from, by digest when the run recorded one.
+    """What a run started from, in the card's words; the facts are :func:`zoo.provenance.read_init`'s.
 
     Args:
         cfg: the run's ``config.json``; its ``init`` as :func:`zoo.runconfig.migrate` reads it (a
             load record, ``name.tag``, a path, or None: older shapes are the migration's business).
         run: the run folder (a relative init path is looked up from it too).
     """
-    from zoo.provenance import identify_digest, identify_file
+    from zoo.provenance import read_init
     from zoo.runconfig import migrate
 
     init = migrate(dict(cfg), str(run / "config.json")).get("init")
-    if init is None:
+    start = read_init(init, cfg.get("model_name"), run)
+    sha, record = start.sha256, start.record
+    reg = _registered(start.registered.id) if start.registered else None
+    if start.form == "none":
         return StartingPoint("random initialisation.", None, None, None, None, None, True)
-    sha, origin, record = None, None, None
-    if isinstance(init, dict):
-        record = dict(init)
-        sha = record.get("sha256")
-        if sha:
-            origin = identify_digest(sha256=sha)
-        if record.get("source") == "hf-hub":
-            hub = str(record.get("id", "")).removeprefix("hf-hub:")
-            repo_id, _, commit = hub.partition("@")
-            reg = _registered(origin.id) if origin else None
-            lic = reg[1] if reg else record.get("license")
-            redis = reg[2] if reg else record.get("redistributable")
-            text = f"the Hub repository `{repo_id}`" + (f" at commit `{commit}`" if commit else "")
-            text += f" (`hf-hub:{hub}`), file sha256 `{sha}`." if sha else f" (`hf-hub:{hub}`)."
-            if reg:
-                text += f" Its weights are the registered `{reg[0]}`."
-            return StartingPoint(text, record, reg[0] if reg else None, lic, redis, repo_id, True)
-        # The digest decides; what the load identified at the time (the cache may since be gone) backs it up.
-        reg_id = origin.id if origin else record.get("identified_as")
-        if reg_id is None and record.get("tag"):
-            reg_id = f"{cfg.get('model_name')}.{record['tag']}"
-    elif isinstance(init, str) and (reg := _registered(init)) is not None:
-        reg_id = reg[0]
-    else:  # a path, as zoo pretrain --init records it
-        path = Path(str(init))
-        path = path if path.is_absolute() or path.exists() else run / path
-        if not path.is_file():
-            return StartingPoint(
-                f"a local checkpoint `{Path(str(init)).name}` that is no longer there to identify.",
-                {"source": "file", "id": Path(str(init)).name, "sha256": None},
-                None,
-                None,
-                None,
-                None,
-                False,
-            )
-        sha, origin = identify_file(path)
-        record = {"source": "file", "id": path.name, "sha256": sha}
-        reg_id = origin.id if origin else None
-    reg = _registered(reg_id) if reg_id else None
+    if start.form == "gone":
+        text = f"a local checkpoint `{record['id']}` that is no longer there to identify."
+        return StartingPoint(text, record, None, None, None, None, False)
+    if start.form == "hf-hub":
+        hub = str(record.get("id", "")).removeprefix("hf-hub:")
+        repo_id, _, commit = hub.partition("@")
+        text = f"the Hub repository `{repo_id}`" + (f" at commit `{commit}`" if commit else "")
+        text += f" (`hf-hub:{hub}`), file sha256 `{sha}`." if sha else f" (`hf-hub:{hub}`)."
+        if reg:
+            text += f" Its weights are the registered `{reg[0]}`."
+        registered = reg[0] if reg else None
+        return StartingPoint(text, record, registered, start.license, start.redistributable, repo_id, True)
     if reg is None:
         text = f"a local checkpoint with sha256 `{sha}`." if sha else "a local checkpoint."
         return StartingPoint(text, record, None, None, None, None, True)
-    how = f", identified by its sha256 `{sha}` ({origin.matched})" if sha and origin else ""
-    if isinstance(init, str) and _registered(init):
+    if start.form == "name":
         text = f"`{reg[0]}` (registered weights)."
     elif record and record.get("source") == "registry":
-        text = (
-            f"`{reg[0]}` (registered weights, file sha256 `{sha}`)."
-            if sha
-            else f"`{reg[0]}` (registered weights)."
-        )
+        file = f", file sha256 `{sha}`" if sha else ""
+        text = f"`{reg[0]}` (registered weights{file})."
     else:
+        how = (
+            f", identified by its sha256 `{sha}` ({start.registered.matched})"
+            if sha and start.by_digest
+            else ""
+        )
         text = f"a local checkpoint with sha256 `{sha}`: the registered weights `{reg[0]}`{how}."
     record = record or {"source": "registry", "id": reg[0], "tag": reg[0].split(".", 1)[1]}
     record = {**record, "identified_as": reg[0], "upstream_digest": reg[4]}
-    return StartingPoint(text, record, reg[0], reg[1], reg[2], reg[3], True)
+    return StartingPoint(text, record, reg[0], start.license, start.redistributable, reg[3], True)
 
 
 def _derived_from(start: StartingPoint, mine: Any, spec: ModelSpec) -> str | None:

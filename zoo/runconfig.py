@@ -439,7 +439,7 @@ def migrate(raw: dict[str, Any], where: str) -> dict[str, Any]:
     record in ``init`` (``zoo finetune``) or in ``pretraining.init`` (a record, ``name.tag``
     or a path; ``"random"`` for none), and ``in_chans``/``num_classes``/``img_size`` beside
     ``model_args``. Their lineage is not recorded: it is established from ``init`` by
-    ``zoo.provenance.lineage_of`` when needed.
+    ``zoo.provenance.read_init`` when needed.
     """
     out = dict(raw)
     version = out.pop("schema_version", 1)

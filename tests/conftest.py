@@ -55,3 +55,28 @@ def hub_env(tmp_path, monkeypatch, server):
     monkeypatch.delenv("MEDZOO_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return server
+
+
+# The narrow QT-UNet-T export shared by the export tests (an export takes ~15 s: done once a run).
+EXPORT_PREP = {
+    "orientation": "RAS",
+    "spacing_mm": [6.0, 6.0, 6.0],
+    "intensity_transform": {"kind": "clip_scale", "a_min": 0, "a_max": 300, "b_min": -1, "b_max": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A narrow QT-UNet at 32³ with stated preprocessing and labels, exported once at the default
+    opset (parity at 1e-4 at batch sizes 1 and 2); tests read it and never change it."""
+    import zoo
+    from zoo.export import ExportSettings, to_onnx
+
+    torch.manual_seed(0)
+    model = zoo.create("qtunet-t", img_size=32, num_classes=4, embed_dim=12)
+    model.pretrained_cfg["preprocessing"] = dict(EXPORT_PREP)
+    model.pretrained_cfg["labels"] = ["background", "grey", "white", "csf"]
+    model.pretrained_cfg["sliding_window"] = {"roi_size": [32, 32, 32], "overlap": 0.25}
+    path = tmp_path_factory.mktemp("onnx") / "qt.onnx"
+    to_onnx(model, path, ExportSettings(batch_sizes=(1, 2)), verbose=False)
+    return model, path

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import zoo
+from tests.conftest import EXPORT_PREP
 from zoo._registry import iter_specs
 from zoo.cli import main
 from zoo.export import EXPORTERS, ExportSettings, OnnxParityError, reduced_config, to_onnx
@@ -355,27 +356,6 @@ def test_cli_export_of_a_size_the_model_cannot_take_is_an_error(tmp_path, capsys
 
 # -- self-describing files, and running them like a model ------------------------------------------------
 
-_PREP = {
-    "orientation": "RAS",
-    "spacing_mm": [6.0, 6.0, 6.0],
-    "intensity_transform": {"kind": "clip_scale", "a_min": 0, "a_max": 300, "b_min": -1, "b_max": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    """A narrow QT-UNet at 32³ with stated preprocessing and labels, exported once for the module."""
-    torch.manual_seed(0)
-    model = zoo.create("qtunet-t", img_size=32, num_classes=4, embed_dim=12)
-    model.pretrained_cfg["preprocessing"] = dict(_PREP)
-    model.pretrained_cfg["labels"] = ["background", "grey", "white", "csf"]
-    model.pretrained_cfg["sliding_window"] = {"roi_size": [32, 32, 32], "overlap": 0.25}
-    path = tmp_path_factory.mktemp("onnx") / "qt.onnx"
-    to_onnx(
-        model, path, ExportSettings(batch_sizes=(1, 2)), verbose=False
-    )  # parity at 1e-4 at both batch sizes
-    return model, path
-
 
 def test_window_attention_exports_as_fused_attention_without_per_run_mask_tiling(tiny_export):
     import onnx
@@ -422,7 +402,7 @@ def test_exported_file_describes_itself_and_passes_the_checker(tiny_export):
     md = read_onnx_metadata(path)
     assert md["version"] == zoo.__version__ and md["model"] == "qtunet-t" and md["family"] == "qtunet"
     assert md["weights_tag"] == "" and md["weights"] is None  # random weights say so
-    assert md["preprocessing"] == _PREP
+    assert md["preprocessing"] == EXPORT_PREP
     assert md["labels"] == ["background", "grey", "white", "csf"] and md["num_classes"] == 4
     assert md["sliding_window"] == {"roi_size": [32, 32, 32], "overlap": 0.25}
     assert md["input_axes"] == ["batch", "channel", "x", "y", "z"] and md["axis_order"] == "xyz"
@@ -470,7 +450,7 @@ def test_an_onnx_file_runs_like_the_model(tiny_export):
     got = onnx_model.eval()(x)
     assert isinstance(got, torch.Tensor) and got.shape == ref.shape
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
-    assert onnx_model.pretrained_cfg["preprocessing"] == _PREP
+    assert onnx_model.pretrained_cfg["preprocessing"] == EXPORT_PREP
     with pytest.raises(ValueError, match=r"takes inputs of shape"):
         onnx_model(torch.randn(1, 1, 32, 32, 16))
     with pytest.raises(RuntimeError, match="inference only"):

@@ -75,33 +75,37 @@ def small_qtunet():
     return zoo.create("qtunet-t", img_size=32, num_classes=2, embed_dim=12).eval()
 
 
-@pytest.mark.parametrize(("opset", "attention", "runtime"), [(20, False, "1.17"), (23, True, "1.23")])
-def test_older_opsets_spell_attention_out_and_the_file_names_its_oldest_onnxruntime(
-    small_qtunet, tmp_path, opset, attention, runtime
-):
+def test_an_older_opset_spells_attention_out_and_names_its_oldest_onnxruntime(small_qtunet, tmp_path):
     from zoo.onnx_runtime import read_onnx_metadata
 
-    path = tmp_path / f"q{opset}.onnx"
-    r = to_onnx(small_qtunet, path, ExportSettings(opset=opset, batch_sizes=(1,)), verbose=False)
-    assert r.opset == opset and r.max_rel <= 1e-4
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert ("Attention" in ops) is attention
-    assert read_onnx_metadata(path)["min_onnxruntime"] == runtime
+    path = tmp_path / "q20.onnx"
+    r = to_onnx(small_qtunet, path, ExportSettings(opset=20, batch_sizes=(1,)), verbose=False)
+    assert r.opset == 20 and r.max_rel <= 1e-4
+    assert "Attention" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert read_onnx_metadata(path)["min_onnxruntime"] == "1.17"
 
 
-def test_files_without_the_runtime_key_still_read_and_a_newer_requirement_is_refused(small_qtunet, tmp_path):
+def test_the_default_opset_fuses_attention_and_the_file_names_onnxruntime_1_23(tiny_export):
+    from zoo.export import DYNAMO_OPSET
+    from zoo.onnx_runtime import read_onnx_metadata
+
+    m = onnx.load(str(tiny_export[1]))
+    assert DYNAMO_OPSET == 23 and {o.version for o in m.opset_import if o.domain in ("", "ai.onnx")} == {23}
+    assert "Attention" in {n.op_type for n in m.graph.node}
+    assert read_onnx_metadata(tiny_export[1])["min_onnxruntime"] == "1.23"
+
+
+def test_files_without_the_runtime_key_still_read_and_a_newer_requirement_is_refused(tiny_export, tmp_path):
     from zoo.onnx_runtime import check_runtime_version, load_onnx, read_onnx_metadata
 
-    path = tmp_path / "q.onnx"
-    to_onnx(small_qtunet, path, ExportSettings(batch_sizes=(1,), check=False), verbose=False)
-    m = onnx.load(str(path))
+    m = onnx.load(str(tiny_export[1]))
     kept = [p for p in m.metadata_props if p.key != "medzoo.min_onnxruntime"]
     del m.metadata_props[:]
     m.metadata_props.extend(kept)
     old = tmp_path / "old.onnx"
     onnx.save(m, str(old))
     assert read_onnx_metadata(old)["min_onnxruntime"] is None
-    assert load_onnx(old).num_classes == 2
+    assert load_onnx(old).num_classes == 4
     with pytest.raises(ValueError, match=r"needs onnxruntime >= 99\.0, found .*--opset 20"):
         check_runtime_version("99.0", "q.onnx")
 

@@ -387,6 +387,7 @@ def _copy_weights(ckpt: Path, own: str, model: Any, dest: Path) -> str:
 
     with safe_open(str(ckpt), framework="pt") as f:
         stored = derived_buffer_keys(model) & set(f.keys())
+        metadata = f.metadata()
     if not stored:
         shutil.copyfile(ckpt, dest)
         if file_digest(dest) != own:
@@ -399,9 +400,8 @@ def _copy_weights(ckpt: Path, own: str, model: Any, dest: Path) -> str:
         raise PublishError(f"{ckpt} changed while it was being published")
     # Stripped rather than kept: every published file is lean whatever the run's age; config.json
     # records the sha256 of the uploaded file, the digest by which a download is identified.
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     kept = {k: v for k, v in load(data).items() if k not in stored}
-    lean = save(kept, metadata=header.get("__metadata__"))
+    lean = save(kept, metadata=metadata)
     dest.write_bytes(lean)
     return hashlib.sha256(lean).hexdigest()
 

@@ -31,7 +31,7 @@ Invariants:
   both :class:`WeightsUnavailableError`, with one line naming the source and what to do.
   An HTML or text answer is reported as a web page, never handed to the unpickler.
 - Nothing partial survives: downloads and conversions write to uniquely named
-  ``<target>.*.part`` files beside the target, removed on failure; those a killed process
+  ``.<target>.*.part`` files beside the target, removed on failure; those a killed process
   left are removed by the next process that holds the lock.
 - One lock per cache file covers the check, the download, the conversion, the sidecar and
   the rename; the sidecar is written before the file is renamed into place, so a cache
@@ -56,6 +56,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from zoo._files import write_atomically, write_bytes_atomically
 from zoo._registry import ModelSpec, WeightSpec
 from zoo.convert import web_page_excerpt
 from zoo.transfer import (
@@ -240,17 +241,20 @@ def converted_path(spec: ModelSpec, ws: WeightSpec) -> Path:
 
 
 def _part_name(target: Path) -> str:
-    return f"{target.name}."
+    """The start of the temporary names of ``target``: ``zoo._files.write_atomically``'s scheme."""
+    return f".{target.name}."
 
 
 def _remove_stale_parts(target: Path) -> None:
     """Remove what an interrupted process left for ``target`` (call with its lock held)."""
-    for p in target.parent.glob(f"{_part_name(target)}*.part"):
-        log.info("removing %s, left by an interrupted download", p)
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+    # The second pattern: temporary names of versions before the hidden ones.
+    for pattern in (f"{_part_name(target)}*.part", f"{target.name}.*.part"):
+        for p in target.parent.glob(pattern):
+            log.info("removing %s, left by an interrupted download", p)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def save_safetensors(sd: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> str:
@@ -263,27 +267,15 @@ def save_safetensors(sd: dict[str, Any], path: str | Path, metadata: dict[str, s
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_part_name(path), suffix=".part")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=metadata)
+    digest = ""
+
+    def write(tmp: Path) -> None:
+        nonlocal digest
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
         digest = file_digest(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomically(path, write)
     return digest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_part_name(path), suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _sidecar(target: Path) -> Path:
@@ -393,7 +385,7 @@ def _from_upstream(spec: ModelSpec, ws: WeightSpec, progress: bool) -> Path:
                 "source_size": raw.stat().st_size,
             }
             # The record goes first: a cache file never exists without it.
-            _atomic_write_text(_sidecar(target), json.dumps(meta, indent=1))
+            write_bytes_atomically(_sidecar(target), json.dumps(meta, indent=1))
             os.replace(converted, target)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -142,18 +142,28 @@ def header_shape(path: str | Path | Sequence[str | Path]) -> tuple[int, ...]:
     return (*shapes[0][:3], len(shapes))
 
 
-def _budget_bytes() -> tuple[int, str]:
+ENV_MAX_GB = "MEDZOO_PREDICT_MAX_GB"
+
+
+def memory_budget_gb() -> tuple[float, bool]:
+    """The memory a scan's prediction may use, in GiB, and whether ``MEDZOO_PREDICT_MAX_GB`` set it
+    (else half this machine's RAM); the one reader of that variable."""
     import os
 
     from zoo.runconfig import machine_memory_bytes
 
-    env = os.environ.get("MEDZOO_PREDICT_MAX_GB")
+    env = os.environ.get(ENV_MAX_GB)
     if env:
         try:
-            return int(float(env) * 2**30), "MEDZOO_PREDICT_MAX_GB"
+            return float(env), True
         except ValueError:
-            raise ValueError(f"MEDZOO_PREDICT_MAX_GB: expected a number of GB, found {env!r}") from None
-    return machine_memory_bytes() // 2, "half this machine's RAM; MEDZOO_PREDICT_MAX_GB raises it"
+            raise ValueError(f"{ENV_MAX_GB}: expected a number of GB, found {env!r}") from None
+    return machine_memory_bytes() / 2**30 / 2, False
+
+
+def _budget_bytes() -> tuple[int, str]:
+    gb, from_env = memory_budget_gb()
+    return int(gb * 2**30), ENV_MAX_GB if from_env else f"half this machine's RAM; {ENV_MAX_GB} raises it"
 
 
 def check_read_size(path: str | Path | Sequence[str | Path], max_bytes: int | None = None) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.imageio import ENV_MAX_GB, memory_budget_gb
 from zoo.transforms import InputContract, parse_intensity
 
 log = logging.getLogger("zoo")
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 # Defaults of the resource budget; the env vars and the CLI flags override them.
-ENV_MAX_GB = "MEDZOO_PREDICT_MAX_GB"
 ENV_MAX_WINDOWS = "MEDZOO_PREDICT_MAX_WINDOWS"
 DEFAULT_MAX_WINDOWS = 5000  # ~an hour of a mid-size 3D model on a CPU; 0.999 overlap asks for 35,937
 _SPACING_RANGE = (0.01, 100.0)  # mm: below a hundredth of a mm no scanner, above 10 cm no anatomy
@@ -424,18 +424,13 @@ def estimate(info: InputInfo, s: Settings) -> Estimate:
 
 
 def _budget(max_memory_gb: float | None, max_windows: int | None) -> tuple[float, int, str]:
-    if max_memory_gb is None and os.environ.get(ENV_MAX_GB):
-        max_memory_gb = float(os.environ[ENV_MAX_GB])
     if max_windows is None and os.environ.get(ENV_MAX_WINDOWS):
         max_windows = int(os.environ[ENV_MAX_WINDOWS])
     how = "set by --max-memory-gb or " + ENV_MAX_GB
     if max_memory_gb is None:
-        from zoo.runconfig import machine_memory_bytes
-
-        max_memory_gb, how = (
-            machine_memory_bytes() / 2**30 / 2,
-            f"half this machine's RAM; raise it with --max-memory-gb or {ENV_MAX_GB}",
-        )
+        max_memory_gb, from_env = memory_budget_gb()
+        if not from_env:
+            how = f"half this machine's RAM; raise it with --max-memory-gb or {ENV_MAX_GB}"
     return float(max_memory_gb), int(max_windows if max_windows is not None else DEFAULT_MAX_WINDOWS), how
 
 
